@@ -1,0 +1,37 @@
+"""nfit: media files to neural fields, and back.
+
+    import nfit
+    nf = nfit.fit("photo.png", steps=300)
+    nf.save("photo.nf")
+    nfit.render_to_file(nfit.load("photo.nf"), "big.png", res=1024)
+"""
+
+from nfit._version import __version__
+from nfit.api import fit, fit_files, fit_signals, info, load, render, render_to_file, save
+from nfit.config import FieldOptions, FitConfig, RenderConfig
+from nfit.errors import ConfigError, FieldFileError, InputError, NfitError, OutputError
+from nfit.fieldfile import NeuralField
+from nfit.signals import Signal, read_signal
+
+__all__ = [
+    "ConfigError",
+    "FieldFileError",
+    "FieldOptions",
+    "FitConfig",
+    "InputError",
+    "NeuralField",
+    "NfitError",
+    "OutputError",
+    "RenderConfig",
+    "Signal",
+    "__version__",
+    "fit",
+    "fit_files",
+    "fit_signals",
+    "info",
+    "load",
+    "read_signal",
+    "render",
+    "render_to_file",
+    "save",
+]

@@ -1,0 +1,237 @@
+"""The .nf file: one fitted signal as safetensors tensors plus JSON metadata.
+
+Layout: one tensor per field parameter (unbatched, float32) and one metadata key,
+``"nfit"``, holding JSON (safetensors metadata is str -> str, so it nests there):
+
+    format, format_version     "nfit-field", 1
+    nfit_version               the writer's version
+    modality                   "image", ...
+    signal                     shape (grid, array order), channels, value_range, bit_depth, source name
+    coords                     the coordinate convention (see nfit.signals.grid)
+    field                      registry name and config: the file rebuilds its own network
+    fit                        summary of how it was fitted (steps, PSNR, SSIM, seconds, ...)
+    init                       {"name": ..., "sha256": ...} of the initialisation it started from
+
+Loading validates all of it and raises :class:`FieldFileError` with the reason.
+Nothing here unpickles; names in the metadata are informative and never used as paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nfit._version import __version__
+from nfit.atomic import atomic_output
+from nfit.errors import ConfigError, FieldFileError
+from nfit.fields import Field, Params, build_field, count_params
+from nfit.signals import CONVENTION, MODALITIES
+
+FORMAT = "nfit-field"
+FORMAT_VERSION = 1
+META_KEY = "nfit"
+MAX_HEADER_BYTES = 16 << 20  # safetensors header (tensor table + metadata); real files use a few kB
+MAX_GRID_SAMPLES = 1 << 34  # a declared signal size beyond this is corruption, not data
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass
+class NeuralField:
+    """A fitted signal: a field, its parameters, and what it represents."""
+
+    field_name: str
+    field_config: dict[str, Any]
+    params: Params  # unbatched, float32, CPU
+    modality: str
+    shape: tuple[int, ...]  # native grid, array order: (H, W) for images
+    channels: int
+    bit_depth: int = 8
+    source: str | None = None  # the fitted file's name, for people; never used as a path
+    summary: dict[str, Any] = field(default_factory=dict)
+    init: dict[str, Any] = field(default_factory=lambda: {"name": "random", "sha256": None})
+    coords: dict[str, Any] = field(default_factory=lambda: dict(CONVENTION))
+    value_range: tuple[float, float] = (0.0, 1.0)
+
+    @cached_property
+    def field(self) -> Field:
+        return build_field(self.field_name, self.field_config)
+
+    @property
+    def n_params(self) -> int:
+        return count_params(self.field)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "nfit_version": __version__,
+            "modality": self.modality,
+            "signal": {
+                "shape": list(self.shape),
+                "channels": self.channels,
+                "value_range": list(self.value_range),
+                "bit_depth": self.bit_depth,
+                "source": self.source,
+            },
+            "coords": self.coords,
+            "field": {"name": self.field_name, "config": self.field_config},
+            "fit": self.summary,
+            "init": self.init,
+        }
+
+    def render(self, shape: tuple[int, ...] | None = None, **kwargs) -> Tensor:
+        """Decode on a grid (native by default): float32 ``[*shape, C]`` in [0, 1]. See :func:`nfit.render.render_values`."""
+        from nfit.render import render_values
+
+        return render_values(self, shape, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        return save_field(self, path)
+
+
+def save_field(nf: NeuralField, path: str | Path) -> Path:
+    """Write ``nf`` to ``path`` atomically. Returns the path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in nf.params.items()}
+    meta = json.dumps(nf.metadata(), separators=(",", ":"), allow_nan=False)
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: meta})
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_safetensors(path: Path, error: type = FieldFileError) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read every tensor and the nfit JSON metadata of a safetensors file, checking its frame."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.exists():
+        raise error(path, "no such file")
+    if path.is_dir():
+        raise error(path, "is a directory, not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise error(path, "file is empty (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    header_len = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if header_len < 2 or header_len > min(MAX_HEADER_BYTES, size - 8):
+        raise error(path, "not a safetensors file (bad or truncated header)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = (f.metadata() or {}).get(META_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise error(path, f"corrupt safetensors data ({str(err).splitlines()[0][:160]})") from None
+    if raw_meta is None:
+        raise error(path, f"no {META_KEY!r} metadata: not written by nfit")
+    try:
+        meta = json.loads(raw_meta)
+    except json.JSONDecodeError:
+        raise error(path, "metadata is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise error(path, "metadata is not a JSON object")
+    return tensors, meta
+
+
+def check_params(path: Path, field_: Field, tensors: dict[str, Tensor], error: type = FieldFileError) -> Params:
+    """Tensors must be exactly the field's parameters, in shape, and finite; returns them as float32."""
+    expected = field_.param_shapes()
+    missing, extra = set(expected) - set(tensors), set(tensors) - set(expected)
+    if missing or extra:
+        detail = f"missing {sorted(missing)}" if missing else f"unexpected {sorted(extra)}"
+        raise error(path, f"tensors do not match the field: {detail}")
+    params: Params = {}
+    for name, shape in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != tuple(shape):
+            raise error(path, f"tensor {name!r} has shape {tuple(t.shape)}, the field needs {tuple(shape)}")
+        if not t.is_floating_point():
+            raise error(path, f"tensor {name!r} has dtype {t.dtype}, not floating point")
+        t = t.float()
+        if not torch.isfinite(t).all():
+            raise error(path, f"tensor {name!r} contains NaN or infinite values")
+        params[name] = t
+    return params
+
+
+def _get(meta: dict, path: Path, key: str, kind: type | tuple[type, ...]):
+    value = meta.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise FieldFileError(path, f"metadata field {key!r} is missing or malformed")
+    return value
+
+
+def load_field(path: str | Path) -> NeuralField:
+    """Read and validate a .nf file."""
+    path = Path(path)
+    tensors, meta = read_safetensors(path)
+    if meta.get("format") != FORMAT:
+        raise FieldFileError(path, f"not an nfit field file (format {meta.get('format')!r})")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise FieldFileError(path, f"unsupported format version {version!r} (this nfit reads {FORMAT_VERSION})")
+    modality = _get(meta, path, "modality", str)
+    if modality not in MODALITIES:
+        raise FieldFileError(path, f"unknown modality {modality!r}")
+    signal = _get(meta, path, "signal", dict)
+    shape = signal.get("shape")
+    channels = signal.get("channels")
+    axes = MODALITIES[modality].axes
+    if (
+        not isinstance(shape, list)
+        or len(shape) != len(axes)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+        or math.prod(shape) > MAX_GRID_SAMPLES
+    ):
+        raise FieldFileError(path, f"signal shape {shape!r} is not a valid {modality} grid")
+    if not isinstance(channels, int) or isinstance(channels, bool) or not 1 <= channels <= 4:
+        raise FieldFileError(path, f"invalid channel count {channels!r}")
+    coords = _get(meta, path, "coords", dict)
+    if coords.get("name") != CONVENTION["name"]:
+        raise FieldFileError(path, f"unknown coordinate convention {coords.get('name')!r}")
+    field_meta = _get(meta, path, "field", dict)
+    try:
+        field_ = build_field(field_meta.get("name"), _get(field_meta, path, "config", dict))
+    except ConfigError as err:
+        raise FieldFileError(path, err.reason) from None
+    if field_.config.in_dim != len(shape) or field_.config.out_dim != channels:
+        raise FieldFileError(
+            path, f"field maps {field_.config.in_dim}-D to {field_.config.out_dim} channels, signal is {len(shape)}-D with {channels}"
+        )
+    init = meta.get("init") or {"name": "random", "sha256": None}
+    if not isinstance(init, dict) or not (init.get("sha256") is None or _SHA256.match(str(init.get("sha256")))):
+        raise FieldFileError(path, "metadata field 'init' is malformed")
+    bit_depth = signal.get("bit_depth", 8)
+    nf = NeuralField(
+        field_name=field_meta["name"],
+        field_config=field_meta["config"],
+        params=check_params(path, field_, tensors),
+        modality=modality,
+        shape=tuple(shape),
+        channels=channels,
+        bit_depth=bit_depth if bit_depth in (1, 8, 16, 32) else 8,
+        source=signal.get("source") if isinstance(signal.get("source"), str) else None,
+        summary=meta.get("fit") if isinstance(meta.get("fit"), dict) else {},
+        init=init,
+        coords=coords,
+    )
+    nf.__dict__["field"] = field_  # already built: seed the cached property
+    return nf

@@ -1,0 +1,118 @@
+"""Decoding fields on grids of any size, in chunks of coordinates.
+
+Memory is bounded by the chunk, not the grid: coordinates are generated per
+chunk from flat indices, evaluated without autograd, and written straight into
+the (quantised) output, so an 8192x8192 render holds its 8-bit output plus one
+chunk's activations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nfit.atomic import atomic_output, check_writable
+from nfit.device import resolve_device
+from nfit.errors import ConfigError
+from nfit.fields import Field, Params
+from nfit.signals import MODALITIES, grid_coords
+from nfit.signals.image import quantize
+
+DEFAULT_CHUNK = 1 << 16  # coordinates per forward: ~64 MB of activations per layer at width 256
+MAX_RENDER_SAMPLES = 1 << 32
+
+
+def evaluate_chunks(
+    field: Field, params: Params, shape: tuple[int, ...], *, chunk: int = DEFAULT_CHUNK
+) -> Iterator[tuple[int, int, Tensor]]:
+    """Yield ``(start, stop, values [B, stop - start, C])`` over the flat grid, clamped to [0, 1].
+
+    params: batched ``[B, ...]`` on the device to compute on.
+    """
+    device = next(iter(params.values())).device
+    total = math.prod(shape)
+    with torch.inference_mode():
+        for start in range(0, total, chunk):
+            stop = min(start + chunk, total)
+            coords = grid_coords(shape, start, stop, device=device)  # [n, d]
+            yield start, stop, field(params, coords).clamp_(0.0, 1.0)
+
+
+def evaluate(field: Field, params: Params, shape: tuple[int, ...], *, chunk: int = DEFAULT_CHUNK) -> Tensor:
+    """All values of B fields on a grid: ``[B, prod(shape), C]``, on the parameters' device."""
+    parts = [values for _, _, values in evaluate_chunks(field, params, shape, chunk=chunk)]
+    return torch.cat(parts, dim=1)
+
+
+def _device_params(nf, device: torch.device) -> Params:
+    return {k: v.to(device).unsqueeze(0) for k, v in nf.params.items()}  # batch of one
+
+
+def _check_shape(shape: tuple[int, ...], nf) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != len(nf.shape) or min(shape) < 1:
+        raise ConfigError(None, f"render shape {shape} does not fit a {len(nf.shape)}-D {nf.modality}")
+    if math.prod(shape) > MAX_RENDER_SAMPLES:
+        raise ConfigError(None, f"render shape {shape} is too large")
+    return shape
+
+
+def render_values(
+    nf, shape: tuple[int, ...] | None = None, *, device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK
+) -> Tensor:
+    """Float values ``[*shape, C]`` in [0, 1] on the CPU; ``shape`` defaults to the native grid."""
+    shape = _check_shape(nf.shape if shape is None else shape, nf)
+    params = _device_params(nf, resolve_device(device))
+    out = torch.empty(math.prod(shape), nf.channels)
+    for start, stop, values in evaluate_chunks(nf.field, params, shape, chunk=chunk):
+        out[start:stop] = values[0].cpu()
+    return out.reshape(*shape, nf.channels)
+
+
+def render_pixels(
+    nf, shape: tuple[int, ...], bit_depth: int = 8, *, device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK
+) -> np.ndarray:
+    """Quantised values ``[*shape, C]`` (uint8 or uint16), quantised chunk by chunk."""
+    shape = _check_shape(shape, nf)
+    params = _device_params(nf, resolve_device(device))
+    out = np.empty((math.prod(shape), nf.channels), dtype=np.uint8 if bit_depth == 8 else np.uint16)
+    for start, stop, values in evaluate_chunks(nf.field, params, shape, chunk=chunk):
+        out[start:stop] = quantize(values[0].float().cpu().numpy(), bit_depth)
+    return out.reshape(*shape, nf.channels)
+
+
+def render_to_file(
+    nf,
+    output: str | Path,
+    *,
+    res: int | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    bit_depth: int | None = None,
+    quality: int = 95,
+    device: str | torch.device = "auto",
+    chunk: int = DEFAULT_CHUNK,
+) -> tuple[Path, tuple[int, ...]]:
+    """Render ``nf`` into a media file chosen by ``output``'s extension. Returns the path and grid."""
+    output = Path(output)
+    modality = MODALITIES[nf.modality]
+    fmt = modality.output_format(output)
+    check_writable(output)  # before the (possibly long) render
+    if bit_depth is None:
+        bit_depth = 16 if nf.bit_depth == 16 and fmt == "png" else 8
+    if bit_depth not in (8, 16):
+        raise ConfigError("--bit-depth", f"must be 8 or 16, not {bit_depth}")
+    if bit_depth == 16 and fmt != "png":
+        raise ConfigError("--bit-depth", f"16-bit output needs PNG, not {output.suffix}")
+    if res is not None and res < 1 or (width is not None and width < 1) or (height is not None and height < 1):
+        raise ConfigError(None, "render sizes must be positive")
+    shape = modality.target_shape(nf.shape, res=res, width=width, height=height)
+    pixels = render_pixels(nf, shape, bit_depth, device=device, chunk=chunk)
+    with atomic_output(output) as tmp:
+        modality.write(tmp, pixels, fmt, quality=quality)
+    return output, shape

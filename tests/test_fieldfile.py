@@ -1,0 +1,109 @@
+"""The .nf format: exact round trips, atomic writes, and refusal of every kind of bad file."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from nfit.errors import FieldFileError
+from nfit.fieldfile import META_KEY, NeuralField, load_field, save_field
+from nfit.fields import build_field
+
+
+def _nf(width=8, channels=3, shape=(6, 5)):
+    cfg = {"in_dim": 2, "out_dim": channels, "width": width, "depth": 3}
+    params = build_field("siren", cfg).init_params(torch.Generator().manual_seed(0))
+    return NeuralField("siren", cfg, params, "image", shape, channels, source="x.png", summary={"psnr": 30.0})
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    nf = _nf()
+    save_field(nf, tmp_path / "a.nf")
+    back = load_field(tmp_path / "a.nf")
+    assert back.shape == (6, 5) and back.channels == 3 and back.summary == {"psnr": 30.0}
+    assert back.coords["name"] == "pixel_center"
+    for k, v in nf.params.items():
+        assert torch.equal(back.params[k], v)
+    torch.testing.assert_close(back.render(), nf.render(), rtol=0, atol=0)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.nf"]  # no temporary left behind
+
+
+def test_failed_write_leaves_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "a.nf"
+    save_field(_nf(), path)
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("safetensors.torch.save_file", boom)
+    with pytest.raises(RuntimeError):
+        save_field(_nf(width=4), path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["a.nf"]
+
+
+def _rewrite(tmp_path, edit_meta=None, edit_tensors=None, raw_meta=None):
+    src = tmp_path / "good.nf"
+    save_field(_nf(), src)
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = json.loads(f.metadata()[META_KEY])
+    tensors = load_file(str(src))
+    if edit_meta:
+        edit_meta(meta)
+    if edit_tensors:
+        edit_tensors(tensors)
+    bad = tmp_path / "bad.nf"
+    save_file(tensors, str(bad), metadata={META_KEY: raw_meta if raw_meta is not None else json.dumps(meta)})
+    return bad
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        ({"edit_meta": lambda m: m.update(format_version=99)}, "unsupported format version 99"),
+        ({"edit_meta": lambda m: m.update(format="other")}, "not an nfit field file"),
+        ({"raw_meta": "{not json"}, "not valid JSON"),
+        ({"edit_meta": lambda m: m["signal"].update(shape=[6])}, "not a valid image grid"),
+        ({"edit_meta": lambda m: m["signal"].update(shape=[10**9, 10**9])}, "not a valid image grid"),
+        ({"edit_meta": lambda m: m["signal"].update(channels=1)}, "signal is 2-D with 1"),
+        ({"edit_meta": lambda m: m["field"].update(name="nerf")}, "unknown field"),
+        ({"edit_meta": lambda m: m["field"]["config"].update(width=9)}, "shape"),
+        ({"edit_meta": lambda m: m["coords"].update(name="corner")}, "coordinate convention"),
+        ({"edit_meta": lambda m: m.update(init={"sha256": "xyz"})}, "init"),
+        ({"edit_tensors": lambda t: t.pop("l0.bias")}, "missing"),
+        ({"edit_tensors": lambda t: t.update(extra=torch.zeros(1))}, "unexpected"),
+        ({"edit_tensors": lambda t: t.update({"l1.weight": torch.zeros(8, 7)})}, "has shape"),
+        ({"edit_tensors": lambda t: t["l0.weight"].fill_(float("nan"))}, "NaN"),
+    ],
+)
+def test_invalid_files_are_refused(tmp_path, kwargs, reason):
+    bad = _rewrite(tmp_path, **kwargs)
+    with pytest.raises(FieldFileError, match=reason) as info:
+        load_field(bad)
+    assert str(bad) in str(info.value)
+
+
+def test_not_safetensors_or_truncated(tmp_path):
+    good = tmp_path / "good.nf"
+    save_field(_nf(), good)
+    cases = {
+        "trunc.nf": good.read_bytes()[: good.stat().st_size // 2],
+        "text.nf": b"hello world, not a field",
+        "empty.nf": b"",
+        "huge_header.nf": (10**12).to_bytes(8, "little") + b"{}",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(FieldFileError):
+            load_field(tmp_path / name)
+    with pytest.raises(FieldFileError, match="no such file"):
+        load_field(tmp_path / "missing.nf")
+
+
+def test_safetensors_without_nfit_metadata(tmp_path):
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "plain.nf"))
+    with pytest.raises(FieldFileError, match="not written by nfit"):
+        load_field(tmp_path / "plain.nf")
