@@ -18,6 +18,7 @@ from torch import Tensor
 from nfit.config import FitConfig
 from nfit.fields import Field, Params, batch_params
 from nfit.metrics import psnr_from_mse
+from nfit.render import evaluate_chunks
 from nfit.signals import grid_coords
 
 
@@ -34,8 +35,8 @@ class StepInfo:
 
 @dataclass
 class FitResult:
-    params: Params  # batched [B, ...], detached
-    steps: list[int]  # optimisation steps each signal took
+    params: Params  # batched [B, ...], detached: each signal's best parameters
+    steps: list[int]  # optimisation steps that led to each signal's kept parameters
     seconds: float
 
 
@@ -72,7 +73,9 @@ def fit_adam(
 ) -> FitResult:
     """Fit B signals on one grid from a shared unbatched initialisation.
 
-    targets: [B, prod(shape), C] on the device to compute on. A signal that reaches
+    targets: [B, prod(shape), C] on the device to compute on. Each signal keeps the
+    parameters with its best PSNR seen (Adam on SIRENs has occasional loss spikes,
+    and the last iterate can land in one); a signal that reaches
     ``config.target_psnr`` is frozen at the parameters that reached it.
     """
     device = targets.device
@@ -80,32 +83,38 @@ def fit_adam(
     coords = grid_coords(shape, device=device)  # [N, d]
     params = {k: v.to(device).requires_grad_(True) for k, v in batch_params(init, batch).items()}
     opt = torch.optim.Adam(params.values(), lr=config.lr)
+    kept = {k: v.detach().clone() for k, v in params.items()}
+    best = torch.full((batch,), -float("inf"), device=device)
+    best_step = torch.zeros(batch, dtype=torch.long, device=device)
     frozen = torch.zeros(batch, dtype=torch.bool, device=device)
-    kept = {k: torch.zeros_like(v) for k, v in params.items()} if config.target_psnr is not None else None
-    steps_taken = [config.steps] * batch
+
+    def keep_best(psnr: Tensor, step: int) -> None:
+        better = (psnr > best) & ~frozen
+        if better.any():
+            for k, v in params.items():
+                kept[k][better] = v.detach()[better]
+            best[better] = psnr[better]
+            best_step[better] = step
+
     start = time.perf_counter()
     for step in range(1, config.steps + 1):
         opt.zero_grad(set_to_none=True)
         mse, mse_clamped = mse_and_grad(field, params, coords, targets, config.chunk)
         psnr = psnr_from_mse(mse_clamped)  # [B], of the parameters before this update
-        if kept is not None:
-            newly = (psnr >= config.target_psnr) & ~frozen
-            if newly.any():
-                for k, v in params.items():
-                    kept[k][newly] = v.detach()[newly]
-                for i in newly.nonzero().flatten().tolist():
-                    steps_taken[i] = step - 1
-                frozen |= newly
+        keep_best(psnr, step - 1)
+        if config.target_psnr is not None:
+            frozen |= psnr >= config.target_psnr
         if on_step is not None:
             on_step(StepInfo(step, config.steps, mse.mean().item(), psnr.mean().item(), int(frozen.sum())))
         if frozen.all():
             break
         opt.step()
-    result = {k: v.detach() for k, v in params.items()}
-    if kept is not None and frozen.any():
-        for k in result:
-            result[k] = torch.where(frozen.view(-1, *[1] * (result[k].dim() - 1)), kept[k], result[k])
-    return FitResult(result, steps_taken, time.perf_counter() - start)
+    else:  # the last update has not been measured yet
+        sse = torch.zeros(batch, device=device)
+        for lo, hi, values in evaluate_chunks(field, params, shape, chunk=max(1, config.chunk // batch)):
+            sse += (values - targets[:, lo:hi]).pow(2).sum(dim=(1, 2))
+        keep_best(psnr_from_mse(sse / targets[0].numel()), config.steps)
+    return FitResult(kept, best_step.tolist(), time.perf_counter() - start)
 
 
 def random_init(field: Field, seed: int) -> Params:

@@ -93,3 +93,19 @@ def test_cuda_fit_matches_cpu(photo):
     cpu = nfit.fit(photo, steps=10, device="cpu", **SMALL)
     gpu = nfit.fit(photo, steps=10, device="cuda", **SMALL)
     assert abs(cpu.summary["psnr"] - gpu.summary["psnr"]) < 0.5
+
+
+def test_keeps_the_best_parameters_not_the_last(photo):
+    from nfit.metrics import psnr
+    from nfit.render import evaluate
+
+    field = build_field("siren", {"width": 32, "depth": 3})
+    targets = torch.from_numpy(nfit.read_signal(photo).values.reshape(1, -1, 3))
+    seen = []
+    # lr far too high: the loss jumps around, so the last iterate is rarely the best one
+    res = fit_adam(field, random_init(field, 0), targets, (32, 48), FitConfig(steps=25, lr=0.05),
+                   on_step=lambda info: seen.append(info.psnr))
+    kept = psnr(evaluate(field, res.params, (32, 48)), targets).item()
+    assert kept >= max(seen) - 1e-3
+    if res.steps[0] < 25:
+        assert abs(kept - seen[res.steps[0]]) < 1e-3  # seen[t] is the PSNR of the parameters after t updates
