@@ -77,6 +77,15 @@ def field_config_dict(field: Field) -> dict[str, Any]:
     return dataclasses.asdict(field.config)
 
 
+def mlp_param_shapes(dims: list[int]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the linear layers of an MLP with layer sizes ``dims``: l{i}.weight [out, in], l{i}.bias [out]."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        shapes[f"l{i}.weight"] = (d_out, d_in)
+        shapes[f"l{i}.bias"] = (d_out,)
+    return shapes
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """Per-signal affine map: x [B, N, in] or [N, in], weight [B, out, in], bias [B, out] -> [B, N, out]."""
     if x.dim() == 2:  # coordinates shared by every signal: a stride-0 view, no copy

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from nfit.fields.base import Params, linear, register_field, uniform
+from nfit.fields.base import Params, linear, mlp_param_shapes, register_field, uniform
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,7 @@ class FourierMLP:
         self.dims = [2 * c.n_freqs] + [c.width] * (c.depth - 1) + [c.out_dim]
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {
-            name: shape
-            for i, (d_in, d_out) in enumerate(zip(self.dims[:-1], self.dims[1:]))
-            for name, shape in ((f"l{i}.weight", (d_out, d_in)), (f"l{i}.bias", (d_out,)))
-        }
+        return mlp_param_shapes(self.dims)
 
     def init_params(self, generator: torch.Generator) -> Params:
         params: Params = {}

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from nfit.fields.base import Params, linear, register_field, uniform
+from nfit.fields.base import Params, linear, mlp_param_shapes, register_field, uniform
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,7 @@ class Siren:
         self.w0s = [first] + [c.w0] * (c.depth - 2)  # one per sine layer
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes: dict[str, tuple[int, ...]] = {}
-        for i, (d_in, d_out) in enumerate(zip(self.dims[:-1], self.dims[1:])):
-            shapes[f"l{i}.weight"] = (d_out, d_in)
-            shapes[f"l{i}.bias"] = (d_out,)
-        return shapes
+        return mlp_param_shapes(self.dims)
 
     def init_params(self, generator: torch.Generator) -> Params:
         params: Params = {}
