@@ -8,6 +8,7 @@ exit code 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -148,9 +149,7 @@ def fit(
     rows = []
     for (path, nf), src in zip(results, inputs):
         nbytes = path.stat().st_size
-        pixels = 1
-        for s in nf.shape:
-            pixels *= s
+        pixels = math.prod(nf.shape)
         rows.append({"input": str(src), "output": str(path), **{k: nf.summary[k] for k in ("psnr", "ssim", "steps", "seconds")},
                      "bytes": nbytes, "bits_per_pixel": round(nbytes * 8 / pixels, 4)})
     if as_json:
