@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from nfit.config import FieldOptions, FitConfig
 from nfit.device import resolve_device
 from nfit.errors import ConfigError
 from nfit.fieldfile import NeuralField, load_field, save_field
-from nfit.fields import FIELDS, build_field, field_config_dict, unbatch_params
+from nfit.fields import build_field, field_config_dict, unbatch_params
 from nfit.fit import StepInfo, fit_adam, random_init, split_batches
 from nfit.render import evaluate, render_to_file, render_values
 from nfit.signals import Signal, read_signal
@@ -34,19 +33,7 @@ ProgressFactory = Callable[[str, int], Callable[[StepInfo], None]]
 
 
 def _field_config(opts: FieldOptions, signal: Signal) -> dict[str, Any]:
-    if opts.name not in FIELDS:
-        raise ConfigError("--field", f"unknown field {opts.name!r} (known: {', '.join(sorted(FIELDS))})")
-    config = {"in_dim": len(signal.shape), "out_dim": signal.channels}
-    names = {f.name for f in dataclasses.fields(FIELDS[opts.name].Config)}
-    for key in ("width", "depth", "w0"):
-        value = getattr(opts, key)
-        if value is None:
-            continue
-        if key not in names:
-            raise ConfigError(f"--{key}", f"the {opts.name!r} field has no {key}")
-        config[key] = value
-    build_field(opts.name, config)  # validate now, before any work
-    return config
+    return opts.field_config(len(signal.shape), signal.channels)
 
 
 def fit_signals(

@@ -33,6 +33,36 @@ class FitConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """Fitting from a learned initialisation: GradNCP's test-time SGD (Algorithm 2), or Adam."""
+
+    steps: int = 16  # K_test
+    lr: float = 1e-2  # alpha, the meta-training inner step size
+    gamma: float = 0.25  # fraction of points whose gradient sets the step size
+    rescale: bool = True  # False: plain full-context SGD
+    optimizer: str = "sgd"  # "adam": Adam from the initialisation instead
+    adam_steps: int = 100  # Meta-SparseINR's evaluation protocol
+    adam_lr: float = 1e-4
+    batch_size: int = 16
+    chunk: int = 1 << 18
+    device: str = "auto"
+
+    def __post_init__(self):
+        from nfit.errors import ConfigError
+
+        if self.steps < 0 or self.adam_steps < 0:
+            raise ConfigError("--steps", "must be >= 0")
+        if not self.lr > 0 or not self.adam_lr > 0:
+            raise ConfigError("--lr", "must be positive")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError("--gamma", "must be in (0, 1]")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError("--optimizer", f"must be sgd or adam, not {self.optimizer!r}")
+        if self.batch_size < 1:
+            raise ConfigError("--batch-size", "must be >= 1")
+
+
+@dataclass
 class FieldOptions:
     """Which field to fit; None keeps the field's own default (see nfit.fields)."""
 
@@ -40,6 +70,83 @@ class FieldOptions:
     width: int | None = None
     depth: int | None = None
     w0: float | None = None  # SIREN only
+
+    def field_config(self, in_dim: int, out_dim: int) -> dict:
+        """The config dict of this field for signals of that dimension and channels, validated."""
+        import dataclasses
+
+        from nfit.errors import ConfigError
+        from nfit.fields import FIELDS, build_field
+
+        if self.name not in FIELDS:
+            raise ConfigError("--field", f"unknown field {self.name!r} (known: {', '.join(sorted(FIELDS))})")
+        config = {"in_dim": in_dim, "out_dim": out_dim}
+        names = {f.name for f in dataclasses.fields(FIELDS[self.name].Config)}
+        for key in ("width", "depth", "w0"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if key not in names:
+                raise ConfigError(f"--{key}", f"the {self.name!r} field has no {key}")
+            config[key] = value
+        build_field(self.name, config)  # validate now, before any work
+        return config
+
+
+@dataclass
+class DataConfig:
+    """Folder datasets for meta-learning and evaluation."""
+
+    res: int = 178  # shorter side resized to this, then centre-cropped square (CelebA's 178)
+    channels: int | None = None  # None: 1 if the first file is greyscale, else 3
+    val_fraction: float = 0.1
+    val_limit: int = 64  # validation signals evaluated at each validation
+    workers: int = 4  # DataLoader decoding processes
+    strict: bool = False  # stop at the first unreadable file instead of warning
+
+    def __post_init__(self):
+        from nfit.errors import ConfigError
+
+        if self.res < 1:
+            raise ConfigError("--res", "must be >= 1")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError("--channels", "must be 1 or 3")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError("--val-fraction", "must be in [0, 1)")
+        if self.val_limit < 1:
+            raise ConfigError("--val-limit", "must be >= 1")
+        if self.workers < 0:
+            raise ConfigError("--workers", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """The outer loop of meta-learning (the reference: Adam 1e-5, clipping 1.0, batch 8)."""
+
+    algo: str = "gradncp"
+    steps: int = 10_000  # outer steps (the papers train 150k; most of the gain comes early)
+    batch_size: int = 8  # global: split over torchrun processes
+    lr: float = 1e-5
+    clip: float = 1.0  # gradient-norm clipping of the outer step
+    seed: int = 0
+    log_every: int = 10
+    val_every: int = 500
+    ckpt_every: int = 1000
+    test_steps: int = 16  # K_test of validation (and the default of fitting from the result)
+    device: str = "auto"
+
+    def __post_init__(self):
+        from nfit.errors import ConfigError
+
+        for name in ("steps", "batch_size", "log_every", "val_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError("--" + name.replace("_", "-"), "must be >= 1")
+        if not self.lr > 0:
+            raise ConfigError("--lr", "must be positive")
+        if not self.clip > 0:
+            raise ConfigError("--clip", "must be positive")
+        if self.test_steps < 0:
+            raise ConfigError("--test-steps", "must be >= 0")
 
 
 @dataclass

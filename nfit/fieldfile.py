@@ -1,4 +1,5 @@
-"""The .nf file: one fitted signal as safetensors tensors plus JSON metadata.
+"""The .nf file (one fitted signal) and the init file (a learned initialisation):
+safetensors tensors plus JSON metadata.
 
 Layout: one tensor per field parameter (unbatched, float32) and one metadata key,
 ``"nfit"``, holding JSON (safetensors metadata is str -> str, so it nests there):
@@ -11,6 +12,12 @@ Layout: one tensor per field parameter (unbatched, float32) and one metadata key
     field                      registry name and config: the file rebuilds its own network
     fit                        summary of how it was fitted (steps, PSNR, SSIM, seconds, ...)
     init                       {"name": ..., "sha256": ...} of the initialisation it started from
+
+An init file (``init.safetensors``, written by ``nfit meta-train``) has the same
+frame with ``format`` "nfit-init": the field's parameters, and metadata naming the
+modality, signal shape and channels it was trained for, the field, the algorithm
+and its hyperparameters, the test-time defaults, the data and the validation PSNR.
+A .nf fitted from it records the init file's SHA-256.
 
 Loading validates all of it and raises :class:`FieldFileError` with the reason.
 Nothing here unpickles; names in the metadata are informative and never used as paths.
@@ -38,6 +45,8 @@ from nfit.signals import CONVENTION, MODALITIES
 
 FORMAT = "nfit-field"
 FORMAT_VERSION = 1
+INIT_FORMAT = "nfit-init"
+INIT_FORMAT_VERSION = 1
 META_KEY = "nfit"
 MAX_HEADER_BYTES = 16 << 20  # safetensors header (tensor table + metadata); real files use a few kB
 MAX_GRID_SAMPLES = 1 << 34  # a declared signal size beyond this is corruption, not data
@@ -188,34 +197,9 @@ def load_field(path: str | Path) -> NeuralField:
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise FieldFileError(path, f"unsupported format version {version!r} (this nfit reads {FORMAT_VERSION})")
-    modality = _get(meta, path, "modality", str)
-    if modality not in MODALITIES:
-        raise FieldFileError(path, f"unknown modality {modality!r}")
-    signal = _get(meta, path, "signal", dict)
-    shape = signal.get("shape")
-    channels = signal.get("channels")
-    axes = MODALITIES[modality].axes
-    if (
-        not isinstance(shape, list)
-        or len(shape) != len(axes)
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
-        or math.prod(shape) > MAX_GRID_SAMPLES
-    ):
-        raise FieldFileError(path, f"signal shape {shape!r} is not a valid {modality} grid")
-    if not isinstance(channels, int) or isinstance(channels, bool) or not 1 <= channels <= 4:
-        raise FieldFileError(path, f"invalid channel count {channels!r}")
-    coords = _get(meta, path, "coords", dict)
-    if coords.get("name") != CONVENTION["name"]:
-        raise FieldFileError(path, f"unknown coordinate convention {coords.get('name')!r}")
-    field_meta = _get(meta, path, "field", dict)
-    try:
-        field_ = build_field(field_meta.get("name"), _get(field_meta, path, "config", dict))
-    except ConfigError as err:
-        raise FieldFileError(path, err.reason) from None
-    if field_.config.in_dim != len(shape) or field_.config.out_dim != channels:
-        raise FieldFileError(
-            path, f"field maps {field_.config.in_dim}-D to {field_.config.out_dim} channels, signal is {len(shape)}-D with {channels}"
-        )
+    modality, shape, channels = _signal_meta(meta, path)
+    signal, coords, field_meta = meta["signal"], meta["coords"], meta["field"]
+    field_ = _field_meta(meta, path, shape, channels)
     init = meta.get("init") or {"name": "random", "sha256": None}
     if not isinstance(init, dict) or not (init.get("sha256") is None or _SHA256.match(str(init.get("sha256")))):
         raise FieldFileError(path, "metadata field 'init' is malformed")
@@ -235,3 +219,124 @@ def load_field(path: str | Path) -> NeuralField:
     )
     nf.__dict__["field"] = field_  # already built: seed the cached property
     return nf
+
+
+@dataclass
+class MetaInit:
+    """A learned initialisation: the starting point for few-step fitting."""
+
+    field_name: str
+    field_config: dict[str, Any]
+    params: Params  # unbatched, float32, CPU
+    modality: str
+    shape: tuple[int, ...]  # the grid it was meta-trained on
+    channels: int
+    algo: dict[str, Any]  # {"name": ..., "config": {...}}
+    test: dict[str, Any]  # test-time defaults: steps, lr, gamma
+    data: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)  # steps, seeds, outer optimiser, validation PSNR
+    coords: dict[str, Any] = field(default_factory=lambda: dict(CONVENTION))
+    sha256: str | None = None  # of the file it was loaded from
+
+    @cached_property
+    def field(self) -> Field:
+        return build_field(self.field_name, self.field_config)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": INIT_FORMAT,
+            "format_version": INIT_FORMAT_VERSION,
+            "nfit_version": __version__,
+            "modality": self.modality,
+            "signal": {"shape": list(self.shape), "channels": self.channels, "value_range": [0.0, 1.0]},
+            "coords": self.coords,
+            "field": {"name": self.field_name, "config": self.field_config},
+            "algo": self.algo,
+            "test": self.test,
+            "data": self.data,
+            "train": self.train,
+        }
+
+
+def save_init(init: MetaInit, path: str | Path) -> str:
+    """Write an init file atomically; returns its SHA-256."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in init.params.items()}
+    meta = json.dumps(init.metadata(), separators=(",", ":"), allow_nan=False)
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: meta})
+    return file_sha256(path)
+
+
+def _signal_meta(meta: dict, path: Path) -> tuple[str, tuple[int, ...], int]:
+    """modality, grid shape and channels from the metadata, validated."""
+    modality = _get(meta, path, "modality", str)
+    if modality not in MODALITIES:
+        raise FieldFileError(path, f"unknown modality {modality!r}")
+    signal = _get(meta, path, "signal", dict)
+    shape = signal.get("shape")
+    channels = signal.get("channels")
+    axes = MODALITIES[modality].axes
+    if (
+        not isinstance(shape, list)
+        or len(shape) != len(axes)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+        or math.prod(shape) > MAX_GRID_SAMPLES
+    ):
+        raise FieldFileError(path, f"signal shape {shape!r} is not a valid {modality} grid")
+    if not isinstance(channels, int) or isinstance(channels, bool) or not 1 <= channels <= 4:
+        raise FieldFileError(path, f"invalid channel count {channels!r}")
+    coords = _get(meta, path, "coords", dict)
+    if coords.get("name") != CONVENTION["name"]:
+        raise FieldFileError(path, f"unknown coordinate convention {coords.get('name')!r}")
+    return modality, tuple(shape), channels
+
+
+def _field_meta(meta: dict, path: Path, shape: tuple[int, ...], channels: int) -> Field:
+    field_meta = _get(meta, path, "field", dict)
+    try:
+        field_ = build_field(field_meta.get("name"), _get(field_meta, path, "config", dict))
+    except ConfigError as err:
+        raise FieldFileError(path, err.reason) from None
+    if field_.config.in_dim != len(shape) or field_.config.out_dim != channels:
+        raise FieldFileError(
+            path, f"field maps {field_.config.in_dim}-D to {field_.config.out_dim} channels, signal is {len(shape)}-D with {channels}"
+        )
+    return field_
+
+
+def load_init(path: str | Path) -> MetaInit:
+    """Read and validate an init file."""
+    path = Path(path)
+    if path.is_dir() and (path / "init.safetensors").is_file():
+        path = path / "init.safetensors"  # a run directory stands for its result
+    tensors, meta = read_safetensors(path)
+    if meta.get("format") == FORMAT:
+        raise FieldFileError(path, "is a fitted .nf field, not an initialisation (init files come from nfit meta-train)")
+    if meta.get("format") != INIT_FORMAT:
+        raise FieldFileError(path, f"not an nfit initialisation (format {meta.get('format')!r})")
+    version = meta.get("format_version")
+    if version != INIT_FORMAT_VERSION:
+        raise FieldFileError(path, f"unsupported init format version {version!r} (this nfit reads {INIT_FORMAT_VERSION})")
+    modality, shape, channels = _signal_meta(meta, path)
+    field_ = _field_meta(meta, path, shape, channels)
+    algo = _get(meta, path, "algo", dict)
+    test = _get(meta, path, "test", dict)
+    init = MetaInit(
+        field_name=meta["field"]["name"],
+        field_config=meta["field"]["config"],
+        params=check_params(path, field_, tensors),
+        modality=modality,
+        shape=shape,
+        channels=channels,
+        algo=algo,
+        test=test,
+        data=meta.get("data") if isinstance(meta.get("data"), dict) else {},
+        train=meta.get("train") if isinstance(meta.get("train"), dict) else {},
+        coords=meta["coords"],
+        sha256=file_sha256(path),
+    )
+    init.__dict__["field"] = field_
+    return init

@@ -1,9 +1,10 @@
-"""Fitting fields to signals: Adam from a random initialisation, B signals at once.
+"""Fitting fields to signals, B signals at once: Adam (from any initialisation) and
+GradNCP's test-time SGD with gradient re-scaling (Algorithm 2, from a learned one).
 
 The loss of a batch is the *sum* of per-signal mean squared errors, so the
 gradient with respect to the batched parameters is, slice by slice, each signal's
-own gradient; Adam is element-wise, so every signal follows exactly the path it
-would follow if fitted alone.
+own gradient; Adam is element-wise and the SGD step sizes are per signal, so every
+signal follows exactly the path it would follow if fitted alone.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nfit.config import FitConfig
+from nfit.config import AdaptConfig, FitConfig
 from nfit.fields import Field, Params, batch_params
+from nfit.meta.inner import gather_context, global_norm, sgd_step, top_context
 from nfit.metrics import psnr_from_mse
 from nfit.render import evaluate_chunks
 from nfit.signals import grid_coords
@@ -117,6 +119,100 @@ def fit_adam(
     return FitResult(kept, best_step.tolist(), time.perf_counter() - start)
 
 
+def full_pass(
+    field: Field, params: Params, coords: Tensor, targets: Tensor, chunk: int, *, scores: bool = False
+) -> tuple[list[Tensor], Tensor, Tensor, Tensor | None]:
+    """Gradient of the per-signal MSE over a whole context, accumulated over chunks of points.
+
+    params: leaf tensors [B, ...]; coords [N, d] or [B, N, d]; targets [B, N, C].
+    Returns (per-signal gradients, MSE [B], MSE of clamped predictions [B], and with
+    ``scores`` GradNCP's per-point score [B, N] from the same forward pass).
+    """
+    batch, n, channels = targets.shape
+    step = max(1, chunk // batch)
+    names = list(params)
+    grads = [torch.zeros_like(params[k]) for k in names]
+    sse = targets.new_zeros(batch)
+    sse_clamped = targets.new_zeros(batch)
+    score = targets.new_empty(batch, n) if scores else None
+    for lo in range(0, n, step):
+        hi = min(lo + step, n)
+        c = coords[lo:hi] if coords.dim() == 2 else coords[:, lo:hi]
+        pred, h = field(params, c, features=True)  # [B, n, C], [B, n, width]
+        err = pred - targets[:, lo:hi]
+        per_signal = err.pow(2).sum(dim=(1, 2))  # [B]
+        for g, part in zip(grads, torch.autograd.grad(per_signal.sum() / (n * channels), [params[k] for k in names])):
+            g += part
+        with torch.no_grad():
+            sse += per_signal
+            sse_clamped += (pred.clamp(0.0, 1.0) - targets[:, lo:hi]).pow(2).sum(dim=(1, 2))
+            if score is not None:  # see nfit.meta.inner.context_scores: two norms, no outer product
+                score[:, lo:hi] = err.norm(dim=-1) * torch.sqrt(h.pow(2).sum(dim=-1) + 1.0)
+    return grads, sse.detach() / (n * channels), sse_clamped / (n * channels), score
+
+
+@dataclass
+class AdaptResult:
+    params: Params  # batched [B, ...], detached: the parameters after the last step
+    psnr: list[Tensor]  # PSNR [B] of the clamped predictions before step 1, ..., after the last step
+    seconds: float
+
+
+def fit_sgd(
+    field: Field,
+    init: Params,
+    targets: Tensor,
+    shape: tuple[int, ...],
+    config: AdaptConfig,
+    on_step: Callable[[StepInfo], None] | None = None,
+    observe: Callable[[int, Params], None] | None = None,
+) -> AdaptResult:
+    """GradNCP's test-time adaptation (Algorithm 2) of B signals from a shared initialisation.
+
+    At each step the full-context gradient g_full is taken with the step size of the
+    pruned one: theta <- theta - lr * (||g_high|| / ||g_full||) * g_full, where g_high is
+    the gradient on each signal's top ``gamma`` fraction of points (scored as in
+    meta-training) and both norms run over all of that signal's parameters. The
+    pruned gradient is what the initialisation was meta-trained to follow; its norm
+    is larger than the full one (it averages over the hard points only), and the full
+    gradient's direction uses every point. ``config.rescale=False`` is plain SGD.
+
+    targets [B, prod(shape), C] on the compute device. ``observe(step, params)`` is
+    called with the parameters after each step 0..K (0: the initialisation).
+    """
+    device = targets.device
+    coords = grid_coords(shape, device=device)  # [N, d]
+    params = {k: v.to(device).unsqueeze(0).expand(targets.shape[0], *v.shape).clone() for k, v in init.items()}
+    history: list[Tensor] = []
+    start = time.perf_counter()
+    for step in range(config.steps + 1):
+        params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        if observe is not None:
+            with torch.no_grad():
+                observe(step, params)
+        last = step == config.steps
+        with torch.enable_grad():
+            g_full, mse, mse_clamped, score = full_pass(
+                field, params, coords, targets, config.chunk, scores=config.rescale and not last
+            )
+        psnr = psnr_from_mse(mse_clamped)
+        history.append(psnr)
+        if on_step is not None and step > 0:
+            on_step(StepInfo(step, config.steps, mse.mean().item(), psnr.mean().item(), 0))
+        if last:
+            break
+        lr: float | Tensor = config.lr
+        if config.rescale:
+            index = top_context(score, config.gamma)  # [B, k]
+            sub_coords, sub_targets = gather_context(coords, targets, index)
+            with torch.enable_grad():
+                g_high = full_pass(field, params, sub_coords, sub_targets, config.chunk)[0]
+            lr = config.lr * global_norm(g_high) / global_norm(g_full).clamp_min(1e-30)  # [B]
+        with torch.no_grad():
+            params = sgd_step(params, g_full, lr)
+    return AdaptResult({k: v.detach() for k, v in params.items()}, history, time.perf_counter() - start)
+
+
 def random_init(field: Field, seed: int) -> Params:
     """The initialisation every signal starts from, for a given seed (drawn on the CPU)."""
     return field.init_params(torch.Generator().manual_seed(seed))
@@ -126,4 +222,4 @@ def split_batches(n: int, batch_size: int) -> list[range]:
     return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
-__all__ = ["FitResult", "StepInfo", "fit_adam", "mse_and_grad", "random_init", "split_batches"]
+__all__ = ["AdaptResult", "FitResult", "StepInfo", "fit_adam", "fit_sgd", "full_pass", "mse_and_grad", "random_init", "split_batches"]

@@ -86,11 +86,13 @@ def mlp_param_shapes(dims: list[int]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """Per-signal affine map: x [B, N, in] or [N, in], weight [B, out, in], bias [B, out] -> [B, N, out]."""
+def linear(x: Tensor, weight: Tensor, bias: Tensor, scale: float = 1.0) -> Tensor:
+    """Per-signal affine map ``scale * (x W^T + b)``: x [B, N, in] or [N, in], weight [B, out, in],
+    bias [B, out] -> [B, N, out]. The scale rides in baddbmm's alpha and beta (SIREN's w0), so
+    it costs no extra pass over the activations, forward or backward."""
     if x.dim() == 2:  # coordinates shared by every signal: a stride-0 view, no copy
         x = x.expand(weight.shape[0], *x.shape)
-    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2), beta=scale, alpha=scale)
 
 
 def batch_params(params: Params, batch: int) -> Params:

@@ -65,7 +65,7 @@ class Siren:
     def __call__(self, params: Params, coords: Tensor, *, features: bool = False):
         h = coords  # [N, in] or [B, N, in]
         for i, w0 in enumerate(self.w0s):
-            h = torch.sin(w0 * linear(h, params[f"l{i}.weight"], params[f"l{i}.bias"]))  # [B, N, width]
+            h = torch.sin(linear(h, params[f"l{i}.weight"], params[f"l{i}.bias"], w0))  # [B, N, width]
         last = len(self.w0s)
         out = linear(h, params[f"l{last}.weight"], params[f"l{last}.bias"]) + self.config.out_offset
         return (out, h) if features else out  # [B, N, out_dim], [B, N, width]

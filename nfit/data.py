@@ -1,0 +1,395 @@
+"""Folders of media files -> batches of equally sized targets for meta-learning.
+
+Meta-learning fits one shared initialisation to many signals, so every signal in a
+batch must have the same grid: images are converted to a fixed channel count,
+resized so the shorter side is ``res`` and centre-cropped to ``res x res``.
+
+Batch order is a pure function of (dataset size, batch size, seed, step), so a run
+resumed at step ``s`` sees exactly the batches the uninterrupted run would have, and
+every rank of a multi-process run can compute its own slice without talking to the
+others. Bad files never crash a worker: they come back as a one-line reason, are
+warned about once and dropped from the batch (or stop the run with ``strict``).
+
+Modality-specific code (decoding and resizing) lives in small functions registered
+in :data:`LOADERS`; audio and video register their own loaders later.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nfit.errors import ConfigError, InputError
+from nfit.signals import image
+
+Item = tuple[int, torch.Tensor | None, str | None]
+Warn = Callable[[str], None]
+
+LUMA_601 = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights: the usual RGB -> grey
+SEED_STRIDE = 1_000_003  # seed * stride + epoch: distinct seeds never share an epoch's permutation
+GUESS_TRIES = 8
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def scan_folder(root: Path, extensions: tuple[str, ...] = image.READ_EXTENSIONS) -> list[Path]:
+    """Every file under ``root`` (recursively) whose extension is in ``extensions``, any case.
+
+    Hidden files and folders (names starting with ".") are skipped so that ``.git``,
+    ``.DS_Store`` and editor droppings never become training data. The result is
+    sorted so that splits and batch order depend only on the folder's contents.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputError(root, "no such directory")
+    if not root.is_dir():
+        raise InputError(root, "is a file, not a folder")
+    wanted = {e.lower() for e in extensions}
+    found: list[Path] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # prune: never descend into hidden folders
+        found.extend(
+            Path(folder, n) for n in names if not n.startswith(".") and os.path.splitext(n)[1].lower() in wanted
+        )
+    if not found:
+        kind = "image" if tuple(extensions) == image.READ_EXTENSIONS else "matching"
+        raise InputError(root, f"no {kind} files found (looked for {', '.join(extensions)})")
+    return sorted(found)
+
+
+def split_files(files: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Deterministic (train, val) split, each sorted.
+
+    The shuffle starts from the sorted list, so the split depends on the set of files
+    and the seed, not on the order they were listed in. A positive fraction always
+    yields at least one validation file (when there are two or more), and training
+    always keeps at least one.
+    """
+    if not 0.0 <= val_fraction < 1.0:  # also rejects NaN
+        raise ConfigError("--val-fraction", "must be in [0, 1)")
+    shuffled = sorted(files)
+    random.Random(seed).shuffle(shuffled)
+    n = len(shuffled)
+    n_val = round(n * val_fraction)
+    if val_fraction > 0 and n >= 2:
+        n_val = max(n_val, 1)
+    n_val = min(n_val, max(n - 1, 0))
+    return sorted(shuffled[n_val:]), sorted(shuffled[:n_val])
+
+
+# ---------------------------------------------------------------------------- batch order
+
+
+def batch_indices(n: int, batch: int, seed: int, step: int) -> list[int]:
+    """Dataset indices of the global batch for outer step ``step`` (0-based).
+
+    The stream of indices is the concatenation of epochs, epoch ``e`` being
+    ``randperm(n)`` seeded with ``seed * 1_000_003 + e``; step ``s`` takes positions
+    ``s * batch`` to ``s * batch + batch - 1``. Only the epochs the batch touches are
+    generated, so this is cheap at any step and exactly reproducible on resume.
+    """
+    if n < 1:
+        raise ValueError(f"cannot draw batches from {n} files")
+    if batch < 1:
+        raise ConfigError("--batch-size", "must be at least 1")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    start = step * batch
+    perms: dict[int, list[int]] = {}
+    out = []
+    for pos in range(start, start + batch):
+        epoch, offset = divmod(pos, n)
+        if epoch not in perms:
+            gen = torch.Generator().manual_seed((seed * SEED_STRIDE + epoch) % (1 << 64))  # torch takes uint64
+            perms[epoch] = torch.randperm(n, generator=gen).tolist()
+        out.append(perms[epoch][offset])
+    return out
+
+
+def rank_slice(indices: list[int], rank: int, world: int) -> list[int]:
+    """This rank's contiguous share of a global batch; the ranks' shares concatenate to it."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in a world of {world} processes")
+    b = len(indices)
+    if b % world:
+        raise ConfigError("--batch-size", f"global batch {b} is not divisible by {world} processes")
+    k = b // world
+    return list(indices[rank * k : (rank + 1) * k])
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def _decode_image(path: Path) -> np.ndarray:
+    """read_image with every failure as an InputError (pypng's errors for corrupt 16-bit PNGs included)."""
+    try:
+        values, _ = image.read_image(path)
+    except InputError:
+        raise
+    except OSError as err:
+        raise InputError(path, f"cannot read ({type(err).__name__}: {err.strerror or err})") from None
+    except Exception as err:  # noqa: BLE001 - decoders raise many types; all mean "not an image we can read"
+        raise InputError(path, f"cannot decode as an image ({type(err).__name__}: {image._short(err)})") from None
+    return values
+
+
+def _drop_alpha(pixels: torch.Tensor) -> torch.Tensor:
+    """LA -> L, RGBA -> RGB: meta-learned fields model colour only."""
+    return pixels[..., :-1] if pixels.shape[-1] in (2, 4) else pixels
+
+
+def _convert_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:
+    """[H, W, 1 or 3] -> [H, W, channels]: grey repeated, colour to BT.601 luma."""
+    c = pixels.shape[-1]
+    if c == channels:
+        return pixels
+    if channels == 3:  # c == 1
+        return pixels.expand(*pixels.shape[:-1], 3)
+    return pixels @ torch.tensor(LUMA_601, dtype=pixels.dtype).unsqueeze(1)  # c == 3 -> 1
+
+
+def _resize_crop(pixels: torch.Tensor, res: int) -> torch.Tensor:
+    """[H, W, C] -> [res, res, C]: shorter side to ``res`` (antialiased bicubic), centre crop."""
+    h, w = pixels.shape[:2]
+    if h <= w:
+        size = (res, max(res, round(w * res / h)))
+    else:
+        size = (max(res, round(h * res / w)), res)
+    if (h, w) != size:
+        x = pixels.permute(2, 0, 1).unsqueeze(0)  # [1, C, H, W]
+        x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+        pixels = x.squeeze(0).permute(1, 2, 0)
+    pixels = pixels.clamp(0.0, 1.0)  # bicubic overshoots at edges
+    top, left = (size[0] - res) // 2, (size[1] - res) // 2
+    return pixels[top : top + res, left : left + res]
+
+
+def load_image(path: Path, res: int, channels: int) -> torch.Tensor:
+    """Decode one image as a float32 ``[res, res, channels]`` target in [0, 1].
+
+    Every image in a meta-learning batch must share one grid, so the shorter side is
+    resized to ``res`` and the centre square kept (no padding, no distortion).
+    Any failure is an :class:`InputError` naming the file.
+    """
+    if channels not in (1, 3):
+        raise ConfigError("--channels", f"must be 1 or 3, got {channels}")
+    if res < 1:
+        raise ConfigError("--res", f"must be at least 1, got {res}")
+    path = Path(path)
+    pixels = torch.from_numpy(np.ascontiguousarray(_decode_image(path), dtype=np.float32))
+    pixels = _drop_alpha(pixels)
+    if channels == 1:
+        pixels = _convert_channels(pixels, 1)  # luma before resizing: a third of the work
+    pixels = _resize_crop(pixels, res)
+    # grey -> RGB after resizing, same reason; every step is per channel, so the order does not matter
+    return _convert_channels(pixels, channels).contiguous()
+
+
+LOADERS: dict[str, Callable[[Path, int, int], torch.Tensor]] = {"image": load_image}
+"""Modality name -> ``loader(path, res, channels)`` returning a fixed-size float32 target."""
+
+
+def guess_channels(files: list[Path]) -> int:
+    """1 if the folder looks greyscale, else 3, judged by the first readable file (sorted order).
+
+    Reads at most 8 files so that a folder with a few broken files still gets a guess
+    without decoding the whole dataset.
+    """
+    if not files:
+        raise InputError(None, "no image files to guess the channel count from")
+    tried = sorted(files)[:GUESS_TRIES]
+    first: InputError | None = None
+    for path in tried:
+        try:
+            return 1 if _decode_image(path).shape[-1] <= 2 else 3
+        except InputError as err:
+            first = first or err
+    assert first is not None
+    more = f" (nor could the next {len(tried) - 1} files)" if len(tried) > 1 else ""
+    raise InputError(first.where, first.reason + more)
+
+
+# ---------------------------------------------------------------------------- datasets
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Files decoded on demand to ``[res, res, channels]``; a bad file yields a reason, not an exception.
+
+    Decoding runs in DataLoader workers, where an exception would kill the whole
+    run; returning the reason lets the main process warn once and carry on.
+    """
+
+    modality: ClassVar[str] = "image"
+
+    def __init__(self, files: list[Path], res: int, channels: int):
+        self.files = [Path(f) for f in files]
+        self.res = res
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Item:
+        try:
+            return i, LOADERS[self.modality](self.files[i], self.res, self.channels), None
+        except InputError as err:
+            return i, None, err.reason
+        except OSError as err:
+            return i, None, f"cannot read ({type(err).__name__}: {err.strerror or err})"
+
+
+def collate(items: list[Item]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """Stack the decoded items; report the bad ones as (index, reason) instead of failing the batch."""
+    good = [(i, t) for i, t, _ in items if t is not None]
+    bad = [(i, reason) for i, t, reason in items if t is None]
+    targets = torch.stack([t for _, t in good]) if good else None
+    return [i for i, _ in good], targets, bad
+
+
+def _report(dataset: ImageFolder, bad: list[tuple[int, str]], seen: dict[Path, str], strict: bool, warn: Warn) -> None:
+    """Warn once per bad file and remember it; with ``strict`` the first bad file is fatal."""
+    for i, reason in bad:
+        path = dataset.files[i]
+        first = path not in seen
+        seen[path] = reason
+        if strict:
+            raise InputError(path, reason)
+        if first:
+            warn(f"{path}: {reason}")
+
+
+def _default_warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+class _StepSampler(torch.utils.data.Sampler):
+    """This rank's slice of each step's global batch, for steps start..steps-1."""
+
+    def __init__(self, n: int, global_batch: int, seed: int, start_step: int, steps: int, rank: int, world: int):
+        self.args = (n, global_batch, seed)
+        self.start_step, self.steps, self.rank, self.world = start_step, steps, rank, world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.steps):
+            yield rank_slice(batch_indices(*self.args, step), self.rank, self.world)
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start_step, 0)
+
+
+class BatchStream:
+    """Training targets for steps ``start_step .. steps-1``: iterate to get ``(step, targets)``.
+
+    Targets are float32 ``[b, res, res, C]`` on the CPU (pinned with ``pin``); ``b`` is this
+    rank's share of the global batch minus any files that failed to decode. A step whose
+    files all failed yields nothing. ``bad`` maps each failed file to its reason and
+    ``loaded`` counts successful decodes.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageFolder,
+        global_batch: int,
+        seed: int,
+        start_step: int,
+        steps: int,
+        rank: int = 0,
+        world: int = 1,
+        workers: int = 0,
+        pin: bool = False,
+        strict: bool = False,
+        warn: Warn | None = None,
+    ):
+        if len(dataset) < 1:
+            raise ValueError("cannot stream batches from an empty dataset")
+        if global_batch < 1:
+            raise ConfigError("--batch-size", "must be at least 1")
+        rank_slice(list(range(global_batch)), rank, world)  # fail now, not in the first step
+        self.dataset = dataset
+        self.start_step, self.steps = start_step, steps
+        self.strict = strict
+        self.warn: Warn = warn or _default_warn
+        self.bad: dict[Path, str] = {}
+        self.loaded = 0
+        sampler = _StepSampler(len(dataset), global_batch, seed, start_step, steps, rank, world)
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=pin,
+            persistent_workers=workers > 0,
+            prefetch_factor=2 if workers else None,
+        )
+
+    def __len__(self) -> int:
+        """Number of steps covered (steps whose files all fail are still counted)."""
+        return max(self.steps - self.start_step, 0)
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        # The DataLoader returns batches in sampler order (workers included), so zip recovers the step.
+        for step, (kept, targets, bad) in zip(range(self.start_step, self.steps), self.loader):
+            _report(self.dataset, bad, self.bad, self.strict, self.warn)
+            self.loaded += len(kept)
+            if targets is not None:
+                yield step, targets
+
+
+def load_all(
+    dataset: ImageFolder, indices: list[int], strict: bool, warn: Warn | None
+) -> tuple[list[int], torch.Tensor]:
+    """Decode ``indices`` in this process (the validation set) with the same bad-file rules.
+
+    Returns the indices that decoded and their stacked ``[b, res, res, C]`` targets.
+    """
+    warn = warn or _default_warn
+    kept, targets, bad = collate([dataset[i] for i in indices])
+    _report(dataset, bad, {}, strict, warn)
+    if targets is None:
+        raise InputError(dataset.files[indices[0]] if indices else None, "no readable validation files")
+    return kept, targets
+
+
+# ---------------------------------------------------------------------------- summary
+
+
+@dataclass
+class DataSummary:
+    """What a dataset run used, for the run's JSON summary and log line."""
+
+    root: str
+    files: int
+    train: int
+    val: int
+    res: int
+    channels: int
+    bad: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+__all__ = [
+    "LOADERS",
+    "BatchStream",
+    "DataSummary",
+    "ImageFolder",
+    "batch_indices",
+    "collate",
+    "guess_channels",
+    "load_all",
+    "load_image",
+    "rank_slice",
+    "scan_folder",
+    "split_files",
+]

@@ -1,0 +1,153 @@
+"""How well an initialisation fits a set of signals after 0..K test-time steps."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from nfit import metrics
+from nfit.config import AdaptConfig
+from nfit.fields import Field, Params
+from nfit.fit import fit_sgd, split_batches
+from nfit.render import evaluate
+
+
+@dataclass
+class Curves:
+    """Per-signal quality after each step: ``psnr[k, i]`` after k steps on signal i."""
+
+    psnr: Tensor  # [K + 1, M]
+    ssim: Tensor | None  # [K + 1, M], None when the signals are too small for SSIM
+    last: Tensor  # [M, *shape, C] the reconstructions after the last step (CPU)
+
+    def summary(self) -> dict[str, list[float] | None]:
+        def stats(x: Tensor | None, digits: int):
+            if x is None:
+                return None, None
+            std = x.std(dim=1, unbiased=False)
+            return [round(v, digits) for v in x.mean(dim=1).tolist()], [round(v, digits) for v in std.tolist()]
+
+        psnr_mean, psnr_std = stats(self.psnr, 3)
+        ssim_mean, ssim_std = stats(self.ssim, 5)
+        return {"psnr_mean": psnr_mean, "psnr_std": psnr_std, "ssim_mean": ssim_mean, "ssim_std": ssim_std}
+
+
+def adaptation_curves(
+    field: Field,
+    init: Params,
+    signals: Tensor,
+    config: AdaptConfig,
+    device: torch.device,
+    *,
+    with_ssim: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> Curves:
+    """Fit every signal from ``init`` (Algorithm 2, or plain SGD) and measure each step.
+
+    signals: [M, *shape, C] in [0, 1], any device; fitted ``config.batch_size`` at a time.
+    """
+    count, *shape, channels = signals.shape
+    shape = tuple(shape)
+    init = {k: v.to(device) for k, v in init.items()}
+    psnr = torch.empty(config.steps + 1, count)
+    ssim = torch.empty(config.steps + 1, count) if with_ssim else None
+    last = torch.empty(signals.shape)
+    for part in split_batches(count, config.batch_size):
+        sl = slice(part.start, part.stop)
+        targets = signals[sl].reshape(len(part), -1, channels).to(device)  # [B, N, C]
+
+        def observe(step: int, params: Params) -> None:
+            values = evaluate(field, params, shape)  # [B, N, C], clamped
+            psnr[step, sl] = metrics.psnr(values, targets).cpu()
+            if ssim is not None:
+                s = metrics.ssim(values.view(len(part), *shape, channels), targets.view(len(part), *shape, channels))
+                if s is None or len(shape) != 2:
+                    raise ValueError("no SSIM for these signals")
+                ssim[step, sl] = s.cpu()
+            if step == config.steps:
+                last[sl] = values.view(len(part), *shape, channels).cpu()
+
+        fit_sgd(field, init, targets, shape, config, observe=observe)
+        if on_batch is not None:
+            on_batch(len(part))
+    return Curves(psnr, ssim, last)
+
+
+def ssim_applies(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 2 and min(shape) >= metrics.SSIM_MIN_SIDE
+
+
+@dataclass
+class EvalReport:
+    init: str  # a path, or "random"
+    init_sha256: str | None
+    data: str
+    signals: int
+    bad_files: int
+    shape: tuple[int, ...]
+    steps: int
+    results: dict[str, dict[str, list[float] | None]]  # "rescaled" / "plain" -> Curves.summary()
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def evaluate_folder(
+    init: str | Path,
+    data: str | Path,
+    config: AdaptConfig | None = None,
+    *,
+    res: int | None = None,
+    field_options=None,
+    seed: int = 0,
+    limit: int | None = None,
+    workers: int = 0,
+    strict: bool = False,
+    warn: Callable[[str], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> EvalReport:
+    """Fit every signal of a folder from ``init`` (an init file, or "random") and report
+    PSNR/SSIM mean and spread after each step 0..K, with and without gradient re-scaling.
+
+    Signals are resized and cropped to the initialisation's grid; ``res`` sets the
+    grid of the random baseline (default: :class:`nfit.config.DataConfig`'s).
+    """
+    from nfit.config import DataConfig, FieldOptions
+    from nfit.data import ImageFolder, guess_channels, load_all, scan_folder
+    from nfit.device import resolve_device
+    from nfit.errors import ConfigError
+    from nfit.fieldfile import load_init
+    from nfit.fields import build_field
+    from nfit.fit import random_init
+
+    config = config or AdaptConfig()
+    device = resolve_device(config.device)
+    files = scan_folder(Path(data))
+    if limit is not None:
+        files = files[:limit]
+    if str(init) == "random":
+        channels = guess_channels(files)
+        side = res or DataConfig.res
+        opts = field_options or FieldOptions()
+        field_ = build_field(opts.name, opts.field_config(2, channels))
+        params, sha, shape = random_init(field_, seed), None, (side, side)
+    else:
+        meta = load_init(init)
+        if res is not None and (res, res) != meta.shape:
+            raise ConfigError("--res", f"the initialisation was trained at {meta.shape[0]}x{meta.shape[1]}; evaluate at that size")
+        field_, params, sha, shape, channels = meta.field, meta.params, meta.sha256, meta.shape, meta.channels
+    warn = warn or (lambda m: None)
+    _, signals = load_all(ImageFolder(files, shape[0], channels), list(range(len(files))), strict, warn)
+    bad = len(files) - len(signals)
+    results = {}
+    with_ssim = ssim_applies(shape)
+    for name, rescale in (("rescaled", True), ("plain", False)):
+        curves = adaptation_curves(field_, params, signals, dataclasses.replace(config, rescale=rescale), device,
+                                   with_ssim=with_ssim, on_batch=on_batch)
+        results[name] = curves.summary()
+    return EvalReport(str(init), sha, str(data), len(signals), bad, shape, config.steps, results)

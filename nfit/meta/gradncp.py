@@ -1,0 +1,92 @@
+"""GradNCP meta-training (Tack et al. 2023, Algorithm 1).
+
+Inner loop: K second-order SGD steps, each on the top gamma fraction of a signal's
+coordinates, re-ranked every step by the last-layer gradient norm (the points the
+current field explains worst, weighted by how much the last layer can move them).
+Outer loss: the full-context MSE at theta_K plus lambda times the distance from
+theta_K to a bootstrapped target, L further first-order full-context steps from
+theta_K, detached. The target lets a short pruned inner loop be corrected towards
+where a longer full one would have gone, without its memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from nfit.errors import ConfigError
+from nfit.fields import Field, Params
+from nfit.meta.base import OuterResult, check_positive, register_strategy
+from nfit.meta.inner import (
+    context_scores,
+    expand_params,
+    gather_context,
+    inner_grads,
+    param_distance,
+    per_signal_mse,
+    sgd_step,
+    top_context,
+)
+
+
+@dataclass(frozen=True)
+class GradNCPConfig:
+    inner_steps: int = 16  # K
+    inner_lr: float = 1e-2  # alpha
+    gamma: float = 0.25  # fraction of the context kept at each inner step
+    boot_steps: int = 5  # L
+    boot_lr: float = 5e-2  # 5 x alpha
+    lam: float = 100.0  # weight of the bootstrap distance
+    first_order: bool = False
+
+    def __post_init__(self):
+        check_positive(inner_steps=self.inner_steps, inner_lr=self.inner_lr, boot_lr=self.boot_lr)
+        if not 0 < self.gamma <= 1:
+            raise ConfigError("--gamma", "must be in (0, 1]")
+        if self.boot_steps < 0:
+            raise ConfigError("--boot-steps", "must be >= 0")
+        if self.lam < 0:
+            raise ConfigError("--lam", "must be >= 0")
+
+
+def bootstrap_target(field: Field, params: Params, coords: Tensor, targets: Tensor, steps: int, lr: float) -> Params:
+    """L first-order full-context SGD steps from ``params``; the result carries no graph."""
+    boot = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    for _ in range(steps):
+        grads = inner_grads(per_signal_mse(field, boot, coords, targets), boot, second_order=False)
+        boot = {k: (v - lr * g).detach().requires_grad_(True) for (k, v), g in zip(boot.items(), grads)}
+    return {k: v.detach() for k, v in boot.items()}
+
+
+@register_strategy
+class GradNCP:
+    name: ClassVar[str] = "gradncp"
+    Config: ClassVar[type] = GradNCPConfig
+
+    def __init__(self, config: GradNCPConfig):
+        self.config = config
+
+    def adapt(self, field: Field, theta: Params, coords: Tensor, targets: Tensor) -> Params:
+        """theta_K after K pruned-context steps: [B, ...], differentiable to theta."""
+        c = self.config
+        params = expand_params(theta, targets.shape[0])
+        for _ in range(c.inner_steps):
+            index = top_context(context_scores(field, params, coords, targets), c.gamma)  # [B, k]
+            sub_coords, sub_targets = gather_context(coords, targets, index)  # [B, k, d], [B, k, C]
+            loss = per_signal_mse(field, params, sub_coords, sub_targets)  # [B]
+            params = sgd_step(params, inner_grads(loss, params, not c.first_order), c.inner_lr)
+        return params
+
+    def outer_loss(self, field: Field, theta: Params, coords: Tensor, targets: Tensor) -> OuterResult:
+        c = self.config
+        params = self.adapt(field, theta, coords, targets)
+        mse = per_signal_mse(field, params, coords, targets)  # [B], the memory floor: one full forward in the graph
+        loss = mse
+        if c.lam > 0 and c.boot_steps > 0:
+            with torch.enable_grad():
+                target = bootstrap_target(field, params, coords, targets, c.boot_steps, c.boot_lr)
+            loss = mse + c.lam * param_distance(target, params)
+        return OuterResult(loss.mean(), mse.detach())

@@ -1,0 +1,98 @@
+"""Inner-loop primitives shared by the meta-learning strategies and test-time fitting.
+
+Everything works on *batched* per-signal parameters ``[B, ...]`` (see
+:mod:`nfit.fields.base`). The loss handed to ``torch.autograd.grad`` is the SUM of
+per-signal losses, so the gradient with respect to the batched parameters is,
+slice by slice, each signal's own gradient: one call serves the whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from nfit.fields import Field, Params
+
+
+def expand_params(theta: Params, batch: int) -> Params:
+    """One shared initialisation viewed as a batch: [*s] -> [B, *s], no copy.
+
+    Unlike :func:`nfit.fields.batch_params` this keeps the graph to ``theta``, so an
+    outer loss on the adapted parameters backpropagates into the initialisation
+    (summed over the batch by the expand's backward).
+    """
+    return {k: v.unsqueeze(0).expand(batch, *v.shape) for k, v in theta.items()}
+
+
+def per_signal_mse(field: Field, params: Params, coords: Tensor, targets: Tensor) -> Tensor:
+    """coords [N, d] or [B, N, d], targets [B, N, C] -> mean squared error per signal [B]."""
+    return (field(params, coords) - targets).pow(2).mean(dim=(1, 2))
+
+
+def _per_signal(lr: float | Tensor, like: Tensor) -> float | Tensor:
+    """A scalar, or one step size per signal [B] broadcast against a batched parameter."""
+    return lr if not isinstance(lr, Tensor) else lr.view(-1, *([1] * (like.dim() - 1)))
+
+
+def sgd_step(params: Params, grads: dict[str, Tensor] | list[Tensor], lr: float | Tensor) -> Params:
+    """theta - lr * g, with ``lr`` a scalar or one value per signal [B]."""
+    grads = list(grads.values()) if isinstance(grads, dict) else grads
+    return {k: v - _per_signal(lr, v) * g for (k, v), g in zip(params.items(), grads)}
+
+
+def inner_grads(loss_per_signal: Tensor, params: Params, second_order: bool) -> list[Tensor]:
+    """Per-signal gradients of a [B] loss. ``second_order`` keeps their graph, so the outer
+    loss differentiates through the update (MAML); without it the update is a constant
+    shift and the outer gradient is first-order (FOMAML)."""
+    return list(torch.autograd.grad(loss_per_signal.sum(), list(params.values()), create_graph=second_order))
+
+
+def global_norm(grads: list[Tensor] | dict[str, Tensor]) -> Tensor:
+    """The norm of each signal's gradient over ALL its parameters together: -> [B]."""
+    grads = list(grads.values()) if isinstance(grads, dict) else grads
+    return torch.sqrt(sum(g.pow(2).flatten(1).sum(dim=1) for g in grads))
+
+
+def param_distance(a: Params, b: Params) -> Tensor:
+    """||a - b||_2 per signal over all parameters concatenated (not squared, not normalised): [B]."""
+    return torch.sqrt(sum((a[k] - b[k]).pow(2).flatten(1).sum(dim=1) for k in a))
+
+
+# -- GradNCP's context pruning ------------------------------------------------------
+
+
+@torch.no_grad()
+def context_scores(field: Field, params: Params, coords: Tensor, targets: Tensor) -> Tensor:
+    """Score of every coordinate: the norm of the last layer's gradient at that one point.
+
+    For the point loss 0.5 * ||f(x) - y||^2 the last layer (W, b) gets the gradient
+    (f(x) - y) [h(x); 1]^T, an outer product whose Frobenius norm is the product of
+    the two vector norms. So one forward pass and two norms give the score; the
+    outer product (B x C x (width + 1) x N) is never formed.
+
+    coords [N, d] or [B, N, d], targets [B, N, C] -> scores [B, N].
+    """
+    pred, h = field(params, coords, features=True)  # [B, N, C], [B, N, width]
+    return (pred - targets).norm(dim=-1) * torch.sqrt(h.pow(2).sum(dim=-1) + 1.0)
+
+
+def context_size(n: int, gamma: float) -> int:
+    """Points kept out of ``n``: floor(gamma * n), at least one."""
+    return max(1, math.floor(gamma * n))
+
+
+def top_context(scores: Tensor, gamma: float) -> Tensor:
+    """Indices [B, k] of each signal's top floor(gamma * N) scores (topk: no full sort)."""
+    return scores.topk(context_size(scores.shape[1], gamma), dim=1, sorted=False).indices
+
+
+def gather_context(coords: Tensor, targets: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-signal subsets: coords [N, d], targets [B, N, C], index [B, k] -> [B, k, d], [B, k, C].
+
+    Gather rather than boolean masks: every signal keeps the same number of points,
+    so the result stays one dense batch.
+    """
+    channels = targets.shape[-1]
+    return coords[index], targets.gather(1, index.unsqueeze(-1).expand(-1, -1, channels))

@@ -1,0 +1,434 @@
+"""Meta-training: the outer loop, the same for every strategy.
+
+    RUN/
+      run.json                  the configuration (resuming reads it back)
+      metrics.jsonl             one JSON object per logged step and per validation
+      checkpoint.safetensors    theta_0, Adam's moments, RNG state; metadata: step, ...
+      checkpoint.json           the same metadata, for people
+      init.safetensors          the result: the learned initialisation (see nfit.fieldfile)
+      preview.png               validation signals (top) and their reconstructions after K_test steps
+      tb/                       TensorBoard events, when tensorboard is installed
+
+Data-parallel under torchrun: every process takes a contiguous slice of the global
+batch, DistributedDataParallel averages the gradients (so the step equals a single
+process on the whole batch), and only rank 0 validates and writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nfit._version import __version__
+from nfit.atomic import atomic_output
+from nfit.config import AdaptConfig, DataConfig, FieldOptions, TrainConfig
+from nfit.data import BatchStream, DataSummary, ImageFolder, guess_channels, load_all, scan_folder, split_files
+from nfit.device import resolve_device
+from nfit.errors import ConfigError, FieldFileError
+from nfit.evaluation import adaptation_curves
+from nfit.fieldfile import META_KEY, MetaInit, read_safetensors, save_init
+from nfit.fields import Field, Params, build_field, field_config_dict
+from nfit.fit import random_init
+from nfit.meta import Strategy, build_strategy, strategy_config_dict
+from nfit.signals import CONVENTION, grid_coords
+
+RUN_FILE = "run.json"
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_JSON = "checkpoint.json"
+INIT_FILE = "init.safetensors"
+LOG_FILE = "metrics.jsonl"
+PREVIEW = "preview.png"
+PREVIEW_SIGNALS = 8
+
+
+@dataclass
+class TrainEvent:
+    """What a progress display needs: kind is "start", "step", "val", "checkpoint" or "warning"."""
+
+    kind: str
+    step: int  # outer steps completed
+    steps: int
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    init: Path
+    step: int
+    val_psnr: float | None
+    interrupted: bool = False
+    bad_files: int = 0
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device_name: str) -> tuple[_Dist, torch.device]:
+    """torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return _Dist(), resolve_device(device_name)
+    import torch.distributed as dist
+
+    d = _Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+class _Outer(nn.Module):
+    """theta_0 as module parameters, so DistributedDataParallel can average its gradient."""
+
+    def __init__(self, field_: Field, strategy: Strategy, theta: Params):
+        super().__init__()
+        self.field, self.strategy, self.names = field_, strategy, list(theta)
+        self.params = nn.ParameterList([nn.Parameter(v) for v in theta.values()])
+
+    def theta(self) -> Params:
+        return dict(zip(self.names, self.params))
+
+    def forward(self, coords: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.strategy.outer_loss(self.field, self.theta(), coords, targets)
+        return out.loss, out.mse
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes: allocated CUDA memory, or the process's resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports kB
+
+
+def _files_digest(files: list[Path], root: Path) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class _RunSpec:
+    """Everything that defines a run; written to run.json and read back by --resume."""
+
+    data: str
+    val_dir: str | None
+    train: TrainConfig
+    data_config: DataConfig
+    field: FieldOptions
+    algo_options: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nfit_version": __version__,
+            "data": self.data,
+            "val_dir": self.val_dir,
+            "train": dataclasses.asdict(self.train),
+            "data_config": dataclasses.asdict(self.data_config),
+            "field": dataclasses.asdict(self.field),
+            "algo_options": self.algo_options,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> _RunSpec:
+        return cls(
+            raw["data"],
+            raw.get("val_dir"),
+            TrainConfig(**raw["train"]),
+            DataConfig(**raw["data_config"]),
+            FieldOptions(**raw["field"]),
+            raw.get("algo_options") or {},
+        )
+
+
+def read_run(run: Path) -> _RunSpec:
+    """The configuration of an existing run directory (for --resume)."""
+    path = Path(run) / RUN_FILE
+    if not path.is_file():
+        raise ConfigError(run, f"not an nfit run directory (no {RUN_FILE})")
+    try:
+        return _RunSpec.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ConfigError(path, f"unreadable run configuration ({err})") from None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+class _Log:
+    """metrics.jsonl (and TensorBoard when installed), written by rank 0 only."""
+
+    def __init__(self, run: Path, start_step: int):
+        self.path = run / LOG_FILE
+        if self.path.exists():  # resuming: drop what was logged after the checkpoint
+            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= start_step]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        self.file = open(self.path, "a")
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run / "tb"), purge_step=start_step or None)
+        except ImportError:
+            pass
+
+    def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        self.file.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _save_checkpoint(run: Path, step: int, model: _Outer, opt: torch.optim.Adam, extra: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Tensor] = {}
+    for name, p in zip(model.names, model.params):
+        tensors[f"theta/{name}"] = p.detach().cpu().contiguous()
+        state = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                tensors[f"adam/{name}/{key}"] = state[key].detach().cpu().contiguous()
+        if "step" in state:
+            tensors[f"adam/{name}/step"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1).cpu()
+    tensors["rng/cpu"] = torch.get_rng_state()
+    meta = {"format": "nfit-checkpoint", "step": step, "nfit_version": __version__, **extra}
+    with atomic_output(run / CHECKPOINT) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    _write_json(run / CHECKPOINT_JSON, meta)
+
+
+def _load_checkpoint(run: Path, model: _Outer, opt: torch.optim.Adam) -> dict[str, Any]:
+    path = run / CHECKPOINT
+    tensors, meta = read_safetensors(path)
+    if meta.get("format") != "nfit-checkpoint":
+        raise FieldFileError(path, "not an nfit checkpoint")
+    try:
+        with torch.no_grad():
+            for name, p in zip(model.names, model.params):
+                p.copy_(tensors[f"theta/{name}"])
+                if f"adam/{name}/exp_avg" in tensors:
+                    opt.state[p] = {
+                        "step": tensors[f"adam/{name}/step"].reshape(()).clone(),
+                        "exp_avg": tensors[f"adam/{name}/exp_avg"].to(p.device),
+                        "exp_avg_sq": tensors[f"adam/{name}/exp_avg_sq"].to(p.device),
+                    }
+        torch.set_rng_state(tensors["rng/cpu"])
+    except (KeyError, RuntimeError) as err:
+        raise FieldFileError(path, f"checkpoint does not match this run ({err})") from None
+    return meta
+
+
+def _preview(path: Path, targets: Tensor, recon: Tensor) -> None:
+    """Targets on the top row, reconstructions below: [n, H, W, C] each -> one PNG."""
+    from nfit.signals.image import quantize, write_image
+
+    n, h, w, c = targets.shape
+    grid = torch.cat([torch.cat(list(targets), dim=1), torch.cat(list(recon), dim=1)], dim=0)  # [2H, nW, C]
+    with atomic_output(path) as tmp:
+        write_image(tmp, quantize(grid.numpy(), 8), "png")
+
+
+def _prepare_data(spec: _RunSpec, warn: Callable[[str], None]):
+    cfg = spec.data_config
+    root = Path(spec.data)
+    files = scan_folder(root)
+    if spec.val_dir is not None:
+        train_files, val_files = files, scan_folder(Path(spec.val_dir))
+    elif cfg.val_fraction > 0:
+        train_files, val_files = split_files(files, cfg.val_fraction, spec.train.seed)
+    else:
+        train_files, val_files = files, []
+    channels = cfg.channels or guess_channels(files)
+    summary = DataSummary(str(root), len(files), len(train_files), len(val_files), cfg.res, channels, 0)
+    return train_files, val_files, channels, summary
+
+
+def meta_train(
+    data: str | Path | None,
+    run: str | Path,
+    train: TrainConfig | None = None,
+    data_config: DataConfig | None = None,
+    field_options: FieldOptions | None = None,
+    algo_options: dict[str, Any] | None = None,
+    *,
+    val_dir: str | Path | None = None,
+    resume: bool = False,
+    on_event: Callable[[TrainEvent], None] | None = None,
+) -> TrainResult:
+    """Learn an initialisation over a folder of signals; returns where the result is.
+
+    With ``resume``, the run's own configuration (run.json) is used and training
+    continues from its checkpoint, bit for bit as if never stopped; ``train.steps``,
+    when given, may extend it.
+    """
+    run = Path(run)
+    emit = on_event or (lambda e: None)
+    if resume:
+        spec = read_run(run)
+        if train is not None:
+            spec.train = dataclasses.replace(spec.train, steps=train.steps)
+        if data is not None:
+            spec.data = str(data)
+        if not (run / CHECKPOINT).is_file():
+            raise ConfigError(run, f"nothing to resume (no {CHECKPOINT})")
+    else:
+        if data is None:
+            raise ConfigError(None, "give a data folder (or --resume RUN)")
+        if (run / RUN_FILE).exists():
+            raise ConfigError(run, "already holds a run: use --resume, or another -o")
+        if run.exists() and not run.is_dir():
+            raise ConfigError(run, "exists and is not a directory")
+        spec = _RunSpec(str(data), None if val_dir is None else str(val_dir), train or TrainConfig(),
+                        data_config or DataConfig(), field_options or FieldOptions(), dict(algo_options or {}))
+    cfg, dcfg = spec.train, spec.data_config
+    strategy = build_strategy(cfg.algo, spec.algo_options)
+    dist_, device = _setup_distributed(cfg.device)
+    warn = (lambda msg: emit(TrainEvent("warning", 0, cfg.steps, {"message": msg}))) if dist_.main else (lambda m: None)
+
+    train_files, val_files, channels, summary = _prepare_data(spec, warn)
+    if cfg.batch_size % dist_.world:
+        raise ConfigError("--batch-size", f"global batch {cfg.batch_size} is not divisible by {dist_.world} processes")
+    field_ = build_field(spec.field.name, spec.field.field_config(2, channels))
+    theta = {k: v.to(device) for k, v in random_init(field_, cfg.seed).items()}
+    model = _Outer(field_, strategy, theta).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start_step = 0
+    if dist_.main:
+        run.mkdir(parents=True, exist_ok=True)
+    if resume:
+        meta = _load_checkpoint(run, model, opt)
+        start_step = int(meta["step"])
+        if meta.get("train_files") != _files_digest(train_files, Path(spec.data)):
+            raise ConfigError(spec.data, "the data folder changed since this run started; cannot resume exactly")
+    elif dist_.main:
+        _write_json(run / RUN_FILE, spec.to_json())
+    outer: nn.Module = model
+    if dist_.world > 1:
+        outer = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    coords = grid_coords((dcfg.res, dcfg.res), device=device)  # [N, 2]
+    stream = BatchStream(
+        ImageFolder(train_files, dcfg.res, channels), cfg.batch_size, cfg.seed, start_step, cfg.steps,
+        rank=dist_.rank, world=dist_.world, workers=dcfg.workers, pin=device.type == "cuda",
+        strict=dcfg.strict, warn=warn,
+    )
+    val_targets = None
+    if dist_.main and val_files:
+        _, val_targets = load_all(ImageFolder(val_files[: dcfg.val_limit], dcfg.res, channels), list(range(min(len(val_files), dcfg.val_limit))), dcfg.strict, warn)
+    test = AdaptConfig(steps=cfg.test_steps, lr=strategy.config.inner_lr,
+                       gamma=getattr(strategy.config, "gamma", AdaptConfig.gamma), batch_size=cfg.batch_size)
+    log = _Log(run, start_step) if dist_.main else None
+    state = {"step": start_step, "val_psnr": None, "seconds": 0.0}
+
+    def validate(step: int) -> None:
+        if val_targets is None:
+            return
+        curves = adaptation_curves(field_, {k: v.detach() for k, v in model.theta().items()}, val_targets,
+                                   test, device, with_ssim=False)
+        psnr = curves.psnr.mean(dim=1)  # [K + 1]
+        state["val_psnr"] = round(psnr[-1].item(), 4)
+        values = {"val_psnr": state["val_psnr"], "val_psnr_step0": round(psnr[0].item(), 4)}
+        log.write("val", step, values)
+        n = min(PREVIEW_SIGNALS, len(val_targets))
+        _preview(run / PREVIEW, val_targets[:n], curves.last[:n])
+        emit(TrainEvent("val", step, cfg.steps, values))
+
+    def save(step: int) -> None:
+        if not dist_.main:
+            return
+        summary.bad = len(stream.bad)
+        extra = {"train_files": _files_digest(train_files, Path(spec.data)), "seconds": round(state["seconds"], 3)}
+        _save_checkpoint(run, step, model, opt, extra)
+        save_init(MetaInit(
+            field_name=spec.field.name, field_config=field_config_dict(field_),
+            params={k: v.detach().cpu() for k, v in model.theta().items()},
+            modality="image", shape=(dcfg.res, dcfg.res), channels=channels,
+            algo={"name": cfg.algo, "config": strategy_config_dict(strategy)},
+            test={"steps": test.steps, "lr": test.lr, "gamma": test.gamma},
+            data=summary.to_json(),
+            train={"steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "clip": cfg.clip, "seed": cfg.seed,
+                   "processes": dist_.world, "val_psnr": state["val_psnr"], "seconds": round(state["seconds"], 3)},
+            coords=dict(CONVENTION),
+        ), run / INIT_FILE)
+        emit(TrainEvent("checkpoint", step, cfg.steps, {"path": str(run / CHECKPOINT)}))
+
+    emit(TrainEvent("start", start_step, cfg.steps, {"data": summary.to_json(), "device": str(device),
+                                                       "processes": dist_.world, "params": sum(p.numel() for p in model.params)}))
+    interrupted = False
+    window = time.perf_counter()
+    window_steps = 0
+    try:
+        for step, batch in stream:  # step: 0-based index of the outer step about to run
+            t0 = time.perf_counter()
+            targets = batch.to(device, non_blocking=True).reshape(batch.shape[0], -1, channels)  # [b, N, C]
+            loss, mse = outer(coords, targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            state["step"] = done = step + 1
+            state["seconds"] += time.perf_counter() - t0
+            window_steps += 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                stats = torch.stack([loss.detach(), (-10 * torch.log10(mse.clamp_min(1e-10))).mean()])
+                if dist_.world > 1:
+                    torch.distributed.all_reduce(stats)
+                    stats /= dist_.world
+                now = time.perf_counter()
+                values = {"loss": stats[0].item(), "train_psnr": round(stats[1].item(), 4),
+                          "grad_norm": round(grad_norm.item(), 6), "steps_per_s": round(window_steps / (now - window), 4),
+                          "peak_memory": peak_memory(device)}
+                window, window_steps = now, 0
+                if dist_.main:
+                    log.write("train", done, values)
+                    emit(TrainEvent("step", done, cfg.steps, values))
+            if dist_.main and (done % cfg.val_every == 0 or done == cfg.steps):
+                validate(done)
+            if done % cfg.ckpt_every == 0 and done != cfg.steps:
+                save(done)
+    except KeyboardInterrupt:
+        interrupted = True
+    if state["val_psnr"] is None and dist_.main and not interrupted:
+        validate(state["step"])
+    save(state["step"])
+    if log is not None:
+        log.close()
+    if dist_.world > 1:
+        torch.distributed.destroy_process_group()
+    return TrainResult(run, run / INIT_FILE, state["step"], state["val_psnr"], interrupted, len(stream.bad))
+
+
+__all__ = ["TrainEvent", "TrainResult", "meta_train", "peak_memory", "read_run"]
