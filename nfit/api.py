@@ -14,18 +14,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from nfit import metrics
 from nfit.atomic import check_writable
-from nfit.config import FieldOptions, FitConfig
+from nfit.config import AdaptConfig, FieldOptions, FitConfig
 from nfit.device import resolve_device
 from nfit.errors import ConfigError
-from nfit.fieldfile import NeuralField, load_field, save_field
+from nfit.evaluation import EvalReport, evaluate_folder
+from nfit.fieldfile import MetaInit, NeuralField, load_field, load_init, save_field
 from nfit.fields import build_field, field_config_dict, unbatch_params
-from nfit.fit import StepInfo, fit_adam, random_init, split_batches
-from nfit.render import evaluate, render_to_file, render_values
+from nfit.fit import StepInfo, fit_adam, fit_sgd, random_init, split_batches
+from nfit.render import evaluate as evaluate_grid
+from nfit.render import render_to_file, render_values
 from nfit.signals import Signal, read_signal
 
 ProgressFactory = Callable[[str, int], Callable[[StepInfo], None]]
@@ -41,53 +45,93 @@ def fit_signals(
     config: FitConfig | None = None,
     field: FieldOptions | None = None,
     progress: ProgressFactory | None = None,
+    *,
+    init: MetaInit | None = None,
+    adapt: AdaptConfig | None = None,
 ) -> list[NeuralField]:
-    """Fit one field per signal. Signals of equal grid and channels are fitted in batches."""
+    """Fit one field per signal. Signals of equal grid and channels are fitted in batches.
+
+    Without ``init``: Adam from a random initialisation (``config``, ``field``). With a
+    learned ``init``: the init decides the field, and ``adapt`` the steps (GradNCP's
+    re-scaled SGD by default, or Adam).
+    """
     config = config or FitConfig()
     field = field or FieldOptions()
-    device = resolve_device(config.device)
+    adapt = adapt or AdaptConfig()
+    device = resolve_device(adapt.device if init is not None else config.device)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, s in enumerate(signals):
+        if init is not None:
+            _check_init_fits(init, s)
         groups[(s.modality, s.shape, s.channels)].append(i)
     fitted: list[NeuralField | None] = [None] * len(signals)
     for (modality, shape, channels), members in groups.items():
-        field_config = _field_config(field, signals[members[0]])
-        net = build_field(field.name, field_config)
-        init = random_init(net, config.seed)
-        for part in split_batches(len(members), config.batch_size):
+        if init is None:
+            field_name, field_config = field.name, field.field_config(len(shape), channels)
+            net = build_field(field_name, field_config)
+            start, batch_size = random_init(net, config.seed), config.batch_size
+            init_meta = {"name": "random", "seed": config.seed, "sha256": None}
+        else:
+            field_name, field_config, net, start = init.field_name, init.field_config, init.field, init.params
+            batch_size = adapt.batch_size
+            init_meta = {"name": "meta", "algo": init.algo.get("name"), "sha256": init.sha256}
+        for part in split_batches(len(members), batch_size):
             idx = [members[j] for j in part]
             label = signals[idx[0]].source.name if len(idx) == 1 else f"{len(idx)} x {'x'.join(map(str, shape))}"
             targets = torch.from_numpy(np.stack([signals[i].values.reshape(-1, channels) for i in idx])).to(device)
-            result = fit_adam(net, init, targets, shape, config, progress(label, config.steps) if progress else None)
-            values = evaluate(net, result.params, shape)  # [B, N, C], clamped
+            params, method, seconds = _fit_batch(net, start, targets, shape, config, adapt, init is not None,
+                                                 lambda n: progress(label, n) if progress else None)
+            values = evaluate_grid(net, params, shape)  # [B, N, C], clamped
             psnr = metrics.psnr(values, targets).tolist()
             ssim = metrics.ssim(values.view(len(idx), *shape, channels), targets.view(len(idx), *shape, channels))
             ssim = ssim.tolist() if ssim is not None and len(shape) == 2 else [None] * len(idx)
             for b, i in enumerate(idx):
                 fitted[i] = NeuralField(
-                    field_name=field.name,
+                    field_name=field_name,
                     field_config=field_config,
-                    params={k: v.cpu() for k, v in unbatch_params(result.params, b).items()},
+                    params={k: v.cpu() for k, v in unbatch_params(params, b).items()},
                     modality=modality,
                     shape=shape,
                     channels=channels,
                     bit_depth=signals[i].bit_depth,
                     source=signals[i].source.name,
                     summary={
-                        "method": "adam",
-                        "steps": result.steps[b],
-                        "lr": config.lr,
-                        "seed": config.seed,
-                        "target_psnr": config.target_psnr,
+                        **method[b],
                         "psnr": round(psnr[b], 4),
                         "ssim": None if ssim[b] is None else round(ssim[b], 5),
-                        "seconds": round(result.seconds, 3),
+                        "seconds": round(seconds, 3),
                         "batch": len(idx),
                         "device": device.type,
                     },
-                    init={"name": "random", "seed": config.seed, "sha256": None},
+                    init=init_meta,
                 )
     return fitted  # type: ignore[return-value]
+
+
+def _check_init_fits(init: MetaInit, signal: Signal) -> None:
+    if signal.modality != init.modality:
+        raise ConfigError(signal.source, f"is {signal.modality}, the initialisation is for {init.modality}")
+    if signal.channels != init.channels:
+        raise ConfigError(
+            signal.source, f"has {signal.channels} channel(s), the initialisation was trained on {init.channels}"
+        )
+
+
+def _fit_batch(net, start, targets, shape, config: FitConfig, adapt: AdaptConfig, learned: bool, progress):
+    """One batch: (batched params, per-signal method summary, seconds)."""
+    batch = targets.shape[0]
+    if learned and adapt.optimizer == "sgd":
+        result = fit_sgd(net, start, targets, shape, adapt, progress(adapt.steps))
+        method = {"method": "sgd-rescaled" if adapt.rescale else "sgd", "steps": adapt.steps, "lr": adapt.lr}
+        if adapt.rescale:
+            method["gamma"] = adapt.gamma
+        return result.params, [method] * batch, result.seconds
+    if learned:  # Adam from the learned initialisation
+        config = dataclasses.replace(config, steps=adapt.adam_steps, lr=adapt.adam_lr, chunk=adapt.chunk)
+    result = fit_adam(net, start, targets, shape, config, progress(config.steps))
+    methods = [{"method": "adam", "steps": s, "lr": config.lr, "seed": config.seed, "target_psnr": config.target_psnr}
+               for s in result.steps]
+    return result.params, methods, result.seconds
 
 
 def fit(
@@ -98,17 +142,23 @@ def fit(
     depth: int | None = None,
     w0: float | None = None,
     progress: ProgressFactory | None = None,
+    init: str | Path | MetaInit | None = None,
     **fit_options: Any,
 ) -> NeuralField | list[NeuralField]:
     """Fit one file (returns a NeuralField) or several (returns a list).
 
     ``fit_options`` are the fields of :class:`nfit.config.FitConfig` (steps, lr, seed,
-    target_psnr, batch_size, device, ...).
+    target_psnr, batch_size, device, ...), or with ``init`` (an init file from
+    ``nfit meta-train``) those of :class:`nfit.config.AdaptConfig`.
     """
     single = isinstance(inputs, (str, Path, Signal))
     items = [inputs] if single else list(inputs)
     signals = [x if isinstance(x, Signal) else read_signal(x) for x in items]
-    result = fit_signals(signals, FitConfig(**fit_options), FieldOptions(field, width, depth, w0), progress)
+    if init is not None:
+        meta = init if isinstance(init, MetaInit) else load_init(init)
+        result = fit_signals(signals, progress=progress, init=meta, adapt=AdaptConfig(**fit_options))
+    else:
+        result = fit_signals(signals, FitConfig(**fit_options), FieldOptions(field, width, depth, w0), progress)
     return result[0] if single else result
 
 
@@ -118,6 +168,9 @@ def fit_files(
     config: FitConfig | None = None,
     field: FieldOptions | None = None,
     progress: ProgressFactory | None = None,
+    *,
+    init: str | Path | None = None,
+    adapt: AdaptConfig | None = None,
 ) -> list[tuple[Path, NeuralField]]:
     """Fit ``inputs[i]`` into ``outputs[i]``. Every input is read and every output checked first,
     so a bad file fails the run before any work and before any file is written."""
@@ -129,8 +182,9 @@ def fit_files(
         raise ConfigError(None, f"two inputs would write the same output {sorted(map(str, dupes))[0]}")
     for out in outputs:
         check_writable(out)
+    meta = None if init is None else load_init(init)
     signals = [read_signal(p) for p in inputs]
-    fitted = fit_signals(signals, config, field, progress)
+    fitted = fit_signals(signals, config, field, progress, init=meta, adapt=adapt)
     for out, nf in zip(outputs, fitted):
         save_field(nf, out)
     return list(zip(outputs, fitted))
@@ -186,4 +240,16 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
     }
 
 
-__all__ = ["fit", "fit_files", "fit_signals", "info", "load", "render", "render_to_file", "save"]
+def meta_train(data, run, **kwargs):
+    """Learn an initialisation over a folder: see :func:`nfit.train.meta_train`."""
+    from nfit.train import meta_train as _meta_train
+
+    return _meta_train(data, run, **kwargs)
+
+
+def evaluate(init: str | Path, data: str | Path, **kwargs) -> EvalReport:  # noqa: F811
+    """PSNR/SSIM after 0..K steps from an initialisation over a folder: see :func:`nfit.evaluation.evaluate_folder`."""
+    return evaluate_folder(init, data, **kwargs)
+
+
+__all__ = ["evaluate", "fit", "fit_files", "fit_signals", "info", "load", "meta_train", "render", "render_to_file", "save"]

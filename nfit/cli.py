@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from nfit._version import __version__
-from nfit.config import FieldOptions, FitConfig, RenderConfig
+from nfit.config import AdaptConfig, DataConfig, FieldOptions, FitConfig, RenderConfig, TrainConfig
 from nfit.errors import ConfigError, NfitError
 from nfit.fields import SirenConfig
 
@@ -104,6 +104,23 @@ class _FitProgress:
         return on_step
 
 
+def _adapt_config(init: Path, steps, lr, gamma, no_rescale: bool, optimizer: str, batch_size: int, device: str):
+    """Test-time settings: the command line's, else the init file's own, else the defaults."""
+    from nfit.config import AdaptConfig
+    from nfit.fieldfile import load_init
+
+    test = load_init(init).test
+    kwargs: dict[str, Any] = {"optimizer": optimizer, "rescale": not no_rescale, "batch_size": batch_size, "device": device}
+    if optimizer == "adam":
+        kwargs.update(adam_steps=steps if steps is not None else AdaptConfig.adam_steps,
+                      adam_lr=lr if lr is not None else AdaptConfig.adam_lr)
+    else:
+        kwargs.update(steps=steps if steps is not None else int(test.get("steps", AdaptConfig.steps)),
+                      lr=lr if lr is not None else float(test.get("lr", AdaptConfig.lr)))
+    kwargs["gamma"] = gamma if gamma is not None else float(test.get("gamma", AdaptConfig.gamma))
+    return AdaptConfig(**kwargs)
+
+
 def _fit_outputs(inputs: list[Path], output: Optional[Path], out_dir: Optional[Path]) -> list[Path]:
     if output is not None and out_dir is not None:
         raise ConfigError(None, "give either -o/--output or -O/--out-dir, not both")
@@ -124,8 +141,15 @@ def fit(
     inputs: list[Path] = typer.Argument(..., help="Media files to fit.", show_default=False),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .nf (one input)."),
     out_dir: Optional[Path] = typer.Option(None, "-O", "--out-dir", help="Directory for one .nf per input."),
-    steps: int = typer.Option(FitConfig.steps, help="Adam steps."),
-    lr: float = typer.Option(FitConfig.lr, help="Adam learning rate."),
+    steps: Optional[int] = typer.Option(
+        None, help=f"Steps [default: {FitConfig.steps} Adam steps; from --init: {AdaptConfig.steps} SGD steps, "
+        f"or {AdaptConfig.adam_steps} with --optimizer adam]."),
+    lr: Optional[float] = typer.Option(
+        None, help=f"Learning rate [default: Adam {FitConfig.lr:g}; from --init: SGD {AdaptConfig.lr:g}, Adam {AdaptConfig.adam_lr:g}]."),
+    init: Optional[Path] = typer.Option(None, help="A learned initialisation (init.safetensors or its run directory)."),
+    optimizer: str = typer.Option(AdaptConfig.optimizer, help="From --init: sgd (GradNCP's Algorithm 2) or adam."),
+    no_rescale: bool = typer.Option(False, "--no-rescale", help="From --init: plain full-context SGD, no gradient re-scaling."),
+    gamma: Optional[float] = typer.Option(None, help="From --init: fraction of points that sets the step size [default: the init's]."),
     field: str = typer.Option(FieldOptions.name, help="Field: siren or fourier."),
     width: Optional[int] = typer.Option(None, help=f"Hidden width [default: {SirenConfig.width}]."),
     depth: Optional[int] = typer.Option(None, help=f"Linear layers [default: {SirenConfig.depth}]."),
@@ -136,14 +160,27 @@ def fit(
     device: str = typer.Option(FitConfig.device, help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
-    """Fit neural fields to media files: `nfit fit photo.png -o photo.nf`, or many with -O DIR."""
+    """Fit neural fields to media files: `nfit fit photo.png -o photo.nf`, or many with -O DIR.
+
+    With `--init RUN/init.safetensors` the fit starts from a learned initialisation and
+    takes a few re-scaled SGD steps (GradNCP's Algorithm 2).
+    """
     from nfit.api import fit_files
 
     def job():
         outputs = _fit_outputs(inputs, output, out_dir)
-        config = FitConfig(steps=steps, lr=lr, seed=seed, target_psnr=target_psnr, batch_size=batch_size, device=device)
+        config = FitConfig(steps=FitConfig.steps if steps is None or init is not None else steps,
+                           lr=FitConfig.lr if lr is None or init is not None else lr,
+                           seed=seed, target_psnr=target_psnr, batch_size=batch_size, device=device)
+        adapt = None
+        if init is not None:
+            if field != FieldOptions.name or width or depth or w0:
+                raise ConfigError("--init", "the initialisation decides the field: drop --field/--width/--depth/--w0")
+            adapt = _adapt_config(init, steps, lr, gamma, no_rescale, optimizer, batch_size, device)
+        elif no_rescale or gamma is not None or optimizer != AdaptConfig.optimizer:
+            raise ConfigError(None, "--optimizer, --no-rescale and --gamma apply to fitting from --init")
         with _FitProgress(enabled=not as_json) as progress:
-            return fit_files(inputs, outputs, config, FieldOptions(field, width, depth, w0), progress)
+            return fit_files(inputs, outputs, config, FieldOptions(field, width, depth, w0), progress, init=init, adapt=adapt)
 
     results = _run(job)
     rows = []
@@ -223,6 +260,189 @@ def info(
     for k, v in rows:
         table.add_row(k, v)
     out.print(table)
+
+
+def _gb(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB"
+
+
+class _TrainProgress:
+    """One bar over outer steps: loss, train PSNR, speed, peak memory, last validation PSNR."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("[bold]meta-train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  train {task.fields[psnr]} dB  val {task.fields[val]} dB"),
+            TextColumn("{task.fields[rate]}  mem {task.fields[mem]}"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not enabled,
+        )
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def __call__(self, event) -> None:
+        v = event.values
+        if event.kind == "start":
+            d = v["data"]
+            self.progress.console.print(
+                f"{d['root']}: {d['train']} training and {d['val']} validation files at {d['res']}x{d['res']}, "
+                f"{d['channels']} channel(s); {v['params']:,} parameters on {v['device']}"
+                + (f", {v['processes']} processes" if v["processes"] > 1 else ""), highlight=False)
+            self.task = self.progress.add_task("", total=event.steps, completed=event.step, loss="-", psnr="-",
+                                               val="-", rate="", mem="-")
+        elif event.kind == "step":
+            self.progress.update(self.task, completed=event.step, loss=f"{v['loss']:.3e}", psnr=f"{v['train_psnr']:.2f}",
+                                 rate=f"{v['steps_per_s']:.2f} step/s", mem=_gb(v["peak_memory"]))
+        elif event.kind == "val":
+            self.progress.update(self.task, val=f"{v['val_psnr']:.2f}")
+        elif event.kind == "warning":
+            self.progress.console.print(f"nfit: warning: {v['message']}", markup=False, highlight=False)
+
+
+@app.command("meta-train")
+def meta_train(
+    data: Optional[Path] = typer.Argument(None, help="Folder of training files (searched recursively).", show_default=False),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Run directory to create."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its checkpoint."),
+    algo: str = typer.Option(TrainConfig.algo, help="gradncp or maml."),
+    res: int = typer.Option(DataConfig.res, help="Training resolution: shorter side resized, centre-cropped square."),
+    steps: Optional[int] = typer.Option(None, help=f"Outer steps [default: {TrainConfig.steps}]."),
+    batch_size: int = typer.Option(TrainConfig.batch_size, help="Signals per outer step (over all processes)."),
+    lr: float = typer.Option(TrainConfig.lr, help="Outer Adam learning rate."),
+    clip: float = typer.Option(TrainConfig.clip, help="Outer gradient-norm clipping."),
+    seed: int = typer.Option(TrainConfig.seed, help="Seed of the initialisation, the split and the batch order."),
+    inner_steps: Optional[int] = typer.Option(None, help="K inner steps [default: gradncp 16, maml 4]."),
+    inner_lr: Optional[float] = typer.Option(None, help="Inner SGD step size alpha [default: 1e-2]."),
+    first_order: bool = typer.Option(False, "--first-order", help="First-order inner loop (no second derivatives)."),
+    gamma: Optional[float] = typer.Option(None, help="gradncp: fraction of points kept per inner step [default: 0.25]."),
+    boot_steps: Optional[int] = typer.Option(None, help="gradncp: bootstrap steps L [default: 5]."),
+    boot_lr: Optional[float] = typer.Option(None, help="gradncp: bootstrap step size [default: 5e-2]."),
+    lam: Optional[float] = typer.Option(None, help="gradncp: weight of the bootstrap distance [default: 100]."),
+    field: str = typer.Option(FieldOptions.name, help="Field: siren or fourier."),
+    width: Optional[int] = typer.Option(None, help=f"Hidden width [default: {SirenConfig.width}]."),
+    depth: Optional[int] = typer.Option(None, help=f"Linear layers [default: {SirenConfig.depth}]."),
+    w0: Optional[float] = typer.Option(None, help=f"SIREN frequency w0 [default: {SirenConfig.w0:g}]."),
+    channels: Optional[int] = typer.Option(None, help="1 or 3 [default: 1 if the first file is grey, else 3]."),
+    val: Optional[Path] = typer.Option(None, help="Validation folder [default: a split of DATA]."),
+    val_fraction: float = typer.Option(DataConfig.val_fraction, help="Share of DATA held out for validation."),
+    val_limit: int = typer.Option(DataConfig.val_limit, help="Validation signals evaluated each time."),
+    val_every: int = typer.Option(TrainConfig.val_every, help="Validate every N outer steps."),
+    test_steps: int = typer.Option(TrainConfig.test_steps, help="K_test: test-time steps of validation."),
+    ckpt_every: int = typer.Option(TrainConfig.ckpt_every, help="Checkpoint every N outer steps."),
+    log_every: int = typer.Option(TrainConfig.log_every, help="Log every N outer steps."),
+    workers: int = typer.Option(DataConfig.workers, help="Decoding processes."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable file instead of skipping it."),
+    device: str = typer.Option(TrainConfig.device, help="auto, cpu or cuda."),
+) -> None:
+    """Learn an initialisation over a folder: `nfit meta-train ./faces -o runs/faces`.
+
+    The result is RUN/init.safetensors, for `nfit fit --init`. Ctrl-C saves a checkpoint;
+    `nfit meta-train --resume RUN` continues it exactly (with the run's own settings;
+    --steps may extend it). Multi-GPU: `torchrun --nproc-per-node N -m nfit meta-train ...`.
+    """
+    import os
+
+    from nfit.train import meta_train as train_
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+
+    def job():
+        if resume is not None:
+            if output is not None and output != resume:
+                raise ConfigError(None, "--resume RUN continues RUN: drop -o")
+            train = None if steps is None else TrainConfig(steps=steps)
+            with _TrainProgress(enabled=main_rank) as progress:
+                return train_(data, resume, train, resume=True, on_event=progress)
+        if output is None:
+            raise ConfigError(None, "give the run directory with -o RUN")
+        train = TrainConfig(algo=algo, steps=TrainConfig.steps if steps is None else steps, batch_size=batch_size,
+                            lr=lr, clip=clip, seed=seed, log_every=log_every, val_every=val_every,
+                            ckpt_every=ckpt_every, test_steps=test_steps, device=device)
+        data_config = DataConfig(res=res, channels=channels, val_fraction=val_fraction, val_limit=val_limit,
+                                 workers=workers, strict=strict)
+        options = {"inner_steps": inner_steps, "inner_lr": inner_lr, "first_order": True if first_order else None,
+                   "gamma": gamma, "boot_steps": boot_steps, "boot_lr": boot_lr, "lam": lam}
+        with _TrainProgress(enabled=main_rank) as progress:
+            return train_(data, output, train, data_config, FieldOptions(field, width, depth, w0), options,
+                          val_dir=val, on_event=progress)
+
+    result = _run(job)
+    if not main_rank:
+        return
+    if result.interrupted:
+        err.print(f"nfit: interrupted at step {result.step}; checkpoint saved. Continue with: nfit meta-train --resume {result.run}",
+                  highlight=False)
+        raise typer.Exit(130)
+    val_ = "-" if result.val_psnr is None else f"{result.val_psnr:.2f} dB"
+    bad = f", {result.bad_files} unreadable file(s) skipped" if result.bad_files else ""
+    err.print(f"wrote {result.init} (step {result.step}, validation PSNR {val_}{bad})", highlight=False)
+
+
+@app.command("eval")
+def eval_(
+    init: str = typer.Argument(..., help="An init file or run directory, or 'random' for the baseline.", show_default=False),
+    data: Path = typer.Argument(..., help="Folder of signals to fit.", show_default=False),
+    steps: int = typer.Option(AdaptConfig.steps, help="Test-time SGD steps K."),
+    lr: float = typer.Option(AdaptConfig.lr, help="SGD step size."),
+    gamma: float = typer.Option(AdaptConfig.gamma, help="Fraction of points that sets the re-scaled step."),
+    batch_size: int = typer.Option(AdaptConfig.batch_size, help="Signals fitted together."),
+    res: Optional[int] = typer.Option(None, help=f"Grid of the random baseline [default: {DataConfig.res}]."),
+    width: Optional[int] = typer.Option(None, help="Random baseline: hidden width."),
+    depth: Optional[int] = typer.Option(None, help="Random baseline: linear layers."),
+    w0: Optional[float] = typer.Option(None, help="Random baseline: SIREN w0."),
+    seed: int = typer.Option(0, help="Random baseline: seed."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N files."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable file."),
+    device: str = typer.Option(AdaptConfig.device, help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """PSNR and SSIM after each of K steps from an initialisation, over a folder: `nfit eval RUN ./test`."""
+    from nfit.api import evaluate
+
+    def job():
+        if init != "random" and (width or depth or w0):
+            raise ConfigError(None, "--width/--depth/--w0 apply to the random baseline only")
+        config = AdaptConfig(steps=steps, lr=lr, gamma=gamma, batch_size=batch_size, device=device)
+        warn = lambda m: err.print(f"nfit: warning: {m}", markup=False, highlight=False)  # noqa: E731
+        with Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, disable=as_json) as bar:
+            task = bar.add_task("", total=None)
+
+            def on_batch(n: int) -> None:
+                bar.advance(task, n)
+
+            return evaluate(init, data, config=config, res=res, field_options=FieldOptions("siren", width, depth, w0),
+                            seed=seed, limit=limit, strict=strict, warn=warn, on_batch=on_batch)
+
+    report = _run(job)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+        return
+    shape = "x".join(map(str, report.shape))
+    table = Table(title=f"nfit eval {report.init}: {report.signals} signals at {shape}", title_justify="left")
+    table.add_column("step", justify="right")
+    for name in report.results:
+        table.add_column(f"PSNR {name}", justify="right")
+        table.add_column(f"SSIM {name}", justify="right")
+    for k in range(report.steps + 1):
+        row = [str(k)]
+        for res_ in report.results.values():
+            row.append(f"{res_['psnr_mean'][k]:.2f} ± {res_['psnr_std'][k]:.2f}")
+            row.append("-" if res_["ssim_mean"] is None else f"{res_['ssim_mean'][k]:.4f} ± {res_['ssim_std'][k]:.4f}")
+        table.add_row(*row)
+    out.print(table)
+    if report.bad_files:
+        err.print(f"{report.bad_files} unreadable file(s) skipped", highlight=False)
 
 
 def main() -> None:
