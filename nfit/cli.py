@@ -318,6 +318,8 @@ def meta_train(
     res: int = typer.Option(DataConfig.res, help="Training resolution: shorter side resized, centre-cropped square."),
     steps: Optional[int] = typer.Option(None, help=f"Outer steps [default: {TrainConfig.steps}]."),
     batch_size: int = typer.Option(TrainConfig.batch_size, help="Signals per outer step (over all processes)."),
+    micro_batch: Optional[int] = typer.Option(
+        TrainConfig.micro_batch, help="Signals per forward/backward: same step, less memory [default: the whole batch]."),
     lr: float = typer.Option(TrainConfig.lr, help="Outer Adam learning rate."),
     clip: float = typer.Option(TrainConfig.clip, help="Outer gradient-norm clipping."),
     seed: int = typer.Option(TrainConfig.seed, help="Seed of the initialisation, the split and the batch order."),
@@ -366,7 +368,7 @@ def meta_train(
         if output is None:
             raise ConfigError(None, "give the run directory with -o RUN")
         train = TrainConfig(algo=algo, steps=TrainConfig.steps if steps is None else steps, batch_size=batch_size,
-                            lr=lr, clip=clip, seed=seed, log_every=log_every, val_every=val_every,
+                            micro_batch=micro_batch, lr=lr, clip=clip, seed=seed, log_every=log_every, val_every=val_every,
                             ckpt_every=ckpt_every, test_steps=test_steps, device=device)
         data_config = DataConfig(res=res, channels=channels, val_fraction=val_fraction, val_limit=val_limit,
                                  workers=workers, strict=strict)

@@ -126,6 +126,10 @@ class TrainConfig:
     algo: str = "gradncp"
     steps: int = 10_000  # outer steps (the papers train 150k; most of the gain comes early)
     batch_size: int = 8  # global: split over torchrun processes
+    # Signals per forward/backward within a process: the outer loss is a mean of
+    # independent per-signal terms, so accumulating their gradients in micro-batches
+    # gives the same step with the memory of the micro-batch. None: all at once.
+    micro_batch: int | None = None
     lr: float = 1e-5
     clip: float = 1.0  # gradient-norm clipping of the outer step
     seed: int = 0
@@ -141,6 +145,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "val_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ConfigError("--" + name.replace("_", "-"), "must be >= 1")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ConfigError("--micro-batch", "must be >= 1")
         if not self.lr > 0:
             raise ConfigError("--lr", "must be positive")
         if not self.clip > 0:

@@ -16,6 +16,7 @@ process on the whole batch), and only rank 0 validates and writes files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -116,11 +117,38 @@ class _Outer(nn.Module):
         return out.loss, out.mse
 
 
+def _accumulate(outer: nn.Module, coords: Tensor, targets: Tensor, micro: int | None) -> tuple[Tensor, Tensor]:
+    """Backpropagate the batch's mean outer loss in micro-batches of signals; returns it and the per-signal MSE.
+
+    Under DDP only the last micro-batch synchronises gradients (``no_sync`` before it).
+    """
+    b = targets.shape[0]
+    micro = micro or b
+    total, mses = targets.new_zeros(()), []
+    for lo in range(0, b, micro):
+        part = targets[lo : lo + micro]  # [m, N, C]
+        last = lo + micro >= b
+        sync = contextlib.nullcontext() if last or not hasattr(outer, "no_sync") else outer.no_sync()
+        with sync:
+            loss, mse = outer(coords, part)
+            (loss * (part.shape[0] / b)).backward()
+        total += loss.detach() * (part.shape[0] / b)
+        mses.append(mse)
+    return total, torch.cat(mses)
+
+
 def peak_memory(device: torch.device) -> int:
     """Peak bytes: allocated CUDA memory, or the process's resident set on the CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports kB
+    try:  # VmHWM is this process's own peak; ru_maxrss would inherit a parent's across fork + exec
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
 def _files_digest(files: list[Path], root: Path) -> str:
@@ -295,7 +323,6 @@ def meta_train(
     when given, may extend it.
     """
     run = Path(run)
-    emit = on_event or (lambda e: None)
     if resume:
         spec = read_run(run)
         if train is not None:
@@ -316,7 +343,10 @@ def meta_train(
     cfg, dcfg = spec.train, spec.data_config
     strategy = build_strategy(cfg.algo, spec.algo_options)
     dist_, device = _setup_distributed(cfg.device)
-    warn = (lambda msg: emit(TrainEvent("warning", 0, cfg.steps, {"message": msg}))) if dist_.main else (lambda m: None)
+    emit = on_event if on_event is not None and dist_.main else (lambda e: None)  # rank 0 speaks for all
+
+    def warn(message: str) -> None:
+        emit(TrainEvent("warning", 0, cfg.steps, {"message": message}))
 
     train_files, val_files, channels, summary = _prepare_data(spec, warn)
     if cfg.batch_size % dist_.world:
@@ -387,6 +417,8 @@ def meta_train(
 
     emit(TrainEvent("start", start_step, cfg.steps, {"data": summary.to_json(), "device": str(device),
                                                        "processes": dist_.world, "params": sum(p.numel() for p in model.params)}))
+    if dist_.main and start_step == 0:
+        validate(0)  # the untrained initialisation: the random-init baseline of every curve
     interrupted = False
     window = time.perf_counter()
     window_steps = 0
@@ -394,9 +426,8 @@ def meta_train(
         for step, batch in stream:  # step: 0-based index of the outer step about to run
             t0 = time.perf_counter()
             targets = batch.to(device, non_blocking=True).reshape(batch.shape[0], -1, channels)  # [b, N, C]
-            loss, mse = outer(coords, targets)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, mse = _accumulate(outer, coords, targets, cfg.micro_batch)
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
             state["step"] = done = step + 1

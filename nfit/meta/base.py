@@ -62,5 +62,5 @@ def strategy_config_dict(strategy: Strategy) -> dict[str, Any]:
 
 def check_positive(**values: float) -> None:
     for name, value in values.items():
-        if not value > 0:
-            raise ConfigError("--" + name.replace("_", "-"), "must be positive")
+        if not 0 < value < float("inf"):  # also refuses NaN
+            raise ConfigError("--" + name.replace("_", "-"), "must be positive and finite")

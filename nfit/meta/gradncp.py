@@ -41,6 +41,7 @@ class GradNCPConfig:
     boot_lr: float = 5e-2  # 5 x alpha
     lam: float = 100.0  # weight of the bootstrap distance
     first_order: bool = False
+    chunk: int = 1 << 18  # points x signals per forward of the no-graph passes (scores, bootstrap)
 
     def __post_init__(self):
         check_positive(inner_steps=self.inner_steps, inner_lr=self.inner_lr, boot_lr=self.boot_lr)
@@ -48,17 +49,26 @@ class GradNCPConfig:
             raise ConfigError("--gamma", "must be in (0, 1]")
         if self.boot_steps < 0:
             raise ConfigError("--boot-steps", "must be >= 0")
-        if self.lam < 0:
-            raise ConfigError("--lam", "must be >= 0")
+        if not 0 <= self.lam < float("inf"):  # also refuses NaN
+            raise ConfigError("--lam", "must be >= 0 and finite")
 
 
-def bootstrap_target(field: Field, params: Params, coords: Tensor, targets: Tensor, steps: int, lr: float) -> Params:
-    """L first-order full-context SGD steps from ``params``; the result carries no graph."""
-    boot = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+def bootstrap_target(
+    field: Field, params: Params, coords: Tensor, targets: Tensor, steps: int, lr: float, chunk: int = 1 << 18
+) -> Params:
+    """L first-order full-context SGD steps from ``params``; the result carries no graph.
+
+    The gradients are accumulated over chunks of points, so the bootstrap adds one
+    chunk's activations to the peak memory, not a second full-resolution graph.
+    """
+    from nfit.fit import full_pass  # the chunked full-context gradient, shared with test-time fitting
+
+    boot = {k: v.detach() for k, v in params.items()}
     for _ in range(steps):
-        grads = inner_grads(per_signal_mse(field, boot, coords, targets), boot, second_order=False)
-        boot = {k: (v - lr * g).detach().requires_grad_(True) for (k, v), g in zip(boot.items(), grads)}
-    return {k: v.detach() for k, v in boot.items()}
+        boot = {k: v.requires_grad_(True) for k, v in boot.items()}
+        grads = full_pass(field, boot, coords, targets, chunk)[0]
+        boot = {k: (v - lr * g).detach() for (k, v), g in zip(boot.items(), grads)}
+    return boot
 
 
 @register_strategy
@@ -74,7 +84,7 @@ class GradNCP:
         c = self.config
         params = expand_params(theta, targets.shape[0])
         for _ in range(c.inner_steps):
-            index = top_context(context_scores(field, params, coords, targets), c.gamma)  # [B, k]
+            index = top_context(context_scores(field, params, coords, targets, c.chunk), c.gamma)  # [B, k]
             sub_coords, sub_targets = gather_context(coords, targets, index)  # [B, k, d], [B, k, C]
             loss = per_signal_mse(field, params, sub_coords, sub_targets)  # [B]
             params = sgd_step(params, inner_grads(loss, params, not c.first_order), c.inner_lr)
@@ -87,6 +97,6 @@ class GradNCP:
         loss = mse
         if c.lam > 0 and c.boot_steps > 0:
             with torch.enable_grad():
-                target = bootstrap_target(field, params, coords, targets, c.boot_steps, c.boot_lr)
+                target = bootstrap_target(field, params, coords, targets, c.boot_steps, c.boot_lr, c.chunk)
             loss = mse + c.lam * param_distance(target, params)
         return OuterResult(loss.mean(), mse.detach())

@@ -56,15 +56,18 @@ def global_norm(grads: list[Tensor] | dict[str, Tensor]) -> Tensor:
 
 
 def param_distance(a: Params, b: Params) -> Tensor:
-    """||a - b||_2 per signal over all parameters concatenated (not squared, not normalised): [B]."""
-    return torch.sqrt(sum((a[k] - b[k]).pow(2).flatten(1).sum(dim=1) for k in a))
+    """||a - b||_2 per signal over all parameters concatenated (not squared, not normalised): [B].
+
+    The clamp keeps the gradient finite (zero) where a == b; sqrt's is infinite at 0.
+    """
+    return torch.sqrt(sum((a[k] - b[k]).pow(2).flatten(1).sum(dim=1) for k in a).clamp_min(1e-30))
 
 
 # -- GradNCP's context pruning ------------------------------------------------------
 
 
 @torch.no_grad()
-def context_scores(field: Field, params: Params, coords: Tensor, targets: Tensor) -> Tensor:
+def context_scores(field: Field, params: Params, coords: Tensor, targets: Tensor, chunk: int = 1 << 18) -> Tensor:
     """Score of every coordinate: the norm of the last layer's gradient at that one point.
 
     For the point loss 0.5 * ||f(x) - y||^2 the last layer (W, b) gets the gradient
@@ -72,10 +75,17 @@ def context_scores(field: Field, params: Params, coords: Tensor, targets: Tensor
     the two vector norms. So one forward pass and two norms give the score; the
     outer product (B x C x (width + 1) x N) is never formed.
 
-    coords [N, d] or [B, N, d], targets [B, N, C] -> scores [B, N].
+    coords [N, d] or [B, N, d], targets [B, N, C] -> scores [B, N]. Evaluated over
+    chunks of ``chunk // B`` points, so its memory stays below the graph it prunes.
     """
-    pred, h = field(params, coords, features=True)  # [B, N, C], [B, N, width]
-    return (pred - targets).norm(dim=-1) * torch.sqrt(h.pow(2).sum(dim=-1) + 1.0)
+    batch, n, _ = targets.shape
+    step = max(1, chunk // batch)
+    scores = targets.new_empty(batch, n)
+    for lo in range(0, n, step):
+        hi = min(lo + step, n)
+        pred, h = field(params, coords[lo:hi] if coords.dim() == 2 else coords[:, lo:hi], features=True)
+        scores[:, lo:hi] = (pred - targets[:, lo:hi]).norm(dim=-1) * torch.sqrt(h.pow(2).sum(dim=-1) + 1.0)
+    return scores
 
 
 def context_size(n: int, gamma: float) -> int:
