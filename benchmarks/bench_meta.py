@@ -12,7 +12,9 @@
 Every configuration of ``speed`` runs in a fresh subprocess, so its peak memory is its
 own: CUDA's max_memory_allocated, or on CPU the process's VmHWM (peak resident set,
 which includes the ~0.3 GB of the Python + torch process itself; the idle figure is
-reported beside it). Times are medians of ``--reps`` steps after one warm-up step.
+reported beside it; on CPU the allocator is tuned as ``nfit meta-train`` tunes it, see
+``nfit.device.tune_cpu_allocator``). Times are medians of ``--reps`` steps after
+``--warmup`` uncounted ones.
 Results print as JSON lines and, with ``--json FILE``, are appended there.
 """
 
@@ -57,11 +59,11 @@ def emit(record: dict, path: str | None) -> None:
 
 
 def _one_config(algo: str, res: int, batch: int, reps: int, device_name: str, data: str | None, threads: int,
-                micro: int) -> dict:
+                micro: int, warmup: int) -> dict:
     """Runs inside the subprocess."""
     import torch
 
-    from nfit.device import resolve_device
+    from nfit.device import resolve_device, tune_cpu_allocator
     from nfit.fields import build_field
     from nfit.meta import build_strategy
     from nfit.signals import grid_coords
@@ -69,6 +71,8 @@ def _one_config(algo: str, res: int, batch: int, reps: int, device_name: str, da
 
     torch.set_num_threads(threads)
     device = resolve_device(device_name)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # as nfit meta-train does
     idle = peak_memory(device)
     field = build_field("siren", {"in_dim": 2, "out_dim": 3})
     theta = {k: v.to(device).requires_grad_(True) for k, v in field.init_params(torch.Generator().manual_seed(0)).items()}
@@ -83,7 +87,7 @@ def _one_config(algo: str, res: int, batch: int, reps: int, device_name: str, da
     targets = targets.to(device)
     coords = grid_coords((res, res), device=device)
     times = []
-    for i in range(reps + 1):
+    for i in range(reps + warmup):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -94,7 +98,7 @@ def _one_config(algo: str, res: int, batch: int, reps: int, device_name: str, da
             v.grad = None
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i:  # the first step warms up allocators and kernels
+        if i >= warmup:  # warm-up steps fill allocators and caches; not counted
             times.append(time.perf_counter() - t)
     return {"algo": algo, **ALGOS[algo], "res": res, "batch": batch, "micro_batch": micro, "device": str(device),
             "step_s_median": round(statistics.median(times), 4), "step_s": [round(x, 4) for x in times],
@@ -105,7 +109,7 @@ def cmd_speed(args) -> None:
     configs = [(res, algo, micro) for res in args.res for algo in args.algos for micro in args.micro or [args.batch]]
     for res, algo, micro in configs:
         cmd = [sys.executable, __file__, "_one", algo, str(res), str(args.batch), str(args.reps), args.device,
-               args.data or "", str(args.threads), str(micro)]
+               args.data or "", str(args.threads), str(micro), str(args.warmup)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         if proc.returncode:
             emit({"algo": algo, "res": res, "micro_batch": micro, "error": proc.stderr.strip().splitlines()[-1:]},
@@ -154,7 +158,6 @@ def cmd_curves(args) -> None:
 def make_crops(photos: list[Path], count: int, size: int, out: Path, seed: int) -> None:
     """Random square crops at several scales (side 1x to 4x ``size``), resized to ``size``."""
     import numpy as np
-    import torch
     import torch.nn.functional as F
 
     from nfit.data import load_image
@@ -211,9 +214,9 @@ def cmd_crops(args) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_one":
-        algo, res, batch, reps, device, data, threads, micro = sys.argv[2:10]
+        algo, res, batch, reps, device, data, threads, micro, warmup = sys.argv[2:11]
         print(json.dumps(_one_config(algo, int(res), int(batch), int(reps), device, data or None, int(threads),
-                                     int(micro))))
+                                     int(micro), int(warmup))))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -226,6 +229,7 @@ def main() -> None:
     sp.add_argument("--res", type=int, nargs="+", default=[32, 64, 128, 178])
     sp.add_argument("--batch", type=int, default=8)
     sp.add_argument("--reps", type=int, default=3)
+    sp.add_argument("--warmup", type=int, default=1, help="uncounted steps before the timed ones")
     sp.add_argument("--threads", type=int, default=2)
     sp.add_argument("--micro", type=int, nargs="+", help="micro-batch sizes to compare (default: the whole batch)")
     sp.add_argument("--data", default=str(DEFAULT_DATA / "meta_faces"), help="images for the targets ('' for random)")

@@ -7,13 +7,20 @@
 """
 
 from nfit._version import __version__
-from nfit.api import fit, fit_files, fit_signals, info, load, render, render_to_file, save
-from nfit.config import FieldOptions, FitConfig, RenderConfig
+from nfit.api import evaluate, fit, fit_files, fit_signals, info, load, meta_train, render, render_to_file, save
+from nfit.config import AdaptConfig, DataConfig, FieldOptions, FitConfig, RenderConfig, TrainConfig
 from nfit.errors import ConfigError, FieldFileError, InputError, NfitError, OutputError
-from nfit.fieldfile import NeuralField
+from nfit.fieldfile import MetaInit, NeuralField, load_init
 from nfit.signals import Signal, read_signal
 
 __all__ = [
+    "AdaptConfig",
+    "DataConfig",
+    "MetaInit",
+    "TrainConfig",
+    "evaluate",
+    "load_init",
+    "meta_train",
     "ConfigError",
     "FieldFileError",
     "FieldOptions",

@@ -25,8 +25,8 @@ from nfit.config import AdaptConfig, FieldOptions, FitConfig
 from nfit.device import resolve_device
 from nfit.errors import ConfigError
 from nfit.evaluation import EvalReport, evaluate_folder
-from nfit.fieldfile import MetaInit, NeuralField, load_field, load_init, save_field
-from nfit.fields import build_field, field_config_dict, unbatch_params
+from nfit.fieldfile import INIT_FORMAT, MetaInit, NeuralField, load_field, load_init, read_format, save_field
+from nfit.fields import build_field, count_params, field_config_dict, unbatch_params
 from nfit.fit import StepInfo, fit_adam, fit_sgd, random_init, split_batches
 from nfit.render import evaluate as evaluate_grid
 from nfit.render import render_to_file, render_values
@@ -217,13 +217,18 @@ def render(
 
 
 def info(nf: NeuralField | str | Path) -> dict[str, Any]:
-    """What a .nf file holds, as plain JSON-ready data."""
+    """What a .nf (or init) file holds, as plain JSON-ready data."""
     path = None if isinstance(nf, NeuralField) else Path(nf)
+    if path is not None and (path.is_dir() or read_format(path) == INIT_FORMAT):
+        init = load_init(path)
+        return {"file": str(path), "kind": "init", **init.metadata(), "parameters": count_params(init.field),
+                "sha256": init.sha256}
     nf = nf if isinstance(nf, NeuralField) else load_field(nf)
     samples = int(np.prod(nf.shape))
     nbytes = path.stat().st_size if path is not None else None
     return {
         "file": None if path is None else str(path),
+        "kind": "field",
         "format_version": nf.metadata()["format_version"],
         "modality": nf.modality,
         "shape": list(nf.shape),
@@ -240,8 +245,9 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
     }
 
 
-def meta_train(data, run, **kwargs):
-    """Learn an initialisation over a folder: see :func:`nfit.train.meta_train`."""
+def meta_train(data: str | Path | None, run: str | Path, **kwargs: Any):
+    """Learn an initialisation over a folder: see :func:`nfit.train.meta_train` (``train=``,
+    ``data_config=``, ``field_options=``, ``algo_options=``, ``val_dir=``, ``resume=``, ``on_event=``)."""
     from nfit.train import meta_train as _meta_train
 
     return _meta_train(data, run, **kwargs)

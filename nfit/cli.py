@@ -231,10 +231,10 @@ def render(
 
 @app.command()
 def info(
-    file: Path = typer.Argument(..., help="A .nf file.", show_default=False),
+    file: Path = typer.Argument(..., help="A .nf file, an init file or a run directory.", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """Describe a .nf file: modality, shape, field, parameters, bytes, how it was fitted."""
+    """Describe a .nf file (modality, shape, field, parameters, bytes, how it was fitted) or an init file."""
     from nfit.api import info as info_
 
     data = _run(lambda: info_(file))
@@ -244,6 +244,24 @@ def info(
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
+    if data["kind"] == "init":
+        sig = data["signal"]
+        rows = [
+            ("file", data["file"]),
+            ("kind", f"initialisation ({data['format']} v{data['format_version']}), sha256 {data['sha256'][:16]}..."),
+            ("modality", data["modality"]),
+            ("trained on", " x ".join(map(str, sig["shape"])) + f", {sig['channels']} channel(s)"),
+            ("field", f"{data['field']['name']} " + json.dumps(data["field"]["config"])),
+            ("parameters", f"{data['parameters']:,}"),
+            ("algorithm", f"{data['algo']['name']} " + json.dumps(data["algo"]["config"])),
+            ("test-time", json.dumps(data["test"])),
+            ("data", json.dumps(data["data"])),
+            ("training", ", ".join(f"{k}={v}" for k, v in data["train"].items())),
+        ]
+        for k, v in rows:
+            table.add_row(k, str(v))
+        out.print(table)
+        return
     fit_ = data["fit"]
     rows = [
         ("file", data["file"]),
@@ -342,7 +360,7 @@ def meta_train(
     test_steps: int = typer.Option(TrainConfig.test_steps, help="K_test: test-time steps of validation."),
     ckpt_every: int = typer.Option(TrainConfig.ckpt_every, help="Checkpoint every N outer steps."),
     log_every: int = typer.Option(TrainConfig.log_every, help="Log every N outer steps."),
-    workers: int = typer.Option(DataConfig.workers, help="Decoding processes."),
+    workers: Optional[int] = typer.Option(DataConfig.workers, help="Decoding processes [default: min(4, CPU cores)]."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable file instead of skipping it."),
     device: str = typer.Option(TrainConfig.device, help="auto, cpu or cuda."),
 ) -> None:

@@ -101,7 +101,7 @@ class DataConfig:
     channels: int | None = None  # None: 1 if the first file is greyscale, else 3
     val_fraction: float = 0.1
     val_limit: int = 64  # validation signals evaluated at each validation
-    workers: int = 4  # DataLoader decoding processes
+    workers: int | None = None  # DataLoader decoding processes; None: min(4, CPU cores)
     strict: bool = False  # stop at the first unreadable file instead of warning
 
     def __post_init__(self):
@@ -115,8 +115,14 @@ class DataConfig:
             raise ConfigError("--val-fraction", "must be in [0, 1)")
         if self.val_limit < 1:
             raise ConfigError("--val-limit", "must be >= 1")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ConfigError("--workers", "must be >= 0")
+
+
+    def decoding_workers(self) -> int:
+        import os
+
+        return self.workers if self.workers is not None else min(4, os.cpu_count() or 1)
 
 
 @dataclass

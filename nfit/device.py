@@ -22,3 +22,36 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise ConfigError("--device", f"unknown device {name!r} (use auto, cpu or cuda)")
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+_allocator_tuned = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process for reuse, on glibc; returns whether it applied.
+
+    glibc hands every block above its mmap threshold (at most 32 MB) straight back
+    to the kernel when freed, so each large activation of a training step is
+    page-faulted in afresh, zeroed by the kernel. For a MAML step at 64x64 on two
+    cores that was 10 s of system time in a 13.6 s step; keeping the memory (no mmap
+    for large blocks, no trimming) brought the step to 7.1 s, at a peak resident
+    set about 30% higher (heap fragmentation). Set NFIT_MALLOC=system to opt out.
+    Process-wide, so only long CPU jobs (meta-training) call it.
+    """
+    global _allocator_tuned
+    import ctypes
+    import os
+    import sys
+
+    if _allocator_tuned:
+        return True
+    if os.environ.get("NFIT_MALLOC") == "system" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 40) == 1
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        return False
+    _allocator_tuned = ok
+    return ok

@@ -107,16 +107,21 @@ class NeuralField:
         return save_field(self, path)
 
 
-def save_field(nf: NeuralField, path: str | Path) -> Path:
-    """Write ``nf`` to ``path`` atomically. Returns the path."""
+def write_safetensors(path: str | Path, params: Params, metadata: dict[str, Any]) -> Path:
+    """float32 CPU tensors plus the nfit JSON metadata, written atomically."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in nf.params.items()}
-    meta = json.dumps(nf.metadata(), separators=(",", ":"), allow_nan=False)
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in params.items()}
+    meta = json.dumps(metadata, separators=(",", ":"), allow_nan=False)
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: meta})
     return path
+
+
+def save_field(nf: NeuralField, path: str | Path) -> Path:
+    """Write ``nf`` to ``path`` atomically. Returns the path."""
+    return write_safetensors(path, nf.params, nf.metadata())
 
 
 def file_sha256(path: str | Path) -> str:
@@ -160,6 +165,17 @@ def read_safetensors(path: Path, error: type = FieldFileError) -> tuple[dict[str
     return tensors, meta
 
 
+def read_format(path: Path) -> str | None:
+    """The ``format`` a file declares (without loading its tensors), or None when unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get(META_KEY, "{}")).get("format")
+    except Exception:  # any failure: let the full loader report it properly
+        return None
+
+
 def check_params(path: Path, field_: Field, tensors: dict[str, Tensor], error: type = FieldFileError) -> Params:
     """Tensors must be exactly the field's parameters, in shape, and finite; returns them as float32."""
     expected = field_.param_shapes()
@@ -192,6 +208,8 @@ def load_field(path: str | Path) -> NeuralField:
     """Read and validate a .nf file."""
     path = Path(path)
     tensors, meta = read_safetensors(path)
+    if meta.get("format") == INIT_FORMAT:
+        raise FieldFileError(path, "is an initialisation (from nfit meta-train), not a fitted field: use it with --init")
     if meta.get("format") != FORMAT:
         raise FieldFileError(path, f"not an nfit field file (format {meta.get('format')!r})")
     version = meta.get("format_version")
@@ -260,14 +278,7 @@ class MetaInit:
 
 def save_init(init: MetaInit, path: str | Path) -> str:
     """Write an init file atomically; returns its SHA-256."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in init.params.items()}
-    meta = json.dumps(init.metadata(), separators=(",", ":"), allow_nan=False)
-    with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: meta})
-    return file_sha256(path)
+    return file_sha256(write_safetensors(path, init.params, init.metadata()))
 
 
 def _signal_meta(meta: dict, path: Path) -> tuple[str, tuple[int, ...], int]:

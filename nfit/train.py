@@ -35,7 +35,7 @@ from nfit._version import __version__
 from nfit.atomic import atomic_output
 from nfit.config import AdaptConfig, DataConfig, FieldOptions, TrainConfig
 from nfit.data import BatchStream, DataSummary, ImageFolder, guess_channels, load_all, scan_folder, split_files
-from nfit.device import resolve_device
+from nfit.device import resolve_device, tune_cpu_allocator
 from nfit.errors import ConfigError, FieldFileError
 from nfit.evaluation import adaptation_curves
 from nfit.fieldfile import META_KEY, MetaInit, read_safetensors, save_init
@@ -289,7 +289,7 @@ def _preview(path: Path, targets: Tensor, recon: Tensor) -> None:
         write_image(tmp, quantize(grid.numpy(), 8), "png")
 
 
-def _prepare_data(spec: _RunSpec, warn: Callable[[str], None]):
+def _prepare_data(spec: _RunSpec):
     cfg = spec.data_config
     root = Path(spec.data)
     files = scan_folder(root)
@@ -343,12 +343,14 @@ def meta_train(
     cfg, dcfg = spec.train, spec.data_config
     strategy = build_strategy(cfg.algo, spec.algo_options)
     dist_, device = _setup_distributed(cfg.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     emit = on_event if on_event is not None and dist_.main else (lambda e: None)  # rank 0 speaks for all
 
     def warn(message: str) -> None:
         emit(TrainEvent("warning", 0, cfg.steps, {"message": message}))
 
-    train_files, val_files, channels, summary = _prepare_data(spec, warn)
+    train_files, val_files, channels, summary = _prepare_data(spec)
     if cfg.batch_size % dist_.world:
         raise ConfigError("--batch-size", f"global batch {cfg.batch_size} is not divisible by {dist_.world} processes")
     field_ = build_field(spec.field.name, spec.field.field_config(2, channels))
@@ -372,7 +374,7 @@ def meta_train(
     coords = grid_coords((dcfg.res, dcfg.res), device=device)  # [N, 2]
     stream = BatchStream(
         ImageFolder(train_files, dcfg.res, channels), cfg.batch_size, cfg.seed, start_step, cfg.steps,
-        rank=dist_.rank, world=dist_.world, workers=dcfg.workers, pin=device.type == "cuda",
+        rank=dist_.rank, world=dist_.world, workers=dcfg.decoding_workers(), pin=device.type == "cuda",
         strict=dcfg.strict, warn=warn,
     )
     val_targets = None

@@ -175,6 +175,16 @@ def test_fit_and_eval_from_the_result(tmp_path, faces, data_dir):
                             "--steps", "5", "--json"])
     assert r.exit_code == 0 and load_field(out).summary["method"] == "adam"
 
+    r = runner.invoke(app, ["info", str(run), "--json"])
+    assert r.exit_code == 0, r.output
+    described = json.loads(r.stdout)
+    assert described["kind"] == "init" and described["algo"]["name"] == "gradncp"
+    assert described["sha256"] == load_init(run).sha256 and described["parameters"] == 16 * 2 + 16 + 16 * 16 + 16 + 3 * 16 + 3
+    r = runner.invoke(app, ["info", str(run)])
+    assert r.exit_code == 0 and "initialisation" in r.stdout
+    r = runner.invoke(app, ["render", str(run / "init.safetensors"), "-o", str(tmp_path / "x.png")])
+    assert r.exit_code == 2 and "use it with --init" in r.output
+
     r = runner.invoke(app, ["eval", str(run), str(faces), "--steps", "3", "--json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
@@ -206,3 +216,20 @@ def test_init_mismatches_are_one_line_errors(tmp_path, faces, data_dir):
     assert r.exit_code == 2 and "decides the field" in r.output
     r = runner.invoke(app, ["meta-train", str(tmp_path / "nowhere"), "-o", str(tmp_path / "r")])
     assert r.exit_code == 2 and "no such directory" in r.output and not (tmp_path / "r").exists()
+
+
+def test_tensorboard_events_when_installed(tmp_path, faces):
+    pytest.importorskip("tensorboard")
+    train(faces, tmp_path / "run", steps=2)
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_cpu_allocator_tuning_is_optional():
+    code = "from nfit.device import tune_cpu_allocator as t; print(t(), t())"
+    env = {**os.environ, "NFIT_MALLOC": "system"}
+    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert off.stdout.split() == ["False", "False"]
+    env.pop("NFIT_MALLOC")
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    expected = "True" if sys.platform.startswith("linux") else "False"
+    assert on.stdout.split() == [expected, expected]  # idempotent

@@ -22,6 +22,7 @@ from nfit.fields import Field, Params
 from nfit.meta.base import OuterResult, check_positive, register_strategy
 from nfit.meta.inner import (
     context_scores,
+    context_size,
     expand_params,
     gather_context,
     inner_grads,
@@ -30,6 +31,9 @@ from nfit.meta.inner import (
     sgd_step,
     top_context,
 )
+
+
+MIN_CHUNK = 1 << 13  # below this many rows, splitting saves little memory and costs launches
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,10 @@ class GradNCPConfig:
     boot_lr: float = 5e-2  # 5 x alpha
     lam: float = 100.0  # weight of the bootstrap distance
     first_order: bool = False
-    chunk: int = 1 << 18  # points x signals per forward of the no-graph passes (scores, bootstrap)
+    # Points x signals per forward of the passes that keep no graph (scores, bootstrap).
+    # None: as many as one pruned inner step, so these passes never hold more
+    # activations at once than a step already keeps in its graph.
+    chunk: int | None = None
 
     def __post_init__(self):
         check_positive(inner_steps=self.inner_steps, inner_lr=self.inner_lr, boot_lr=self.boot_lr)
@@ -79,12 +86,17 @@ class GradNCP:
     def __init__(self, config: GradNCPConfig):
         self.config = config
 
+    def _chunk(self, targets: Tensor) -> int:
+        batch, n, _ = targets.shape
+        return self.config.chunk or max(batch * context_size(n, self.config.gamma), MIN_CHUNK)
+
     def adapt(self, field: Field, theta: Params, coords: Tensor, targets: Tensor) -> Params:
         """theta_K after K pruned-context steps: [B, ...], differentiable to theta."""
         c = self.config
+        chunk = self._chunk(targets)
         params = expand_params(theta, targets.shape[0])
         for _ in range(c.inner_steps):
-            index = top_context(context_scores(field, params, coords, targets, c.chunk), c.gamma)  # [B, k]
+            index = top_context(context_scores(field, params, coords, targets, chunk), c.gamma)  # [B, k]
             sub_coords, sub_targets = gather_context(coords, targets, index)  # [B, k, d], [B, k, C]
             loss = per_signal_mse(field, params, sub_coords, sub_targets)  # [B]
             params = sgd_step(params, inner_grads(loss, params, not c.first_order), c.inner_lr)
@@ -92,11 +104,12 @@ class GradNCP:
 
     def outer_loss(self, field: Field, theta: Params, coords: Tensor, targets: Tensor) -> OuterResult:
         c = self.config
+        chunk = self._chunk(targets)
         params = self.adapt(field, theta, coords, targets)
         mse = per_signal_mse(field, params, coords, targets)  # [B], the memory floor: one full forward in the graph
         loss = mse
         if c.lam > 0 and c.boot_steps > 0:
             with torch.enable_grad():
-                target = bootstrap_target(field, params, coords, targets, c.boot_steps, c.boot_lr, c.chunk)
+                target = bootstrap_target(field, params, coords, targets, c.boot_steps, c.boot_lr, chunk)
             loss = mse + c.lam * param_distance(target, params)
         return OuterResult(loss.mean(), mse.detach())
