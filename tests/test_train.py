@@ -233,3 +233,10 @@ def test_cpu_allocator_tuning_is_optional():
     on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     expected = "True" if sys.platform.startswith("linux") else "False"
     assert on.stdout.split() == [expected, expected]  # idempotent
+
+
+def test_help_shows_every_default():
+    r = runner.invoke(app, ["meta-train", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0
+    for text in ("[default: 10000]", "[default: gradncp 16, maml 4]", "[default: 0.25]", "[default: 256]"):
+        assert text in r.output, text
