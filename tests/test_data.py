@@ -262,10 +262,14 @@ def test_guess_channels(tmp_path, data_dir, photo):
     la = tmp_path / "la.png"
     iio.imwrite(la, np.zeros((3, 3, 2), np.uint8))
     assert guess_channels([la]) == 1
-    assert guess_channels([_garbage(tmp_path / "a.png"), photo]) == 3  # first readable one decides
+    rgb = tmp_path / "c.png"
+    rgb.write_bytes(photo.read_bytes())
+    assert guess_channels([_garbage(tmp_path / "a.png"), rgb, la]) == 3  # the first readable one decides
     bad = [_garbage(tmp_path / f"b{i}.png") for i in range(9)]
+    late = tmp_path / "z.png"  # beside the bad ones, so it sorts after them wherever the checkout lives
+    late.write_bytes(photo.read_bytes())
     with pytest.raises(InputError, match="cannot decode"):
-        guess_channels(bad + [photo])  # the readable one is the 10th: not tried
+        guess_channels(bad + [late])  # the readable one is the 10th: not tried
 
 
 def _expected(ds: ImageFolder, n_batch: int, seed: int, steps: range, rank: int = 0, world: int = 1):
