@@ -18,9 +18,8 @@ from torch import Tensor
 
 from nfit.config import AdaptConfig, FitConfig
 from nfit.fields import Field, Params, batch_params
-from nfit.meta.inner import gather_context, global_norm, sgd_step, top_context
+from nfit.meta.inner import gather_context, global_norm, point_scores, sgd_step, top_context
 from nfit.metrics import psnr_from_mse
-from nfit.render import evaluate_chunks
 from nfit.signals import grid_coords
 
 
@@ -40,29 +39,6 @@ class FitResult:
     params: Params  # batched [B, ...], detached: each signal's best parameters
     steps: list[int]  # optimisation steps that led to each signal's kept parameters
     seconds: float
-
-
-def mse_and_grad(
-    field: Field, params: Params, coords: Tensor, targets: Tensor, chunk: int
-) -> tuple[Tensor, Tensor]:
-    """Backpropagate the summed per-signal MSE over the whole grid, in chunks of coordinates.
-
-    coords [N, d], targets [B, N, C]. Gradients accumulate into ``params[*].grad``;
-    returns the per-signal MSE [B] of the raw and of the clamped predictions.
-    """
-    batch, n, channels = targets.shape
-    step = max(1, chunk // batch)
-    sse = targets.new_zeros(batch)
-    sse_clamped = targets.new_zeros(batch)
-    for start in range(0, n, step):
-        pred = field(params, coords[start : start + step])  # [B, n, C]
-        err = pred - targets[:, start : start + step]
-        per_signal = err.pow(2).sum(dim=(1, 2))  # [B]
-        (per_signal.sum() / (n * channels)).backward()
-        with torch.no_grad():
-            sse += per_signal.detach()
-            sse_clamped += (pred.detach().clamp(0.0, 1.0) - targets[:, start : start + step]).pow(2).sum(dim=(1, 2))
-    return sse / (n * channels), sse_clamped / (n * channels)
 
 
 def fit_adam(
@@ -100,8 +76,9 @@ def fit_adam(
 
     start = time.perf_counter()
     for step in range(1, config.steps + 1):
-        opt.zero_grad(set_to_none=True)
-        mse, mse_clamped = mse_and_grad(field, params, coords, targets, config.chunk)
+        grads, mse, mse_clamped, _ = full_pass(field, params, coords, targets, config.chunk)
+        for p, g in zip(params.values(), grads):
+            p.grad = g
         psnr = psnr_from_mse(mse_clamped)  # [B], of the parameters before this update
         keep_best(psnr, step - 1)
         if config.target_psnr is not None:
@@ -112,43 +89,51 @@ def fit_adam(
             break
         opt.step()
     else:  # the last update has not been measured yet
-        sse = torch.zeros(batch, device=device)
-        for lo, hi, values in evaluate_chunks(field, params, shape, chunk=max(1, config.chunk // batch)):
-            sse += (values - targets[:, lo:hi]).pow(2).sum(dim=(1, 2))
-        keep_best(psnr_from_mse(sse / targets[0].numel()), config.steps)
+        mse_clamped = full_pass(field, params, coords, targets, config.chunk, grads=False)[2]
+        keep_best(psnr_from_mse(mse_clamped), config.steps)
     return FitResult(kept, best_step.tolist(), time.perf_counter() - start)
 
 
 def full_pass(
-    field: Field, params: Params, coords: Tensor, targets: Tensor, chunk: int, *, scores: bool = False
+    field: Field,
+    params: Params,
+    coords: Tensor,
+    targets: Tensor,
+    chunk: int,
+    *,
+    grads: bool = True,
+    scores: bool = False,
 ) -> tuple[list[Tensor], Tensor, Tensor, Tensor | None]:
     """Gradient of the per-signal MSE over a whole context, accumulated over chunks of points.
 
     params: leaf tensors [B, ...]; coords [N, d] or [B, N, d]; targets [B, N, C].
     Returns (per-signal gradients, MSE [B], MSE of clamped predictions [B], and with
-    ``scores`` GradNCP's per-point score [B, N] from the same forward pass).
+    ``scores`` GradNCP's per-point score [B, N] from the same forward pass). With
+    ``grads=False`` only the forward runs, without a graph, and the gradient list is empty.
     """
     batch, n, channels = targets.shape
     step = max(1, chunk // batch)
     names = list(params)
-    grads = [torch.zeros_like(params[k]) for k in names]
+    total = [torch.zeros_like(params[k]) for k in names] if grads else []
     sse = targets.new_zeros(batch)
     sse_clamped = targets.new_zeros(batch)
     score = targets.new_empty(batch, n) if scores else None
     for lo in range(0, n, step):
         hi = min(lo + step, n)
         c = coords[lo:hi] if coords.dim() == 2 else coords[:, lo:hi]
-        pred, h = field(params, c, features=True)  # [B, n, C], [B, n, width]
-        err = pred - targets[:, lo:hi]
-        per_signal = err.pow(2).sum(dim=(1, 2))  # [B]
-        for g, part in zip(grads, torch.autograd.grad(per_signal.sum() / (n * channels), [params[k] for k in names])):
-            g += part
+        with torch.set_grad_enabled(grads):
+            pred, h = field(params, c, features=True)  # [B, n, C], [B, n, width]
+            err = pred - targets[:, lo:hi]
+            per_signal = err.pow(2).sum(dim=(1, 2))  # [B]
+        if grads:
+            for g, part in zip(total, torch.autograd.grad(per_signal.sum() / (n * channels), [params[k] for k in names])):
+                g += part
         with torch.no_grad():
             sse += per_signal
             sse_clamped += (pred.clamp(0.0, 1.0) - targets[:, lo:hi]).pow(2).sum(dim=(1, 2))
-            if score is not None:  # see nfit.meta.inner.context_scores: two norms, no outer product
-                score[:, lo:hi] = err.norm(dim=-1) * torch.sqrt(h.pow(2).sum(dim=-1) + 1.0)
-    return grads, sse.detach() / (n * channels), sse_clamped / (n * channels), score
+            if score is not None:
+                score[:, lo:hi] = point_scores(err, h)
+    return total, sse.detach() / (n * channels), sse_clamped / (n * channels), score
 
 
 @dataclass
@@ -190,10 +175,10 @@ def fit_sgd(
         if observe is not None:
             with torch.no_grad():
                 observe(step, params)
-        last = step == config.steps
+        last = step == config.steps  # measured only: no gradient, no scores
         with torch.enable_grad():
             g_full, mse, mse_clamped, score = full_pass(
-                field, params, coords, targets, config.chunk, scores=config.rescale and not last
+                field, params, coords, targets, config.chunk, grads=not last, scores=config.rescale and not last
             )
         psnr = psnr_from_mse(mse_clamped)
         history.append(psnr)
@@ -222,4 +207,4 @@ def split_batches(n: int, batch_size: int) -> list[range]:
     return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
-__all__ = ["AdaptResult", "FitResult", "StepInfo", "fit_adam", "fit_sgd", "full_pass", "mse_and_grad", "random_init", "split_batches"]
+__all__ = ["AdaptResult", "FitResult", "StepInfo", "fit_adam", "fit_sgd", "full_pass", "random_init", "split_batches"]

@@ -84,8 +84,13 @@ def context_scores(field: Field, params: Params, coords: Tensor, targets: Tensor
     for lo in range(0, n, step):
         hi = min(lo + step, n)
         pred, h = field(params, coords[lo:hi] if coords.dim() == 2 else coords[:, lo:hi], features=True)
-        scores[:, lo:hi] = (pred - targets[:, lo:hi]).norm(dim=-1) * torch.sqrt(h.pow(2).sum(dim=-1) + 1.0)
+        scores[:, lo:hi] = point_scores(pred - targets[:, lo:hi], h)
     return scores
+
+
+def point_scores(err: Tensor, h: Tensor) -> Tensor:
+    """||f(x) - y|| * sqrt(||h(x)||^2 + 1) from the errors [B, n, C] and features [B, n, width]: -> [B, n]."""
+    return err.norm(dim=-1) * torch.sqrt(h.pow(2).sum(dim=-1) + 1.0)
 
 
 def context_size(n: int, gamma: float) -> int:
