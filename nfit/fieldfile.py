@@ -204,17 +204,32 @@ def _get(meta: dict, path: Path, key: str, kind: type | tuple[type, ...]):
     return value
 
 
+# format -> (its version, what a file of it is called, what to say when it is given for the other kind)
+_KINDS = {
+    FORMAT: (FORMAT_VERSION, "field file", "format version",
+             "is a fitted .nf field, not an initialisation (init files come from nfit meta-train)"),
+    INIT_FORMAT: (INIT_FORMAT_VERSION, "initialisation", "init format version",
+                  "is an initialisation (from nfit meta-train), not a fitted field: use it with --init"),
+}
+
+
+def _check_kind(meta: dict, path: Path, wanted: str) -> None:
+    """The metadata declares the ``wanted`` format, at the version this nfit reads."""
+    version, noun, version_noun, _ = _KINDS[wanted]
+    found = meta.get("format")
+    if found in _KINDS and found != wanted:
+        raise FieldFileError(path, _KINDS[found][3])
+    if found != wanted:
+        raise FieldFileError(path, f"not an nfit {noun} (format {found!r})")
+    if meta.get("format_version") != version:
+        raise FieldFileError(path, f"unsupported {version_noun} {meta.get('format_version')!r} (this nfit reads {version})")
+
+
 def load_field(path: str | Path) -> NeuralField:
     """Read and validate a .nf file."""
     path = Path(path)
     tensors, meta = read_safetensors(path)
-    if meta.get("format") == INIT_FORMAT:
-        raise FieldFileError(path, "is an initialisation (from nfit meta-train), not a fitted field: use it with --init")
-    if meta.get("format") != FORMAT:
-        raise FieldFileError(path, f"not an nfit field file (format {meta.get('format')!r})")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise FieldFileError(path, f"unsupported format version {version!r} (this nfit reads {FORMAT_VERSION})")
+    _check_kind(meta, path, FORMAT)
     modality, shape, channels = _signal_meta(meta, path)
     signal, coords, field_meta = meta["signal"], meta["coords"], meta["field"]
     field_ = _field_meta(meta, path, shape, channels)
@@ -324,13 +339,7 @@ def load_init(path: str | Path) -> MetaInit:
     if path.is_dir() and (path / "init.safetensors").is_file():
         path = path / "init.safetensors"  # a run directory stands for its result
     tensors, meta = read_safetensors(path)
-    if meta.get("format") == FORMAT:
-        raise FieldFileError(path, "is a fitted .nf field, not an initialisation (init files come from nfit meta-train)")
-    if meta.get("format") != INIT_FORMAT:
-        raise FieldFileError(path, f"not an nfit initialisation (format {meta.get('format')!r})")
-    version = meta.get("format_version")
-    if version != INIT_FORMAT_VERSION:
-        raise FieldFileError(path, f"unsupported init format version {version!r} (this nfit reads {INIT_FORMAT_VERSION})")
+    _check_kind(meta, path, INIT_FORMAT)
     modality, shape, channels = _signal_meta(meta, path)
     field_ = _field_meta(meta, path, shape, channels)
     algo = _get(meta, path, "algo", dict)
