@@ -54,6 +54,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from nfit.device import peak_resident_bytes  # noqa: E402
+
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "dev" / "images"
 FIT_SIZE = 256
 PSNR_AT = (100, 300, 1000)
@@ -62,18 +64,6 @@ PSNR_AT = (100, 300, 1000)
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _vmhwm_bytes() -> int | None:
-    """Peak RSS of this process's own address space (Linux), or None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _maxrss_bytes() -> int:
@@ -168,14 +158,14 @@ def memory_child(field_path: str, size: int, device: str, threads: int) -> None:
 
     nf = nfit.load(field_path)
     dev = torch.device(device)
-    before = _vmhwm_bytes()
+    before = peak_resident_bytes()
     before_ru = _maxrss_bytes()
     t0 = time.perf_counter()
     pixels = render_pixels(nf, (size, size), 8, device=dev)
     _sync(dev)
     seconds = time.perf_counter() - t0
     checksum = int(pixels[:: max(1, size // 64), :: max(1, size // 64)].sum())  # touch the result
-    peak = _vmhwm_bytes()
+    peak = peak_resident_bytes()
     out = {
         "size": size,
         "field": {"name": nf.field_name, **field_config_dict(nf.field)},

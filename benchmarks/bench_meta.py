@@ -63,11 +63,10 @@ def _one_config(algo: str, res: int, batch: int, reps: int, device_name: str, da
     """Runs inside the subprocess."""
     import torch
 
-    from nfit.device import resolve_device, tune_cpu_allocator
+    from nfit.device import peak_memory, resolve_device, tune_cpu_allocator
     from nfit.fields import build_field
     from nfit.meta import build_strategy
     from nfit.signals import grid_coords
-    from nfit.train import peak_memory
 
     torch.set_num_threads(threads)
     device = resolve_device(device_name)

@@ -24,6 +24,35 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     raise ConfigError("--device", f"unknown device {name!r} (use auto, cpu or cuda)")
 
 
+def peak_resident_bytes() -> int | None:
+    """This process's own peak resident set (Linux VmHWM), or None where unavailable.
+
+    Not ``ru_maxrss``: on Linux a child starts with its parent's, even across fork + exec.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes: allocated CUDA memory, or the process's resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    peak = peak_resident_bytes()
+    if peak is not None:
+        return peak
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports kB
+
+
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
 _allocator_tuned = False
 

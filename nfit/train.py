@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from nfit._version import __version__
 from nfit.atomic import atomic_output
 from nfit.config import AdaptConfig, DataConfig, FieldOptions, TrainConfig
 from nfit.data import BatchStream, DataSummary, ImageFolder, guess_channels, load_all, scan_folder, split_files
-from nfit.device import resolve_device, tune_cpu_allocator
+from nfit.device import peak_memory, resolve_device, tune_cpu_allocator
 from nfit.errors import ConfigError, FieldFileError
 from nfit.evaluation import adaptation_curves
 from nfit.fieldfile import META_KEY, MetaInit, read_safetensors, save_init
@@ -135,20 +134,6 @@ def _accumulate(outer: nn.Module, coords: Tensor, targets: Tensor, micro: int | 
         total += loss.detach() * (part.shape[0] / b)
         mses.append(mse)
     return total, torch.cat(mses)
-
-
-def peak_memory(device: torch.device) -> int:
-    """Peak bytes: allocated CUDA memory, or the process's resident set on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    try:  # VmHWM is this process's own peak; ru_maxrss would inherit a parent's across fork + exec
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
 def _files_digest(files: list[Path], root: Path) -> str:
@@ -464,4 +449,4 @@ def meta_train(
     return TrainResult(run, run / INIT_FILE, state["step"], state["val_psnr"], interrupted, len(stream.bad))
 
 
-__all__ = ["TrainEvent", "TrainResult", "meta_train", "peak_memory", "read_run"]
+__all__ = ["TrainEvent", "TrainResult", "meta_train", "read_run"]
