@@ -62,8 +62,10 @@ def adaptation_curves(
         targets = signals[sl].reshape(len(part), -1, channels).to(device)  # [B, N, C]
 
         def observe(step: int, params: Params) -> None:
+            # PSNR comes from the fit's own full-context pass; decode only for SSIM and the last images
+            if ssim is None and step < config.steps:
+                return
             values = evaluate(field, params, shape)  # [B, N, C], clamped
-            psnr[step, sl] = metrics.psnr(values, targets).cpu()
             if ssim is not None:
                 s = metrics.ssim(values.view(len(part), *shape, channels), targets.view(len(part), *shape, channels))
                 if s is None or len(shape) != 2:
@@ -72,7 +74,8 @@ def adaptation_curves(
             if step == config.steps:
                 last[sl] = values.view(len(part), *shape, channels).cpu()
 
-        fit_sgd(field, init, targets, shape, config, observe=observe)
+        result = fit_sgd(field, init, targets, shape, config, observe=observe)
+        psnr[:, sl] = torch.stack(result.psnr).cpu()  # [K + 1, B], clamped predictions
         if on_batch is not None:
             on_batch(len(part))
     return Curves(psnr, ssim, last)
