@@ -169,7 +169,7 @@ def fit_files(
     field: FieldOptions | None = None,
     progress: ProgressFactory | None = None,
     *,
-    init: str | Path | None = None,
+    init: str | Path | MetaInit | None = None,
     adapt: AdaptConfig | None = None,
 ) -> list[tuple[Path, NeuralField]]:
     """Fit ``inputs[i]`` into ``outputs[i]``. Every input is read and every output checked first,
@@ -182,7 +182,7 @@ def fit_files(
         raise ConfigError(None, f"two inputs would write the same output {sorted(map(str, dupes))[0]}")
     for out in outputs:
         check_writable(out)
-    meta = None if init is None else load_init(init)
+    meta = init if init is None or isinstance(init, MetaInit) else load_init(init)
     signals = [read_signal(p) for p in inputs]
     fitted = fit_signals(signals, config, field, progress, init=meta, adapt=adapt)
     for out, nf in zip(outputs, fitted):

@@ -105,12 +105,10 @@ class _FitProgress:
         return on_step
 
 
-def _adapt_config(init: Path, steps, lr, gamma, no_rescale: bool, optimizer: str, batch_size: int, device: str):
-    """Test-time settings: the command line's, else the init file's own, else the defaults."""
+def _adapt_config(test: dict, steps, lr, gamma, no_rescale: bool, optimizer: str, batch_size: int, device: str):
+    """Test-time settings: the command line's, else the init file's own (``test``), else the defaults."""
     from nfit.config import AdaptConfig
-    from nfit.fieldfile import load_init
 
-    test = load_init(init).test
     kwargs: dict[str, Any] = {"optimizer": optimizer, "rescale": not no_rescale, "batch_size": batch_size, "device": device}
     if optimizer == "adam":
         kwargs.update(adam_steps=steps if steps is not None else AdaptConfig.adam_steps,
@@ -167,21 +165,23 @@ def fit(
     takes a few re-scaled SGD steps (GradNCP's Algorithm 2).
     """
     from nfit.api import fit_files
+    from nfit.fieldfile import load_init
 
     def job():
         outputs = _fit_outputs(inputs, output, out_dir)
         config = FitConfig(steps=FitConfig.steps if steps is None or init is not None else steps,
                            lr=FitConfig.lr if lr is None or init is not None else lr,
                            seed=seed, target_psnr=target_psnr, batch_size=batch_size, device=device)
-        adapt = None
+        adapt = meta = None
         if init is not None:
             if field != FieldOptions.name or width or depth or w0:
                 raise ConfigError("--init", "the initialisation decides the field: drop --field/--width/--depth/--w0")
-            adapt = _adapt_config(init, steps, lr, gamma, no_rescale, optimizer, batch_size, device)
+            meta = load_init(init)
+            adapt = _adapt_config(meta.test, steps, lr, gamma, no_rescale, optimizer, batch_size, device)
         elif no_rescale or gamma is not None or optimizer != AdaptConfig.optimizer:
             raise ConfigError(None, "--optimizer, --no-rescale and --gamma apply to fitting from --init")
         with _FitProgress(enabled=not as_json) as progress:
-            return fit_files(inputs, outputs, config, FieldOptions(field, width, depth, w0), progress, init=init, adapt=adapt)
+            return fit_files(inputs, outputs, config, FieldOptions(field, width, depth, w0), progress, init=meta, adapt=adapt)
 
     results = _run(job)
     rows = []
