@@ -21,11 +21,21 @@ import torch
 
 from nfit import metrics
 from nfit.atomic import check_writable
-from nfit.config import AdaptConfig, FieldOptions, FitConfig
+from nfit.config import AdaptConfig, FieldOptions, FitConfig, StoreConfig
 from nfit.device import resolve_device
 from nfit.errors import ConfigError
 from nfit.evaluation import EvalReport, evaluate_folder
-from nfit.fieldfile import INIT_FORMAT, MetaInit, NeuralField, load_field, load_init, read_format, save_field
+from nfit.fieldfile import (
+    INIT_FORMAT,
+    MetaInit,
+    NeuralField,
+    find_init,
+    load_field,
+    load_init,
+    read_field_header,
+    read_format,
+    save_field,
+)
 from nfit.fields import build_field, count_params, field_config_dict, unbatch_params
 from nfit.fit import StepInfo, fit_adam, fit_sgd, random_init, split_batches
 from nfit.render import evaluate as evaluate_grid
@@ -48,16 +58,22 @@ def fit_signals(
     *,
     init: MetaInit | None = None,
     adapt: AdaptConfig | None = None,
+    store: StoreConfig | None = None,
 ) -> list[NeuralField]:
     """Fit one field per signal. Signals of equal grid and channels are fitted in batches.
 
     Without ``init``: Adam from a random initialisation (``config``, ``field``). With a
     learned ``init``: the init decides the field, and ``adapt`` the steps (GradNCP's
-    re-scaled SGD by default, or Adam).
+    re-scaled SGD by default, or Adam); a sparse ``init`` keeps its pruned weights at
+    zero. ``store`` says how the fields will be written; with float16 the values are
+    rounded before the summary is measured, so it describes the file.
     """
     config = config or FitConfig()
     field = field or FieldOptions()
     adapt = adapt or AdaptConfig()
+    store = store or StoreConfig()
+    if store.standalone and (init is None or init.mask is None):
+        raise ConfigError("--standalone", "applies to fields fitted from a sparse initialisation (they alone have a mask)")
     device = resolve_device(adapt.device if init is not None else config.device)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, s in enumerate(signals):
@@ -75,12 +91,16 @@ def fit_signals(
             field_name, field_config, net, start = init.field_name, init.field_config, init.field, init.params
             batch_size = adapt.batch_size
             init_meta = {"name": "meta", "algo": init.algo.get("name"), "sha256": init.sha256}
+            if init.sparsity is not None:
+                init_meta["density"] = init.sparsity.get("density")
         for part in split_batches(len(members), batch_size):
             idx = [members[j] for j in part]
             label = signals[idx[0]].source.name if len(idx) == 1 else f"{len(idx)} x {'x'.join(map(str, shape))}"
             targets = torch.from_numpy(np.stack([signals[i].values.reshape(-1, channels) for i in idx])).to(device)
             params, method, seconds = _fit_batch(net, start, targets, shape, config, adapt, init is not None,
                                                  lambda n: progress(label, n) if progress else None)
+            if store.dtype != "float32":
+                params = {k: v.to(getattr(torch, store.dtype)).float() for k, v in params.items()}
             values = evaluate_grid(net, params, shape)  # [B, N, C], clamped
             psnr = metrics.psnr(values, targets).tolist()
             ssim = metrics.ssim(values.view(len(idx), *shape, channels), targets.view(len(idx), *shape, channels))
@@ -104,6 +124,9 @@ def fit_signals(
                         "device": device.type,
                     },
                     init=init_meta,
+                    dtype=store.dtype,
+                    mask=None if init is None else init.mask,
+                    standalone=store.standalone,
                 )
     return fitted  # type: ignore[return-value]
 
@@ -143,22 +166,30 @@ def fit(
     w0: float | None = None,
     progress: ProgressFactory | None = None,
     init: str | Path | MetaInit | None = None,
+    density: float | None = None,
+    dtype: str = StoreConfig.dtype,
+    standalone: bool = StoreConfig.standalone,
     **fit_options: Any,
 ) -> NeuralField | list[NeuralField]:
     """Fit one file (returns a NeuralField) or several (returns a list).
 
     ``fit_options`` are the fields of :class:`nfit.config.FitConfig` (steps, lr, seed,
     target_psnr, batch_size, device, ...), or with ``init`` (an init file from
-    ``nfit meta-train``) those of :class:`nfit.config.AdaptConfig`.
+    ``nfit meta-train``) those of :class:`nfit.config.AdaptConfig`. ``density`` picks
+    the level of a sparse run directory given as ``init``.
     """
     single = isinstance(inputs, (str, Path, Signal))
     items = [inputs] if single else list(inputs)
     signals = [x if isinstance(x, Signal) else read_signal(x) for x in items]
+    store = StoreConfig(dtype, standalone)
     if init is not None:
-        meta = init if isinstance(init, MetaInit) else load_init(init)
-        result = fit_signals(signals, progress=progress, init=meta, adapt=AdaptConfig(**fit_options))
+        meta = init if isinstance(init, MetaInit) else load_init(init, density)
+        result = fit_signals(signals, progress=progress, init=meta, adapt=AdaptConfig(**fit_options), store=store)
     else:
-        result = fit_signals(signals, FitConfig(**fit_options), FieldOptions(field, width, depth, w0), progress)
+        if density is not None:
+            raise ConfigError("--density", "applies to fitting from a sparse run (--init RUN)")
+        result = fit_signals(signals, FitConfig(**fit_options), FieldOptions(field, width, depth, w0), progress,
+                             store=store)
     return result[0] if single else result
 
 
@@ -171,6 +202,7 @@ def fit_files(
     *,
     init: str | Path | MetaInit | None = None,
     adapt: AdaptConfig | None = None,
+    store: StoreConfig | None = None,
 ) -> list[tuple[Path, NeuralField]]:
     """Fit ``inputs[i]`` into ``outputs[i]``. Every input is read and every output checked first,
     so a bad file fails the run before any work and before any file is written."""
@@ -184,15 +216,20 @@ def fit_files(
         check_writable(out)
     meta = init if init is None or isinstance(init, MetaInit) else load_init(init)
     signals = [read_signal(p) for p in inputs]
-    fitted = fit_signals(signals, config, field, progress, init=meta, adapt=adapt)
+    fitted = fit_signals(signals, config, field, progress, init=meta, adapt=adapt, store=store)
     for out, nf in zip(outputs, fitted):
         save_field(nf, out)
     return list(zip(outputs, fitted))
 
 
-def load(path: str | Path) -> NeuralField:
-    """Read and validate a .nf file."""
-    return load_field(path)
+def load(path: str | Path, init: str | Path | MetaInit | None = None) -> NeuralField:
+    """Read and validate a .nf file. A sparse field stored without its mask needs ``init``:
+    the initialisation it was fitted from, or a run directory holding it (found by SHA-256)."""
+    if init is None or isinstance(init, MetaInit):
+        return load_field(path, init)
+    nf, _ = read_field_header(path)
+    sha = nf.init.get("sha256")
+    return load_field(path, find_init(init, sha) if sha else load_init(init))
 
 
 def save(nf: NeuralField, path: str | Path) -> Path:
@@ -207,29 +244,43 @@ def render(
     width: int | None = None,
     height: int | None = None,
     device: str = "cpu",
+    init: str | Path | MetaInit | None = None,
 ) -> torch.Tensor:
-    """Decode a field at its native size, longest side ``res``, or ``width`` x ``height``: [*shape, C]."""
+    """Decode a field at its native size, longest side ``res``, or ``width`` x ``height``: [*shape, C].
+    ``init``: see :func:`load`."""
     from nfit.signals import MODALITIES
 
-    nf = nf if isinstance(nf, NeuralField) else load_field(nf)
+    nf = nf if isinstance(nf, NeuralField) else load(nf, init)
     shape = MODALITIES[nf.modality].target_shape(nf.shape, res=res, width=width, height=height)
     return render_values(nf, shape, device=device)
 
 
 def info(nf: NeuralField | str | Path) -> dict[str, Any]:
-    """What a .nf (or init) file holds, as plain JSON-ready data."""
+    """What a .nf (or init) file holds, as plain JSON-ready data. Needs no initialisation,
+    even for a sparse field: sizes come from the file itself."""
+    from nfit.meta.sparse import narrow_width
+
     path = None if isinstance(nf, NeuralField) else Path(nf)
     if path is not None and (path.is_dir() or read_format(path) == INIT_FORMAT):
         init = load_init(path)
-        return {"file": str(path), "kind": "init", **init.metadata(), "parameters": count_params(init.field),
+        data = {"file": str(path), "kind": "init", **init.metadata(), "parameters": count_params(init.field),
                 "sha256": init.sha256}
-    nf = nf if isinstance(nf, NeuralField) else load_field(nf)
+        if init.mask is not None:
+            values = count_params(init.field) - init.sparsity["weights"] + init.sparsity["alive"]
+            data["sparsity"] = {**init.sparsity, "values": values, "dense_narrow_width": narrow_width(init.field.base, values)}
+        return data
+    if isinstance(nf, NeuralField):
+        version, storage = nf.metadata()["format_version"], nf.storage()
+    else:
+        nf, header = read_field_header(path)
+        version, storage = header["format_version"], header["storage"]
     samples = int(np.prod(nf.shape))
     nbytes = path.stat().st_size if path is not None else None
+    sparse = storage["sparse"]
     return {
         "file": None if path is None else str(path),
         "kind": "field",
-        "format_version": nf.metadata()["format_version"],
+        "format_version": version,
         "modality": nf.modality,
         "shape": list(nf.shape),
         "channels": nf.channels,
@@ -237,6 +288,10 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
         "source": nf.source,
         "field": {"name": nf.field_name, "config": field_config_dict(nf.field)},
         "parameters": nf.n_params,
+        "values": sparse["values"] if sparse else nf.n_params,
+        "density": sparse["density"] if sparse else 1.0,
+        "dtype": storage["dtype"],
+        "mask": None if not sparse else sparse["mask"],
         "bytes": nbytes,
         "bits_per_sample": None if nbytes is None else round(nbytes * 8 / samples, 4),
         "coords": nf.coords,

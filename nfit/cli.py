@@ -20,9 +20,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from nfit._version import __version__
-from nfit.config import AdaptConfig, DataConfig, FieldOptions, FitConfig, RenderConfig, TrainConfig
+from nfit.config import AdaptConfig, DataConfig, FieldOptions, FitConfig, RenderConfig, StoreConfig, TrainConfig
 from nfit.errors import ConfigError, NfitError
 from nfit.fields import SirenConfig
+from nfit.meta.sparse import SparseConfig
 
 app = typer.Typer(
     help="Turn media files into neural fields, and back.",
@@ -146,6 +147,11 @@ def fit(
     lr: Optional[float] = typer.Option(
         None, help=f"Learning rate [default: Adam {FitConfig.lr:g}; from --init: SGD {AdaptConfig.lr:g}, Adam {AdaptConfig.adam_lr:g}]."),
     init: Optional[Path] = typer.Option(None, help="A learned initialisation (init.safetensors or its run directory)."),
+    density: Optional[float] = typer.Option(
+        None, help="From a sparse run (--init RUN): fit at the level whose density is nearest this, e.g. 0.1."),
+    standalone: bool = typer.Option(
+        False, "--standalone", help="Sparse fields: embed the packed mask, so rendering needs no --init."),
+    dtype: str = typer.Option(StoreConfig.dtype, help="Stored values: float32, or float16 (half the bytes)."),
     optimizer: str = typer.Option(AdaptConfig.optimizer, help="From --init: sgd (GradNCP's Algorithm 2) or adam."),
     no_rescale: bool = typer.Option(False, "--no-rescale", help="From --init: plain full-context SGD, no gradient re-scaling."),
     gamma: Optional[float] = typer.Option(None, help="From --init: fraction of points that sets the step size [default: the init's]."),
@@ -162,7 +168,8 @@ def fit(
     """Fit neural fields to media files: `nfit fit photo.png -o photo.nf`, or many with -O DIR.
 
     With `--init RUN/init.safetensors` the fit starts from a learned initialisation and
-    takes a few re-scaled SGD steps (GradNCP's Algorithm 2).
+    takes a few re-scaled SGD steps (GradNCP's Algorithm 2). From a sparse run
+    (`--init RUN --density 0.1`) the file stores only the surviving weights.
     """
     from nfit.api import fit_files
     from nfit.fieldfile import load_init
@@ -176,12 +183,14 @@ def fit(
         if init is not None:
             if field != FieldOptions.name or width or depth or w0:
                 raise ConfigError("--init", "the initialisation decides the field: drop --field/--width/--depth/--w0")
-            meta = load_init(init)
+            meta = load_init(init, density)
             adapt = _adapt_config(meta.test, steps, lr, gamma, no_rescale, optimizer, batch_size, device)
-        elif no_rescale or gamma is not None or optimizer != AdaptConfig.optimizer:
-            raise ConfigError(None, "--optimizer, --no-rescale and --gamma apply to fitting from --init")
+        elif no_rescale or gamma is not None or optimizer != AdaptConfig.optimizer or density is not None:
+            raise ConfigError(None, "--optimizer, --no-rescale, --gamma and --density apply to fitting from --init")
+        store = StoreConfig(dtype, standalone)
         with _FitProgress(enabled=not as_json) as progress:
-            return fit_files(inputs, outputs, config, FieldOptions(field, width, depth, w0), progress, init=meta, adapt=adapt)
+            return fit_files(inputs, outputs, config, FieldOptions(field, width, depth, w0), progress, init=meta,
+                             adapt=adapt, store=store)
 
     results = _run(job)
     rows = []
@@ -189,7 +198,7 @@ def fit(
         nbytes = path.stat().st_size
         pixels = math.prod(nf.shape)
         rows.append({"input": str(src), "output": str(path), **{k: nf.summary[k] for k in ("psnr", "ssim", "steps", "seconds")},
-                     "bytes": nbytes, "bits_per_pixel": round(nbytes * 8 / pixels, 4)})
+                     "values": nf.n_values, "bytes": nbytes, "bits_per_pixel": round(nbytes * 8 / pixels, 4)})
     if as_json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
         return
@@ -212,6 +221,8 @@ def render(
     height: Optional[int] = typer.Option(RenderConfig.height, help="Output height (with --width, or alone)."),
     bit_depth: Optional[int] = typer.Option(RenderConfig.bit_depth, help="8 or 16 (PNG) [default: the source's]."),
     quality: int = typer.Option(RenderConfig.quality, help="JPEG quality."),
+    init: Optional[Path] = typer.Option(
+        None, help="Sparse fields: the initialisation holding the mask (file, or run directory searched by hash)."),
     device: str = typer.Option(RenderConfig.device, help="auto, cpu or cuda."),
 ) -> None:
     """Decode a .nf file at its native size or any other: `nfit render photo.nf --res 1024 -o big.png`."""
@@ -221,7 +232,7 @@ def render(
     def job():
         if res is not None and (width is not None or height is not None):
             raise ConfigError(None, "give --res or --width/--height, not both")
-        nf = load(file)
+        nf = load(file, init)
         target = output if output is not None else file.with_suffix(".png")
         return render_to_file(nf, target, res=res, width=width, height=height, bit_depth=bit_depth,
                               quality=quality, device=device)
@@ -259,6 +270,11 @@ def info(
             ("data", json.dumps(data["data"])),
             ("training", ", ".join(f"{k}={v}" for k, v in data["train"].items())),
         ]
+        sp = data.get("sparsity")
+        if sp:
+            rows.insert(6, ("sparsity", f"level {sp['level']} of {sp['rounds']} ({sp['prune']} pruning): density "
+                            f"{sp['density']:.4f}, {sp['alive']:,} of {sp['weights']:,} weights, {sp['values']:,} values "
+                            f"with biases; dense-narrow equivalent: width {sp['dense_narrow_width']}"))
         for k, v in rows:
             table.add_row(k, str(v))
         out.print(table)
@@ -272,6 +288,8 @@ def info(
         ("source", str(data["source"])),
         ("field", f"{data['field']['name']} " + json.dumps(data["field"]["config"])),
         ("parameters", f"{data['parameters']:,}"),
+        ("stored values", f"{data['values']:,} {data['dtype']} (density {data['density']:.4f}"
+         + (f", mask {'embedded' if data['mask'] == 'embedded' else 'in the initialisation'})" if data["mask"] else ")")),
         ("bytes", f"{data['bytes']:,} ({data['bits_per_sample']:.2f} bits per pixel)"),
         ("init", json.dumps(data["init"])),
         ("fit", ", ".join(f"{k}={v}" for k, v in fit_.items())),
@@ -292,6 +310,7 @@ class _TrainProgress:
         self.enabled = enabled
         self.progress = Progress(
             TextColumn("[bold]meta-train"),
+            TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}  train {task.fields[psnr]} dB  val {task.fields[val]} dB"),
@@ -324,6 +343,10 @@ class _TrainProgress:
                                  rate=f"{v['steps_per_s']:.2f} step/s", mem=_gb(v["peak_memory"]))
         elif event.kind == "val":
             self.progress.update(self.task, val=f"{v['val_psnr']:.2f}")
+        elif event.kind == "round":
+            self.progress.update(self.task, description=f"round {v['level']}/{v['rounds']} density {v['density']:.3f}")
+            self.progress.console.print(f"round {v['level']}/{v['rounds']}: pruned to density {v['density']:.4f} "
+                                        f"({v['alive']:,} weights)", highlight=False)
         elif event.kind == "warning":
             self.progress.console.print(f"nfit: warning: {v['message']}", markup=False, highlight=False)
 
@@ -333,8 +356,19 @@ def meta_train(
     data: Optional[Path] = typer.Argument(None, help="Folder of training files (searched recursively).", show_default=False),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Run directory to create."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its checkpoint."),
-    algo: str = typer.Option(TrainConfig.algo, help="gradncp or maml."),
-    res: int = typer.Option(DataConfig.res, help="Training resolution: shorter side resized, centre-cropped square."),
+    algo: str = typer.Option(TrainConfig.algo, help="gradncp, maml, or sparse (Meta-SparseINR, with --from)."),
+    init_from: Optional[Path] = typer.Option(
+        None, "--from", help="sparse: the dense run (or init file) to prune; its field, grid and channels are kept."),
+    rounds: Optional[int] = typer.Option(None, help=f"sparse: pruning rounds [default: {SparseConfig.rounds}]."),
+    prune_fraction: Optional[float] = typer.Option(
+        None, help=f"sparse: share of the remaining weights removed per round [default: {SparseConfig.prune_fraction}]."),
+    steps_per_round: Optional[int] = typer.Option(
+        None, help=f"sparse: outer steps after each pruning [default: {SparseConfig.steps_per_round}]."),
+    prune: Optional[str] = typer.Option(
+        None, help=f"sparse: magnitude, or random (the baseline) [default: {SparseConfig.prune}]."),
+    inner: Optional[str] = typer.Option(None, help="sparse: maml or gradncp inside each round [default: the dense run's]."),
+    res: Optional[int] = typer.Option(
+        None, help=f"Training resolution: shorter side resized, centre-cropped square [default: {DataConfig.res}]."),
     steps: Optional[int] = typer.Option(None, help=f"Outer steps [default: {TrainConfig.steps}]."),
     batch_size: int = typer.Option(TrainConfig.batch_size, help="Signals per outer step (over all processes)."),
     micro_batch: Optional[int] = typer.Option(
@@ -370,6 +404,9 @@ def meta_train(
     The result is RUN/init.safetensors, for `nfit fit --init`. Ctrl-C saves a checkpoint;
     `nfit meta-train --resume RUN` continues it exactly (with the run's own settings;
     --steps may extend it). Multi-GPU: `torchrun --nproc-per-node N -m nfit meta-train ...`.
+
+    Meta-SparseINR: `nfit meta-train DATA -o SPARSE --algo sparse --from DENSE_RUN --rounds 20`
+    keeps every level in SPARSE/levels/; fit one with `nfit fit IMG --init SPARSE --density 0.1`.
     """
     import os
 
@@ -386,16 +423,23 @@ def meta_train(
                 return train_(data, resume, train, resume=True, on_event=progress)
         if output is None:
             raise ConfigError(None, "give the run directory with -o RUN")
+        if algo == "sparse":
+            given = [n for n, v in (("--steps", steps), ("--res", res), ("--channels", channels), ("--width", width),
+                                    ("--depth", depth), ("--w0", w0)) if v is not None]
+            if given or field != FieldOptions.name:
+                raise ConfigError(given[0] if given else "--field", "--algo sparse takes this from the dense run "
+                                  "(--from); the length is --rounds x --steps-per-round")
         train = TrainConfig(algo=algo, steps=TrainConfig.steps if steps is None else steps, batch_size=batch_size,
                             micro_batch=micro_batch, lr=lr, clip=clip, seed=seed, log_every=log_every, val_every=val_every,
                             ckpt_every=ckpt_every, test_steps=test_steps, device=device)
-        data_config = DataConfig(res=res, channels=channels, val_fraction=val_fraction, val_limit=val_limit,
+        data_config = DataConfig(res=DataConfig.res if res is None else res, channels=channels, val_fraction=val_fraction, val_limit=val_limit,
                                  workers=workers, strict=strict)
         options = {"inner_steps": inner_steps, "inner_lr": inner_lr, "first_order": True if first_order else None,
-                   "gamma": gamma, "boot_steps": boot_steps, "boot_lr": boot_lr, "lam": lam}
+                   "gamma": gamma, "boot_steps": boot_steps, "boot_lr": boot_lr, "lam": lam, "rounds": rounds,
+                   "prune_fraction": prune_fraction, "steps_per_round": steps_per_round, "prune": prune, "inner": inner}
         with _TrainProgress(enabled=main_rank) as progress:
             return train_(data, output, train, data_config, FieldOptions(field, width, depth, w0), options,
-                          val_dir=val, on_event=progress)
+                          val_dir=val, init_from=init_from, on_event=progress)
 
     result = _run(job)
     if not main_rank:
@@ -411,11 +455,15 @@ def meta_train(
 
 @app.command("eval")
 def eval_(
-    init: str = typer.Argument(..., help="An init file or run directory, or 'random' for the baseline.", show_default=False),
+    inits: list[str] = typer.Argument(
+        ..., help="Init files or run directories, or 'random' for the baseline; several are compared.", show_default=False),
     data: Path = typer.Argument(..., help="Folder of signals to fit.", show_default=False),
-    steps: int = typer.Option(AdaptConfig.steps, help="Test-time SGD steps K."),
-    lr: float = typer.Option(AdaptConfig.lr, help="SGD step size."),
+    optimizer: str = typer.Option(AdaptConfig.optimizer, help="sgd (re-scaled and plain) or adam (Meta-SparseINR's protocol)."),
+    steps: Optional[int] = typer.Option(
+        None, help=f"Test-time steps K [default: SGD {AdaptConfig.steps}, Adam {AdaptConfig.adam_steps}]."),
+    lr: Optional[float] = typer.Option(None, help=f"Step size [default: SGD {AdaptConfig.lr:g}, Adam {AdaptConfig.adam_lr:g}]."),
     gamma: float = typer.Option(AdaptConfig.gamma, help="Fraction of points that sets the re-scaled step."),
+    density: Optional[float] = typer.Option(None, help="Sparse runs: evaluate the level nearest this density."),
     batch_size: int = typer.Option(AdaptConfig.batch_size, help="Signals fitted together."),
     res: Optional[int] = typer.Option(None, help=f"Grid of the random baseline [default: {DataConfig.res}]."),
     width: Optional[int] = typer.Option(None, help="Random baseline: hidden width."),
@@ -425,30 +473,57 @@ def eval_(
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N files."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable file."),
     device: str = typer.Option(AdaptConfig.device, help="auto, cpu or cuda."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report(s) as JSON on stdout."),
 ) -> None:
-    """PSNR and SSIM after each of K steps from an initialisation, over a folder: `nfit eval RUN ./test`."""
+    """PSNR and SSIM after each of K steps from an initialisation, over a folder: `nfit eval RUN ./test`.
+
+    Several initialisations are compared on the same files, e.g. Meta-SparseINR against its
+    baselines: `nfit eval SPARSE RANDOM_PRUNED NARROW random ./test --optimizer adam --density 0.1`.
+    """
     from nfit.api import evaluate
 
     def job():
-        if init != "random" and (width or depth or w0):
+        if all(i != "random" for i in inits) and (width or depth or w0):
             raise ConfigError(None, "--width/--depth/--w0 apply to the random baseline only")
-        config = AdaptConfig(steps=steps, lr=lr, gamma=gamma, batch_size=batch_size, device=device)
+        if optimizer == "adam":
+            config = AdaptConfig(optimizer="adam", adam_steps=AdaptConfig.adam_steps if steps is None else steps,
+                                 adam_lr=AdaptConfig.adam_lr if lr is None else lr, batch_size=batch_size, device=device)
+        else:
+            config = AdaptConfig(steps=AdaptConfig.steps if steps is None else steps, lr=AdaptConfig.lr if lr is None else lr,
+                                 gamma=gamma, batch_size=batch_size, device=device, optimizer=optimizer)
         warn = lambda m: err.print(f"nfit: warning: {m}", markup=False, highlight=False)  # noqa: E731
-        with Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        reports = []
+        with Progress(TextColumn("[bold]eval {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err, disable=as_json) as bar:
-            task = bar.add_task("", total=None)
+            for init in inits:
+                task = bar.add_task(init, total=None)
+                reports.append(evaluate(
+                    init, data, config=config, res=res, field_options=FieldOptions("siren", width, depth, w0), seed=seed,
+                    limit=limit, strict=strict, warn=warn, on_batch=lambda n, task=task: bar.advance(task, n),
+                    density=density if _is_sparse_run(init) else None))
+        return reports
 
-            def on_batch(n: int) -> None:
-                bar.advance(task, n)
-
-            return evaluate(init, data, config=config, res=res, field_options=FieldOptions("siren", width, depth, w0),
-                            seed=seed, limit=limit, strict=strict, warn=warn, on_batch=on_batch)
-
-    report = _run(job)
+    reports = _run(job)
     if as_json:
-        print(json.dumps(report.to_json(), indent=2))
+        data_ = [r.to_json() for r in reports]
+        print(json.dumps(data_[0] if len(data_) == 1 else data_, indent=2))
         return
+    for report in reports:
+        _print_eval(report)
+    if len(reports) > 1:
+        _print_comparison(reports)
+    if reports[0].bad_files:
+        err.print(f"{reports[0].bad_files} unreadable file(s) skipped", highlight=False)
+
+
+def _is_sparse_run(init: str) -> bool:
+    """--density applies to the sparse runs among the compared initialisations, not to dense baselines."""
+    from nfit.fieldfile import level_files
+
+    return init != "random" and Path(init).is_dir() and bool(level_files(Path(init)))
+
+
+def _print_eval(report) -> None:
     shape = "x".join(map(str, report.shape))
     table = Table(title=f"nfit eval {report.init}: {report.signals} signals at {shape}", title_justify="left")
     table.add_column("step", justify="right")
@@ -462,8 +537,20 @@ def eval_(
             row.append("-" if res_["ssim_mean"] is None else f"{res_['ssim_mean'][k]:.4f} ± {res_['ssim_std'][k]:.4f}")
         table.add_row(*row)
     out.print(table)
-    if report.bad_files:
-        err.print(f"{report.bad_files} unreadable file(s) skipped", highlight=False)
+
+
+def _print_comparison(reports) -> None:
+    """One row per initialisation: size of what a fitted file stores, and quality after the last step."""
+    table = Table(title=f"after {reports[0].steps} steps", title_justify="left")
+    for col in ("init", "density", "values"):
+        table.add_column(col, justify="left" if col == "init" else "right")
+    names = list(reports[0].results)
+    for name in names:
+        table.add_column(f"PSNR {name}", justify="right")
+    for r in reports:
+        table.add_row(r.init, f"{r.density:.4f}", f"{r.values:,}",
+                      *(f"{r.results[n]['psnr_mean'][-1]:.2f}" if n in r.results else "-" for n in names))
+    out.print(table)
 
 
 def main() -> None:

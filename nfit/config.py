@@ -63,6 +63,20 @@ class AdaptConfig:
 
 
 @dataclass
+class StoreConfig:
+    """How a fitted field is written."""
+
+    dtype: str = "float32"  # or "float16": half the bytes, values rounded (the summary's PSNR is of the rounded field)
+    standalone: bool = False  # sparse fields: embed the packed mask instead of naming the initialisation that holds it
+
+    def __post_init__(self):
+        from nfit.errors import ConfigError
+
+        if self.dtype not in ("float32", "float16"):
+            raise ConfigError("--dtype", f"must be float32 or float16, not {self.dtype!r}")
+
+
+@dataclass
 class FieldOptions:
     """Which field to fit; None keeps the field's own default (see nfit.fields)."""
 

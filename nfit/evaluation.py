@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from nfit import metrics
-from nfit.config import AdaptConfig
+from nfit.config import AdaptConfig, FitConfig
 from nfit.fields import Field, Params
-from nfit.fit import fit_sgd, split_batches
+from nfit.fit import fit_adam, fit_sgd, split_batches
 from nfit.render import evaluate
 
 
@@ -47,15 +47,19 @@ def adaptation_curves(
     with_ssim: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> Curves:
-    """Fit every signal from ``init`` (Algorithm 2, or plain SGD) and measure each step.
+    """Fit every signal from ``init`` (Algorithm 2, plain SGD, or Adam) and measure each step.
 
     signals: [M, *shape, C] in [0, 1], any device; fitted ``config.batch_size`` at a time.
+    With ``config.optimizer == "adam"``: ``adam_steps`` steps at ``adam_lr`` (the last
+    iterate is measured, not the best one).
     """
     count, *shape, channels = signals.shape
     shape = tuple(shape)
     init = {k: v.to(device) for k, v in init.items()}
-    psnr = torch.empty(config.steps + 1, count)
-    ssim = torch.empty(config.steps + 1, count) if with_ssim else None
+    adam = config.optimizer == "adam"
+    steps = config.adam_steps if adam else config.steps
+    psnr = torch.empty(steps + 1, count)
+    ssim = torch.empty(steps + 1, count) if with_ssim else None
     last = torch.empty(signals.shape)
     for part in split_batches(count, config.batch_size):
         sl = slice(part.start, part.stop)
@@ -63,7 +67,7 @@ def adaptation_curves(
 
         def observe(step: int, params: Params) -> None:
             # PSNR comes from the fit's own full-context pass; decode only for SSIM and the last images
-            if ssim is None and step < config.steps:
+            if ssim is None and step < steps:
                 return
             values = evaluate(field, params, shape)  # [B, N, C], clamped
             if ssim is not None:
@@ -71,10 +75,14 @@ def adaptation_curves(
                 if s is None or len(shape) != 2:
                     raise ValueError("no SSIM for these signals")
                 ssim[step, sl] = s.cpu()
-            if step == config.steps:
+            if step == steps:
                 last[sl] = values.view(len(part), *shape, channels).cpu()
 
-        result = fit_sgd(field, init, targets, shape, config, observe=observe)
+        if adam:
+            fit_config = FitConfig(steps=steps, lr=config.adam_lr, batch_size=config.batch_size, chunk=config.chunk)
+            result = fit_adam(field, init, targets, shape, fit_config, observe=observe)
+        else:
+            result = fit_sgd(field, init, targets, shape, config, observe=observe)
         psnr[:, sl] = torch.stack(result.psnr).cpu()  # [K + 1, B], clamped predictions
         if on_batch is not None:
             on_batch(len(part))
@@ -94,7 +102,10 @@ class EvalReport:
     bad_files: int
     shape: tuple[int, ...]
     steps: int
-    results: dict[str, dict[str, list[float] | None]]  # "rescaled" / "plain" -> Curves.summary()
+    results: dict[str, dict[str, list[float] | None]]  # "rescaled" / "plain" / "adam" -> Curves.summary()
+    parameters: int = 0  # of the field
+    values: int = 0  # that a fitted file stores: the parameters, or a sparse field's survivors and biases
+    density: float = 1.0  # of the weight matrices
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,13 +120,15 @@ def evaluate_folder(
     field_options=None,
     seed: int = 0,
     limit: int | None = None,
+    density: float | None = None,
     workers: int = 0,
     strict: bool = False,
     warn: Callable[[str], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> EvalReport:
-    """Fit every signal of a folder from ``init`` (an init file, or "random") and report
-    PSNR/SSIM mean and spread after each step 0..K, with and without gradient re-scaling.
+    """Fit every signal of a folder from ``init`` (an init file or run, or "random") and report
+    PSNR/SSIM mean and spread after each step 0..K: with and without gradient re-scaling,
+    or with Adam (``config.optimizer``). ``density`` picks the level of a sparse run.
 
     Signals are resized and cropped to the initialisation's grid; ``res`` sets the
     grid of the random baseline (default: :class:`nfit.config.DataConfig`'s).
@@ -125,7 +138,7 @@ def evaluate_folder(
     from nfit.device import resolve_device
     from nfit.errors import ConfigError
     from nfit.fieldfile import load_init
-    from nfit.fields import build_field
+    from nfit.fields import build_field, count_params
     from nfit.fit import random_init
 
     config = config or AdaptConfig()
@@ -133,14 +146,19 @@ def evaluate_folder(
     files = scan_folder(Path(data))
     if limit is not None:
         files = files[:limit]
+    values = None
     if str(init) == "random":
+        if density is not None:
+            raise ConfigError("--density", "applies to a sparse run, not the random baseline")
         channels = guess_channels(files)
         side = res or DataConfig.res
         opts = field_options or FieldOptions()
         field_ = build_field(opts.name, opts.field_config(2, channels))
         params, sha, shape = random_init(field_, seed), None, (side, side)
     else:
-        meta = load_init(init)
+        meta = load_init(init, density)
+        if meta.sparsity is not None:
+            values = count_params(meta.field) - meta.sparsity["weights"] + meta.sparsity["alive"]
         if res is not None and (res, res) != meta.shape:
             raise ConfigError("--res", f"the initialisation was trained at {meta.shape[0]}x{meta.shape[1]}; evaluate at that size")
         field_, params, sha, shape, channels = meta.field, meta.params, meta.sha256, meta.shape, meta.channels
@@ -149,8 +167,12 @@ def evaluate_folder(
     bad = len(files) - len(signals)
     results = {}
     with_ssim = ssim_applies(shape)
-    for name, rescale in (("rescaled", True), ("plain", False)):
+    variants = (("adam", True),) if config.optimizer == "adam" else (("rescaled", True), ("plain", False))
+    for name, rescale in variants:
         curves = adaptation_curves(field_, params, signals, dataclasses.replace(config, rescale=rescale), device,
                                    with_ssim=with_ssim, on_batch=on_batch)
         results[name] = curves.summary()
-    return EvalReport(str(init), sha, str(data), len(signals), bad, shape, config.steps, results)
+    steps = config.adam_steps if config.optimizer == "adam" else config.steps
+    n = count_params(field_)
+    return EvalReport(str(init), sha, str(data), len(signals), bad, shape, steps, results, n,
+                      values or n, 1.0 if values is None else meta.sparsity["density"])

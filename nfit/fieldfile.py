@@ -12,12 +12,22 @@ Layout: one tensor per field parameter (unbatched, float32) and one metadata key
     field                      registry name and config: the file rebuilds its own network
     fit                        summary of how it was fitted (steps, PSNR, SSIM, seconds, ...)
     init                       {"name": ..., "sha256": ...} of the initialisation it started from
+    storage                    dtype of the values (float32, float16) and, for a field fitted from
+                               a sparse initialisation, where its mask is (see below)
+
+A field fitted from a sparse initialisation (Meta-SparseINR) stores each weight
+matrix as the 1-D vector of its surviving values, in row-major order of the mask.
+The mask itself is the initialisation's, named by its SHA-256, so reading the
+values back needs that file; ``standalone`` files embed the mask instead, as one
+tensor ``mask`` of packed bits (all weight matrices, in parameter order).
 
 An init file (``init.safetensors``, written by ``nfit meta-train``) has the same
 frame with ``format`` "nfit-init": the field's parameters, and metadata naming the
 modality, signal shape and channels it was trained for, the field, the algorithm
 and its hyperparameters, the test-time defaults, the data and the validation PSNR.
-A .nf fitted from it records the init file's SHA-256.
+A .nf fitted from it records the init file's SHA-256. A sparse initialisation
+(one level of ``nfit meta-train --algo sparse``) adds one bool tensor per weight
+matrix, ``mask/<name>``, and a ``sparsity`` metadata entry (level, density, ...).
 
 Loading validates all of it and raises :class:`FieldFileError` with the reason.
 Nothing here unpickles; names in the metadata are informative and never used as paths.
@@ -41,16 +51,21 @@ from nfit._version import __version__
 from nfit.atomic import atomic_output
 from nfit.errors import ConfigError, FieldFileError
 from nfit.fields import Field, Params, build_field, count_params
+from nfit.meta.sparse import Mask, Masked, density, mask_size, pack_mask, prunable, unpack_mask
 from nfit.signals import CONVENTION, MODALITIES
 
 FORMAT = "nfit-field"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the "storage" entry (float16 values, sparse fields); 1 still reads
+READ_VERSIONS = {1, 2}
 INIT_FORMAT = "nfit-init"
 INIT_FORMAT_VERSION = 1
 META_KEY = "nfit"
 MAX_HEADER_BYTES = 16 << 20  # safetensors header (tensor table + metadata); real files use a few kB
 MAX_GRID_SAMPLES = 1 << 34  # a declared signal size beyond this is corruption, not data
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+MASK_PREFIX = "mask/"
+LEVELS_DIR = "levels"  # a sparse run's levels: levels/level-KK.safetensors
 
 
 @dataclass
@@ -69,6 +84,12 @@ class NeuralField:
     init: dict[str, Any] = field(default_factory=lambda: {"name": "random", "sha256": None})
     coords: dict[str, Any] = field(default_factory=lambda: dict(CONVENTION))
     value_range: tuple[float, float] = (0.0, 1.0)
+    # How the file stores the values: their dtype, and for a field fitted from a
+    # sparse initialisation its mask (weights outside it are zero and not stored),
+    # embedded in the file when ``standalone``, else read from that initialisation.
+    dtype: str = "float32"
+    mask: Mask | None = None
+    standalone: bool = False
 
     @cached_property
     def field(self) -> Field:
@@ -77,6 +98,18 @@ class NeuralField:
     @property
     def n_params(self) -> int:
         return count_params(self.field)
+
+    @property
+    def n_values(self) -> int:
+        """Values the file stores: every parameter, or the surviving weights plus the biases."""
+        return self.n_params if self.mask is None else self.n_params - mask_size(self.mask)[1] + mask_size(self.mask)[0]
+
+    def storage(self) -> dict[str, Any]:
+        sparse = None
+        if self.mask is not None:
+            sparse = {"mask": "embedded" if self.standalone else "init", "density": round(density(self.mask), 6),
+                      "values": self.n_values}
+        return {"dtype": self.dtype, "sparse": sparse}
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -95,6 +128,7 @@ class NeuralField:
             "field": {"name": self.field_name, "config": self.field_config},
             "fit": self.summary,
             "init": self.init,
+            "storage": self.storage(),
         }
 
     def render(self, shape: tuple[int, ...] | None = None, **kwargs) -> Tensor:
@@ -107,12 +141,12 @@ class NeuralField:
         return save_field(self, path)
 
 
-def write_safetensors(path: str | Path, params: Params, metadata: dict[str, Any]) -> Path:
-    """float32 CPU tensors plus the nfit JSON metadata, written atomically."""
+def write_safetensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> Path:
+    """Tensors (as they are, moved to the CPU) plus the nfit JSON metadata, written atomically."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in params.items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = json.dumps(metadata, separators=(",", ":"), allow_nan=False)
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: meta})
@@ -121,7 +155,16 @@ def write_safetensors(path: str | Path, params: Params, metadata: dict[str, Any]
 
 def save_field(nf: NeuralField, path: str | Path) -> Path:
     """Write ``nf`` to ``path`` atomically. Returns the path."""
-    return write_safetensors(path, nf.params, nf.metadata())
+    if nf.dtype not in DTYPES:
+        raise ConfigError("--dtype", f"must be one of {', '.join(DTYPES)}, not {nf.dtype!r}")
+    tensors = {}
+    for k, v in nf.params.items():
+        if nf.mask is not None and k in nf.mask:
+            v = v[nf.mask[k].to(v.device)]  # the surviving values, row-major: [nnz]
+        tensors[k] = v.to(DTYPES[nf.dtype])
+    if nf.mask is not None and nf.standalone:
+        tensors["mask"] = pack_mask(nf.mask)
+    return write_safetensors(path, tensors, nf.metadata())
 
 
 def file_sha256(path: str | Path) -> str:
@@ -167,18 +210,23 @@ def read_safetensors(path: Path, error: type = FieldFileError) -> tuple[dict[str
 
 def read_format(path: Path) -> str | None:
     """The ``format`` a file declares (without loading its tensors), or None when unreadable."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads((f.metadata() or {}).get(META_KEY, "{}")).get("format")
+        return json.loads(_read_metadata(path)).get("format")
     except Exception:  # any failure: let the full loader report it properly
         return None
 
 
-def check_params(path: Path, field_: Field, tensors: dict[str, Tensor], error: type = FieldFileError) -> Params:
-    """Tensors must be exactly the field's parameters, in shape, and finite; returns them as float32."""
-    expected = field_.param_shapes()
+def check_params(
+    path: Path, field_: Field, tensors: dict[str, Tensor], error: type = FieldFileError, mask: Mask | None = None
+) -> Params:
+    """Tensors must be exactly the field's parameters, in shape, and finite; returns them as float32.
+
+    With a ``mask``, each masked weight is stored as its surviving values [nnz] and
+    comes back as the full matrix with zeros elsewhere.
+    """
+    expected = dict(field_.param_shapes())
+    for k, m in (mask or {}).items():
+        expected[k] = (int(m.sum()),)
     missing, extra = set(expected) - set(tensors), set(tensors) - set(expected)
     if missing or extra:
         detail = f"missing {sorted(missing)}" if missing else f"unexpected {sorted(extra)}"
@@ -193,6 +241,8 @@ def check_params(path: Path, field_: Field, tensors: dict[str, Tensor], error: t
         t = t.float()
         if not torch.isfinite(t).all():
             raise error(path, f"tensor {name!r} contains NaN or infinite values")
+        if mask is not None and name in mask:
+            t = torch.zeros(field_.param_shapes()[name]).masked_scatter_(mask[name], t)
         params[name] = t
     return params
 
@@ -206,29 +256,80 @@ def _get(meta: dict, path: Path, key: str, kind: type | tuple[type, ...]):
 
 # format -> (its version, what a file of it is called, what to say when it is given for the other kind)
 _KINDS = {
-    FORMAT: (FORMAT_VERSION, "field file", "format version",
+    FORMAT: (READ_VERSIONS, "field file", "format version",
              "is a fitted .nf field, not an initialisation (init files come from nfit meta-train)"),
-    INIT_FORMAT: (INIT_FORMAT_VERSION, "initialisation", "init format version",
+    INIT_FORMAT: ({INIT_FORMAT_VERSION}, "initialisation", "init format version",
                   "is an initialisation (from nfit meta-train), not a fitted field: use it with --init"),
 }
 
 
 def _check_kind(meta: dict, path: Path, wanted: str) -> None:
     """The metadata declares the ``wanted`` format, at the version this nfit reads."""
-    version, noun, version_noun, _ = _KINDS[wanted]
+    versions, noun, version_noun, _ = _KINDS[wanted]
     found = meta.get("format")
     if found in _KINDS and found != wanted:
         raise FieldFileError(path, _KINDS[found][3])
     if found != wanted:
         raise FieldFileError(path, f"not an nfit {noun} (format {found!r})")
-    if meta.get("format_version") != version:
-        raise FieldFileError(path, f"unsupported {version_noun} {meta.get('format_version')!r} (this nfit reads {version})")
+    if meta.get("format_version") not in versions or isinstance(meta.get("format_version"), bool):
+        readable = " and ".join(map(str, sorted(versions)))
+        raise FieldFileError(path, f"unsupported {version_noun} {meta.get('format_version')!r} (this nfit reads {readable})")
 
 
-def load_field(path: str | Path) -> NeuralField:
-    """Read and validate a .nf file."""
+def _storage_meta(meta: dict, path: Path) -> dict[str, Any]:
+    """The "storage" entry, validated; files before format version 2 are dense float32."""
+    storage = meta.get("storage", {"dtype": "float32", "sparse": None})
+    if not isinstance(storage, dict) or storage.get("dtype") not in DTYPES:
+        raise FieldFileError(path, "metadata field 'storage' is malformed")
+    sparse = storage.get("sparse")
+    if sparse is not None and (not isinstance(sparse, dict) or sparse.get("mask") not in ("init", "embedded")):
+        raise FieldFileError(path, "metadata field 'storage.sparse' is malformed")
+    return storage
+
+
+def _field_mask(path: Path, field_: Field, tensors: dict[str, Tensor], storage: dict, init_meta: dict,
+                init: MetaInit | None) -> Mask | None:
+    """The mask of a sparse field: unpacked from the file, or the initialisation's (checked by hash)."""
+    sparse = storage["sparse"]
+    if sparse is None:
+        return None
+    shapes = {k: field_.param_shapes()[k] for k in prunable(field_.param_shapes())}
+    if sparse["mask"] == "embedded":
+        packed = tensors.pop("mask", None)
+        if packed is None:
+            raise FieldFileError(path, "declares an embedded mask but has no 'mask' tensor")
+        try:
+            return unpack_mask(packed, shapes)
+        except ValueError as err:
+            raise FieldFileError(path, str(err)) from None
+    sha = init_meta.get("sha256")
+    if sha is None:
+        raise FieldFileError(path, "a sparse field without an embedded mask must name its initialisation's sha256")
+    if init is None:
+        raise FieldFileError(
+            path, f"stores only the surviving weights of a sparse field: give the initialisation that holds its mask "
+            f"with --init (sha256 {sha})")
+    if init.sha256 != sha:
+        raise FieldFileError(path, f"was fitted from the initialisation with sha256 {sha}, not {init.sha256} (--init)")
+    if init.mask is None or set(init.mask) != set(shapes):
+        raise FieldFileError(path, "its initialisation holds no matching mask")
+    return init.mask
+
+
+def load_field(path: str | Path, init: MetaInit | None = None) -> NeuralField:
+    """Read and validate a .nf file. A sparse field stored without its mask needs ``init``,
+    the initialisation it was fitted from (checked by SHA-256)."""
     path = Path(path)
     tensors, meta = read_safetensors(path)
+    nf, field_ = _field_header(path, meta)
+    mask = _field_mask(path, field_, tensors, _storage_meta(meta, path), nf.init, init)
+    nf.params = check_params(path, field_, tensors, mask=mask)
+    nf.mask, nf.standalone = mask, mask is not None and meta["storage"]["sparse"]["mask"] == "embedded"
+    return nf
+
+
+def _field_header(path: Path, meta: dict) -> tuple[NeuralField, Field]:
+    """Everything of a .nf file but its values (params left empty), validated."""
     _check_kind(meta, path, FORMAT)
     modality, shape, channels = _signal_meta(meta, path)
     signal, coords, field_meta = meta["signal"], meta["coords"], meta["field"]
@@ -240,7 +341,7 @@ def load_field(path: str | Path) -> NeuralField:
     nf = NeuralField(
         field_name=field_meta["name"],
         field_config=field_meta["config"],
-        params=check_params(path, field_, tensors),
+        params={},
         modality=modality,
         shape=tuple(shape),
         channels=channels,
@@ -249,9 +350,19 @@ def load_field(path: str | Path) -> NeuralField:
         summary=meta.get("fit") if isinstance(meta.get("fit"), dict) else {},
         init=init,
         coords=coords,
+        dtype=_storage_meta(meta, path)["dtype"],
     )
     nf.__dict__["field"] = field_  # already built: seed the cached property
-    return nf
+    return nf, field_
+
+
+def read_field_header(path: str | Path) -> tuple[NeuralField, dict[str, Any]]:
+    """A .nf file's description without its values (no initialisation needed): the
+    field with empty ``params``, and ``{"format_version", "storage"}`` as the file declares them."""
+    path = Path(path)
+    _, meta = read_safetensors(path)
+    nf, _ = _field_header(path, meta)
+    return nf, {"format_version": meta["format_version"], "storage": _storage_meta(meta, path)}
 
 
 @dataclass
@@ -270,10 +381,16 @@ class MetaInit:
     train: dict[str, Any] = field(default_factory=dict)  # steps, seeds, outer optimiser, validation PSNR
     coords: dict[str, Any] = field(default_factory=lambda: dict(CONVENTION))
     sha256: str | None = None  # of the file it was loaded from
+    # A sparse initialisation (one level of Meta-SparseINR): the mask shared by every
+    # signal fitted from it, and {"level", "rounds", "density", "prune", ...}.
+    mask: Mask | None = None
+    sparsity: dict[str, Any] | None = None
 
     @cached_property
     def field(self) -> Field:
-        return build_field(self.field_name, self.field_config)
+        """The field to fit with: masked when the initialisation is sparse."""
+        base = build_field(self.field_name, self.field_config)
+        return base if self.mask is None else Masked(base, self.mask)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -288,12 +405,16 @@ class MetaInit:
             "test": self.test,
             "data": self.data,
             "train": self.train,
+            **({} if self.mask is None else {"sparsity": self.sparsity}),
         }
 
 
 def save_init(init: MetaInit, path: str | Path) -> str:
     """Write an init file atomically; returns its SHA-256."""
-    return file_sha256(write_safetensors(path, init.params, init.metadata()))
+    tensors = {k: v.float() for k, v in init.params.items()}
+    for k, m in (init.mask or {}).items():
+        tensors[MASK_PREFIX + k] = m.bool()
+    return file_sha256(write_safetensors(path, tensors, init.metadata()))
 
 
 def _signal_meta(meta: dict, path: Path) -> tuple[str, tuple[int, ...], int]:
@@ -333,21 +454,43 @@ def _field_meta(meta: dict, path: Path, shape: tuple[int, ...], channels: int) -
     return field_
 
 
-def load_init(path: str | Path) -> MetaInit:
-    """Read and validate an init file."""
+def _init_mask(path: Path, field_: Field, tensors: dict[str, Tensor], meta: dict) -> Mask | None:
+    """The ``mask/<name>`` tensors of a sparse initialisation, validated (and removed from ``tensors``)."""
+    found = {k[len(MASK_PREFIX):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(MASK_PREFIX)]}
+    if not found and "sparsity" not in meta:
+        return None
+    shapes = field_.param_shapes()
+    if set(found) != set(prunable(shapes)) or not isinstance(meta.get("sparsity"), dict):
+        raise FieldFileError(path, "sparse initialisation: needs one mask per weight matrix and a 'sparsity' entry")
+    for k, m in found.items():
+        if m.dtype != torch.bool or tuple(m.shape) != tuple(shapes[k]):
+            raise FieldFileError(path, f"mask of {k!r} must be bool {tuple(shapes[k])}, not {m.dtype} {tuple(m.shape)}")
+    return {k: found[k] for k in prunable(shapes)}
+
+
+def load_init(path: str | Path, density: float | None = None) -> MetaInit:
+    """Read and validate an init file. A run directory stands for its result, or with
+    ``density``, for the level of a sparse run whose density is nearest to it."""
     path = Path(path)
-    if path.is_dir() and (path / "init.safetensors").is_file():
-        path = path / "init.safetensors"  # a run directory stands for its result
+    if density is not None:
+        path = _level_path(path, density)
+    elif path.is_dir() and (path / "init.safetensors").is_file():
+        path = path / "init.safetensors"
     tensors, meta = read_safetensors(path)
     _check_kind(meta, path, INIT_FORMAT)
     modality, shape, channels = _signal_meta(meta, path)
     field_ = _field_meta(meta, path, shape, channels)
     algo = _get(meta, path, "algo", dict)
     test = _get(meta, path, "test", dict)
+    mask = _init_mask(path, field_, tensors, meta)
+    params = check_params(path, field_, tensors)
+    for k, m in (mask or {}).items():
+        if params[k][~m].any():
+            raise FieldFileError(path, f"weights of {k!r} outside its mask are not zero")
     init = MetaInit(
         field_name=meta["field"]["name"],
         field_config=meta["field"]["config"],
-        params=check_params(path, field_, tensors),
+        params=params,
         modality=modality,
         shape=shape,
         channels=channels,
@@ -357,6 +500,55 @@ def load_init(path: str | Path) -> MetaInit:
         train=meta.get("train") if isinstance(meta.get("train"), dict) else {},
         coords=meta["coords"],
         sha256=file_sha256(path),
+        mask=mask,
+        sparsity=meta.get("sparsity") if mask is not None else None,
     )
-    init.__dict__["field"] = field_
+    if mask is None:
+        init.__dict__["field"] = field_
     return init
+
+
+def level_files(run: Path) -> list[tuple[float, Path]]:
+    """(density, file) of every level of a sparse run, densest first."""
+    levels = []
+    for f in sorted((Path(run) / LEVELS_DIR).glob("level-*.safetensors")):
+        try:
+            sparsity = json.loads(_read_metadata(f)).get("sparsity") or {}
+            levels.append((float(sparsity["density"]), f))
+        except (KeyError, TypeError, ValueError):
+            raise FieldFileError(f, "not a level of a sparse run (no readable 'sparsity' metadata)") from None
+    return sorted(levels, key=lambda t: -t[0])
+
+
+def _read_metadata(path: Path) -> str:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get(META_KEY, "{}")
+    except (SafetensorError, OSError) as err:
+        raise FieldFileError(path, f"corrupt safetensors data ({str(err).splitlines()[0][:160]})") from None
+
+
+def _level_path(run: Path, wanted: float) -> Path:
+    """The level of a sparse run whose density is nearest to ``wanted`` (on a log scale: 0.1 is as far from 0.2 as from 0.05)."""
+    if not 0 < wanted <= 1:
+        raise ConfigError("--density", "must be in (0, 1]")
+    if not run.is_dir():
+        raise ConfigError("--density", f"{run} is a file: give a sparse run directory to choose a level from")
+    levels = level_files(run)
+    if not levels:
+        raise ConfigError("--density", f"{run} is not a sparse run (no {LEVELS_DIR}/): train one with --algo sparse")
+    return min(levels, key=lambda t: abs(math.log(t[0] / wanted)))[1]
+
+
+def find_init(path: str | Path, sha256: str) -> MetaInit:
+    """The initialisation with this SHA-256: the file ``path``, or any level (or the result) of the run ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "init.safetensors", *(f for _, f in level_files(path))]
+        for f in candidates:
+            if f.is_file() and file_sha256(f) == sha256:
+                return load_init(f)
+        raise FieldFileError(path, f"no initialisation in this run has sha256 {sha256}")
+    return load_init(path)

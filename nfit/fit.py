@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import torch
 from torch import Tensor
@@ -39,6 +40,7 @@ class FitResult:
     params: Params  # batched [B, ...], detached: each signal's best parameters
     steps: list[int]  # optimisation steps that led to each signal's kept parameters
     seconds: float
+    psnr: list[Tensor] = dataclass_field(default_factory=list)  # PSNR [B] of each iterate 0..K (clamped predictions)
 
 
 def fit_adam(
@@ -48,6 +50,7 @@ def fit_adam(
     shape: tuple[int, ...],
     config: FitConfig,
     on_step: Callable[[StepInfo], None] | None = None,
+    observe: Callable[[int, Params], None] | None = None,
 ) -> FitResult:
     """Fit B signals on one grid from a shared unbatched initialisation.
 
@@ -55,6 +58,8 @@ def fit_adam(
     parameters with its best PSNR seen (Adam on SIRENs has occasional loss spikes,
     and the last iterate can land in one); a signal that reaches
     ``config.target_psnr`` is frozen at the parameters that reached it.
+    ``FitResult.psnr`` is the PSNR of every iterate (not just the kept one), and
+    ``observe(step, params)`` sees the parameters after each step 0..K, as in :func:`fit_sgd`.
     """
     device = targets.device
     batch = targets.shape[0]
@@ -65,6 +70,7 @@ def fit_adam(
     best = torch.full((batch,), -float("inf"), device=device)
     best_step = torch.zeros(batch, dtype=torch.long, device=device)
     frozen = torch.zeros(batch, dtype=torch.bool, device=device)
+    history: list[Tensor] = []
 
     def keep_best(psnr: Tensor, step: int) -> None:
         better = (psnr > best) & ~frozen
@@ -76,10 +82,14 @@ def fit_adam(
 
     start = time.perf_counter()
     for step in range(1, config.steps + 1):
+        if observe is not None:
+            with torch.no_grad():
+                observe(step - 1, params)
         grads, mse, mse_clamped, _ = full_pass(field, params, coords, targets, config.chunk)
         for p, g in zip(params.values(), grads):
             p.grad = g
         psnr = psnr_from_mse(mse_clamped)  # [B], of the parameters before this update
+        history.append(psnr)
         keep_best(psnr, step - 1)
         if config.target_psnr is not None:
             frozen |= psnr >= config.target_psnr
@@ -89,9 +99,13 @@ def fit_adam(
             break
         opt.step()
     else:  # the last update has not been measured yet
+        if observe is not None:
+            with torch.no_grad():
+                observe(config.steps, params)
         mse_clamped = full_pass(field, params, coords, targets, config.chunk, grads=False)[2]
-        keep_best(psnr_from_mse(mse_clamped), config.steps)
-    return FitResult(kept, best_step.tolist(), time.perf_counter() - start)
+        history.append(psnr_from_mse(mse_clamped))
+        keep_best(history[-1], config.steps)
+    return FitResult(kept, best_step.tolist(), time.perf_counter() - start, history)
 
 
 def full_pass(

@@ -6,8 +6,13 @@
       checkpoint.safetensors    theta_0, Adam's moments, RNG state; metadata: step, ...
       checkpoint.json           the same metadata, for people
       init.safetensors          the result: the learned initialisation (see nfit.fieldfile)
+      levels/level-KK.safetensors   --algo sparse: the initialisation after round KK (its own mask)
       preview.png               validation signals (top) and their reconstructions after K_test steps
       tb/                       TensorBoard events, when tensorboard is installed
+
+Meta-SparseINR (``--algo sparse``) starts from a dense run's result and prunes at
+the start of every round (see :mod:`nfit.meta.sparse`); the field, grid and
+channels are the dense initialisation's.
 
 Data-parallel under torchrun: every process takes a contiguous slice of the global
 batch, DistributedDataParallel averages the gradients (so the step equals a single
@@ -37,10 +42,11 @@ from nfit.data import BatchStream, DataSummary, ImageFolder, guess_channels, loa
 from nfit.device import peak_memory, resolve_device, tune_cpu_allocator
 from nfit.errors import ConfigError, FieldFileError
 from nfit.evaluation import adaptation_curves
-from nfit.fieldfile import META_KEY, MetaInit, read_safetensors, save_init
+from nfit.fieldfile import LEVELS_DIR, MASK_PREFIX, META_KEY, MetaInit, load_init, read_safetensors, save_init
 from nfit.fields import Field, Params, build_field, field_config_dict
 from nfit.fit import random_init
 from nfit.meta import Strategy, build_strategy, strategy_config_dict
+from nfit.meta.sparse import Mask, Masked, Sparse, full_mask, mask_size
 from nfit.signals import CONVENTION, grid_coords
 
 RUN_FILE = "run.json"
@@ -153,6 +159,7 @@ class _RunSpec:
     data_config: DataConfig
     field: FieldOptions
     algo_options: dict[str, Any]
+    init_from: str | None = None  # --algo sparse: the dense initialisation it starts from
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -163,6 +170,7 @@ class _RunSpec:
             "data_config": dataclasses.asdict(self.data_config),
             "field": dataclasses.asdict(self.field),
             "algo_options": self.algo_options,
+            "from": self.init_from,
         }
 
     @classmethod
@@ -174,6 +182,7 @@ class _RunSpec:
             DataConfig(**raw["data_config"]),
             FieldOptions(**raw["field"]),
             raw.get("algo_options") or {},
+            raw.get("from"),
         )
 
 
@@ -224,10 +233,11 @@ class _Log:
             self.tb.close()
 
 
-def _save_checkpoint(run: Path, step: int, model: _Outer, opt: torch.optim.Adam, extra: dict[str, Any]) -> None:
+def _save_checkpoint(run: Path, step: int, model: _Outer, opt: torch.optim.Adam, extra: dict[str, Any],
+                     mask: Mask | None) -> None:
     from safetensors.torch import save_file
 
-    tensors: dict[str, Tensor] = {}
+    tensors: dict[str, Tensor] = {MASK_PREFIX + k: m.cpu() for k, m in (mask or {}).items()}
     for name, p in zip(model.names, model.params):
         tensors[f"theta/{name}"] = p.detach().cpu().contiguous()
         state = opt.state.get(p, {})
@@ -243,7 +253,7 @@ def _save_checkpoint(run: Path, step: int, model: _Outer, opt: torch.optim.Adam,
     _write_json(run / CHECKPOINT_JSON, meta)
 
 
-def _load_checkpoint(run: Path, model: _Outer, opt: torch.optim.Adam) -> dict[str, Any]:
+def _load_checkpoint(run: Path, model: _Outer, opt: torch.optim.Adam, mask: Mask | None) -> dict[str, Any]:
     path = run / CHECKPOINT
     tensors, meta = read_safetensors(path)
     if meta.get("format") != "nfit-checkpoint":
@@ -259,6 +269,8 @@ def _load_checkpoint(run: Path, model: _Outer, opt: torch.optim.Adam) -> dict[st
                         "exp_avg_sq": tensors[f"adam/{name}/exp_avg_sq"].to(p.device),
                     }
         torch.set_rng_state(tensors["rng/cpu"])
+        for k, m in (mask or {}).items():
+            m.copy_(tensors[MASK_PREFIX + k])
     except (KeyError, RuntimeError) as err:
         raise FieldFileError(path, f"checkpoint does not match this run ({err})") from None
     return meta
@@ -289,6 +301,27 @@ def _prepare_data(spec: _RunSpec):
     return train_files, val_files, channels, summary
 
 
+def _from_dense(spec: _RunSpec, path: str | Path) -> None:
+    """--algo sparse: take the field, grid, channels and (unless given) the inner algorithm and
+    its hyperparameters from the dense initialisation, and fix the total steps to the schedule."""
+    dense = load_init(path)
+    if dense.mask is not None or dense.algo.get("name") == "sparse":
+        raise ConfigError("--from", f"{path} is already sparse: start from a dense initialisation")
+    spec.init_from = str(path)
+    spec.field = FieldOptions(dense.field_name, dense.field_config.get("width"), dense.field_config.get("depth"),
+                              dense.field_config.get("w0"))
+    spec.data_config = dataclasses.replace(spec.data_config, res=dense.shape[0], channels=dense.channels)
+    options = {k: v for k, v in spec.algo_options.items() if v is not None}
+    options.setdefault("inner", dense.algo.get("name"))
+    if options["inner"] == dense.algo.get("name"):  # the dense run's own inner settings, unless overridden
+        for k, v in (dense.algo.get("config") or {}).items():
+            options.setdefault(k, v)
+    strategy = build_strategy("sparse", options)  # validates, and drops settings of another inner algorithm
+    spec.algo_options = strategy_config_dict(strategy) | strategy_config_dict(strategy.inner)
+    spec.algo_options.pop("inner_config", None)
+    spec.train = dataclasses.replace(spec.train, steps=strategy.config.steps)
+
+
 def meta_train(
     data: str | Path | None,
     run: str | Path,
@@ -299,9 +332,14 @@ def meta_train(
     *,
     val_dir: str | Path | None = None,
     resume: bool = False,
+    init_from: str | Path | None = None,
     on_event: Callable[[TrainEvent], None] | None = None,
 ) -> TrainResult:
     """Learn an initialisation over a folder of signals; returns where the result is.
+
+    ``train.algo == "sparse"`` needs ``init_from``, a dense initialisation (init file or
+    run directory): its field, grid and channels are used, and the run's length is
+    rounds x steps per round.
 
     With ``resume``, the run's own configuration (run.json) is used and training
     continues from its checkpoint, bit for bit as if never stopped; ``train.steps``,
@@ -325,8 +363,16 @@ def meta_train(
             raise ConfigError(run, "exists and is not a directory")
         spec = _RunSpec(str(data), None if val_dir is None else str(val_dir), train or TrainConfig(),
                         data_config or DataConfig(), field_options or FieldOptions(), dict(algo_options or {}))
+        if spec.train.algo == "sparse":
+            if init_from is None:
+                raise ConfigError("--from", "--algo sparse starts from a dense initialisation: give --from DENSE_RUN")
+            _from_dense(spec, init_from)
+        elif init_from is not None:
+            raise ConfigError("--from", "applies to --algo sparse only")
     cfg, dcfg = spec.train, spec.data_config
     strategy = build_strategy(cfg.algo, spec.algo_options)
+    sparse = strategy if isinstance(strategy, Sparse) else None
+    inner = sparse.inner if sparse else strategy
     dist_, device = _setup_distributed(cfg.device)
     if device.type == "cpu":
         tune_cpu_allocator()
@@ -339,14 +385,20 @@ def meta_train(
     if cfg.batch_size % dist_.world:
         raise ConfigError("--batch-size", f"global batch {cfg.batch_size} is not divisible by {dist_.world} processes")
     field_ = build_field(spec.field.name, spec.field.field_config(2, channels))
-    theta = {k: v.to(device) for k, v in random_init(field_, cfg.seed).items()}
+    if sparse:
+        theta = load_init(spec.init_from).params if not resume else random_init(field_, cfg.seed)  # resume: the checkpoint's
+        mask: Mask | None = {k: m.to(device) for k, m in full_mask(theta).items()}
+        field_ = Masked(field_, mask)
+    else:
+        theta, mask = random_init(field_, cfg.seed), None
+    theta = {k: v.to(device) for k, v in theta.items()}
     model = _Outer(field_, strategy, theta).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start_step = 0
     if dist_.main:
         run.mkdir(parents=True, exist_ok=True)
     if resume:
-        meta = _load_checkpoint(run, model, opt)
+        meta = _load_checkpoint(run, model, opt, mask)
         start_step = int(meta["step"])
         if meta.get("train_files") != _files_digest(train_files, Path(spec.data)):
             raise ConfigError(spec.data, "the data folder changed since this run started; cannot resume exactly")
@@ -365,10 +417,11 @@ def meta_train(
     val_targets = None
     if dist_.main and val_files:
         _, val_targets = load_all(ImageFolder(val_files[: dcfg.val_limit], dcfg.res, channels), list(range(min(len(val_files), dcfg.val_limit))), dcfg.strict, warn)
-    test = AdaptConfig(steps=cfg.test_steps, lr=strategy.config.inner_lr,
-                       gamma=getattr(strategy.config, "gamma", AdaptConfig.gamma), batch_size=cfg.batch_size)
+    test = AdaptConfig(steps=cfg.test_steps, lr=inner.config.inner_lr,
+                       gamma=getattr(inner.config, "gamma", AdaptConfig.gamma), batch_size=cfg.batch_size)
     log = _Log(run, start_step) if dist_.main else None
-    state = {"step": start_step, "val_psnr": None, "seconds": 0.0}
+    spr = sparse.config.steps_per_round if sparse else 1
+    state = {"step": start_step, "val_psnr": None, "seconds": 0.0, "level": -(-start_step // spr)}  # level: rounds begun
 
     def validate(step: int) -> None:
         if val_targets is None:
@@ -383,13 +436,15 @@ def meta_train(
         _preview(run / PREVIEW, val_targets[:n], curves.last[:n])
         emit(TrainEvent("val", step, cfg.steps, values))
 
-    def save(step: int) -> None:
-        if not dist_.main:
-            return
-        summary.bad = len(stream.bad)
-        extra = {"train_files": _files_digest(train_files, Path(spec.data)), "seconds": round(state["seconds"], 3)}
-        _save_checkpoint(run, step, model, opt, extra)
-        save_init(MetaInit(
+    def current_init(step: int) -> MetaInit:
+        sparsity = None
+        if sparse:
+            alive, total = mask_size(mask)
+            c = sparse.config
+            sparsity = {"level": state["level"], "rounds": c.rounds, "density": round(alive / total, 6), "alive": alive,
+                        "weights": total, "prune": c.prune, "prune_fraction": c.prune_fraction,
+                        "steps_per_round": c.steps_per_round, "val_psnr": state["val_psnr"], "from": spec.init_from}
+        return MetaInit(
             field_name=spec.field.name, field_config=field_config_dict(field_),
             params={k: v.detach().cpu() for k, v in model.theta().items()},
             modality="image", shape=(dcfg.res, dcfg.res), channels=channels,
@@ -399,18 +454,50 @@ def meta_train(
             train={"steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "clip": cfg.clip, "seed": cfg.seed,
                    "processes": dist_.world, "val_psnr": state["val_psnr"], "seconds": round(state["seconds"], 3)},
             coords=dict(CONVENTION),
-        ), run / INIT_FILE)
+            mask=None if mask is None else {k: m.cpu() for k, m in mask.items()},
+            sparsity=sparsity,
+        )
+
+    def save(step: int) -> None:
+        if not dist_.main:
+            return
+        summary.bad = len(stream.bad)
+        extra = {"train_files": _files_digest(train_files, Path(spec.data)), "seconds": round(state["seconds"], 3)}
+        _save_checkpoint(run, step, model, opt, extra, mask)
+        save_init(current_init(step), run / INIT_FILE)
         emit(TrainEvent("checkpoint", step, cfg.steps, {"path": str(run / CHECKPOINT)}))
+
+    def save_level(step: int) -> None:
+        """--algo sparse: keep the initialisation as it is at the end of a round (or before the first)."""
+        if dist_.main:
+            (run / LEVELS_DIR).mkdir(exist_ok=True)
+            save_init(current_init(step), run / LEVELS_DIR / f"level-{state['level']:02d}.safetensors")
+
+    def begin_round(step: int) -> None:
+        level = sparse.round_starts(step) if sparse else None
+        if level is None:
+            return
+        adam = {name: opt.state.get(p, {}) for name, p in zip(model.names, model.params)}
+        sparse.begin_round(level, model.theta(), mask, adam, cfg.seed)
+        state["level"] = level
+        alive, total = mask_size(mask)
+        values = {"level": level, "rounds": sparse.config.rounds, "density": round(alive / total, 6), "alive": alive}
+        if dist_.main:
+            log.write("round", step, values)
+        emit(TrainEvent("round", step, cfg.steps, values))
 
     emit(TrainEvent("start", start_step, cfg.steps, {"data": summary.to_json(), "device": str(device),
                                                        "processes": dist_.world, "params": sum(p.numel() for p in model.params)}))
     if dist_.main and start_step == 0:
         validate(0)  # the untrained initialisation: the random-init baseline of every curve
+        if sparse:
+            save_level(0)  # the dense starting point, so every density down from 1 can be fitted
     interrupted = False
     window = time.perf_counter()
     window_steps = 0
     try:
         for step, batch in stream:  # step: 0-based index of the outer step about to run
+            begin_round(step)
             t0 = time.perf_counter()
             targets = batch.to(device, non_blocking=True).reshape(batch.shape[0], -1, channels)  # [b, N, C]
             opt.zero_grad(set_to_none=True)
@@ -429,12 +516,18 @@ def meta_train(
                 values = {"loss": stats[0].item(), "train_psnr": round(stats[1].item(), 4),
                           "grad_norm": round(grad_norm.item(), 6), "steps_per_s": round(window_steps / (now - window), 4),
                           "peak_memory": peak_memory(device)}
+                if sparse:
+                    alive, total = mask_size(mask)
+                    values.update(level=state["level"], density=round(alive / total, 6))
                 window, window_steps = now, 0
                 if dist_.main:
                     log.write("train", done, values)
                     emit(TrainEvent("step", done, cfg.steps, values))
-            if dist_.main and (done % cfg.val_every == 0 or done == cfg.steps):
+            round_done = sparse is not None and sparse.round_ends(done) is not None
+            if dist_.main and (done % cfg.val_every == 0 or done == cfg.steps or round_done):
                 validate(done)
+            if round_done:
+                save_level(done)
             if done % cfg.ckpt_every == 0 and done != cfg.steps:
                 save(done)
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nfit.cli import app
+from nfit.fieldfile import FORMAT_VERSION
 
 runner = CliRunner()
 FAST = ["--steps", "40", "--width", "32", "--depth", "3", "--device", "cpu"]
@@ -30,7 +31,7 @@ def test_fit_render_info(tmp_path, photo):
     r = runner.invoke(app, ["info", str(nf), "--json"])
     data = json.loads(r.stdout)
     assert data["modality"] == "image" and data["shape"] == [32, 48] and data["channels"] == 3
-    assert data["field"]["config"]["width"] == 32 and data["parameters"] > 0 and data["format_version"] == 1
+    assert data["field"]["config"]["width"] == 32 and data["parameters"] > 0 and data["format_version"] == FORMAT_VERSION
     assert data["fit"]["steps"] == 40 and data["bytes"] == nf.stat().st_size
 
     r = runner.invoke(app, ["info", str(nf)])

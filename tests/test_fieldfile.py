@@ -77,6 +77,10 @@ def _rewrite(tmp_path, edit_meta=None, edit_tensors=None, raw_meta=None):
         ({"edit_tensors": lambda t: t.update(extra=torch.zeros(1))}, "unexpected"),
         ({"edit_tensors": lambda t: t.update({"l1.weight": torch.zeros(8, 7)})}, "has shape"),
         ({"edit_tensors": lambda t: t["l0.weight"].fill_(float("nan"))}, "NaN"),
+        ({"edit_meta": lambda m: m.update(storage={"dtype": "int8"})}, "'storage' is malformed"),
+        ({"edit_meta": lambda m: m.update(storage={"dtype": "float32", "sparse": {"mask": "elsewhere"}})}, "storage.sparse"),
+        ({"edit_meta": lambda m: m.update(storage={"dtype": "float32", "sparse": {"mask": "embedded"}})}, "no 'mask' tensor"),
+        ({"edit_meta": lambda m: m.update(storage={"dtype": "float32", "sparse": {"mask": "init"}})}, "sha256"),
     ],
 )
 def test_invalid_files_are_refused(tmp_path, kwargs, reason):
@@ -84,6 +88,14 @@ def test_invalid_files_are_refused(tmp_path, kwargs, reason):
     with pytest.raises(FieldFileError, match=reason) as info:
         load_field(bad)
     assert str(bad) in str(info.value)
+
+
+def test_version_1_files_still_read(tmp_path):
+    """Files written before the "storage" entry (format version 1) are dense float32."""
+    old = _rewrite(tmp_path, edit_meta=lambda m: (m.update(format_version=1), m.pop("storage")))
+    back = load_field(old)
+    assert back.dtype == "float32" and back.mask is None
+    assert all(torch.equal(back.params[k], v) for k, v in load_field(tmp_path / "good.nf").params.items())
 
 
 def test_not_safetensors_or_truncated(tmp_path):

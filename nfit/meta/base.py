@@ -47,8 +47,10 @@ def build_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy
     if name not in STRATEGIES:
         raise ConfigError("--algo", f"unknown algorithm {name!r} (known: {', '.join(sorted(STRATEGIES))})")
     cls = STRATEGIES[name]
-    known = {f.name for f in dataclasses.fields(cls.Config)}
     options = {k: v for k, v in (options or {}).items() if v is not None}
+    if hasattr(cls, "from_options"):  # a strategy that wraps another splits the options itself
+        return cls.from_options(options)
+    known = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = set(options) - known
     if unknown:
         opts = ", ".join("--" + k.replace("_", "-") for k in sorted(unknown))
@@ -57,7 +59,11 @@ def build_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy
 
 
 def strategy_config_dict(strategy: Strategy) -> dict[str, Any]:
-    return dataclasses.asdict(strategy.config)
+    config = dataclasses.asdict(strategy.config)
+    inner = getattr(strategy, "inner", None)
+    if inner is not None:  # a wrapping strategy also records the one it runs
+        config["inner_config"] = strategy_config_dict(inner)
+    return config
 
 
 def check_positive(**values: float) -> None:
