@@ -159,7 +159,7 @@ class _RunSpec:
     data_config: DataConfig
     field: FieldOptions
     algo_options: dict[str, Any]
-    init_from: str | None = None  # --algo sparse: the dense initialisation it starts from
+    init_from: dict[str, str] | None = None  # --algo sparse: {"path", "sha256"} of the dense initialisation
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -307,7 +307,7 @@ def _from_dense(spec: _RunSpec, path: str | Path) -> None:
     dense = load_init(path)
     if dense.mask is not None or dense.algo.get("name") == "sparse":
         raise ConfigError("--from", f"{path} is already sparse: start from a dense initialisation")
-    spec.init_from = str(path)
+    spec.init_from = {"path": str(path), "sha256": dense.sha256}
     spec.field = FieldOptions(dense.field_name, dense.field_config.get("width"), dense.field_config.get("depth"),
                               dense.field_config.get("w0"))
     spec.data_config = dataclasses.replace(spec.data_config, res=dense.shape[0], channels=dense.channels)
@@ -348,6 +348,8 @@ def meta_train(
     run = Path(run)
     if resume:
         spec = read_run(run)
+        if train is not None and spec.train.algo == "sparse":
+            raise ConfigError("--steps", "a sparse run's length is --rounds x --steps-per-round; it cannot be extended")
         if train is not None:
             spec.train = dataclasses.replace(spec.train, steps=train.steps)
         if data is not None:
@@ -386,7 +388,7 @@ def meta_train(
         raise ConfigError("--batch-size", f"global batch {cfg.batch_size} is not divisible by {dist_.world} processes")
     field_ = build_field(spec.field.name, spec.field.field_config(2, channels))
     if sparse:
-        theta = load_init(spec.init_from).params if not resume else random_init(field_, cfg.seed)  # resume: the checkpoint's
+        theta = load_init(spec.init_from["path"]).params if not resume else random_init(field_, cfg.seed)  # resume: the checkpoint's
         mask: Mask | None = {k: m.to(device) for k, m in full_mask(theta).items()}
         field_ = Masked(field_, mask)
     else:
