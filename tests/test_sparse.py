@@ -215,6 +215,8 @@ def test_sparse_option_errors(faces, dense, sparse, tmp_path):
         sparse_run(faces, dense, tmp_path / "d", prune_fraction=1.5)
     with pytest.raises(ConfigError, match="not a sparse run"):
         load_init(dense, density=0.5)
+    with pytest.raises(ConfigError, match="cannot be extended"):
+        meta_train(None, sparse, TrainConfig(steps=99), resume=True)
 
 
 # -- fitting and files ---------------------------------------------------------------
