@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Limits on what an input file may declare, checked before anything is allocated:
+# a few bytes of header must never be able to ask for gigabytes of memory.
+MAX_IMAGE_PIXELS = 1 << 27  # 134 MP; below Pillow's own decompression-bomb error (179 MP), so ours speaks first
+MAX_HEADER_BYTES = 16 << 20  # a safetensors header (tensor table + metadata); real files use a few kB
+MAX_METADATA_BYTES = 1 << 20  # the nfit JSON inside it; real files use 1-3 kB
+MAX_GRID_SAMPLES = 1 << 34  # a .nf declaring a bigger signal is corrupt, not data
+MAX_FIELD_SIZE = 1 << 16  # any width, depth or feature count a field file may declare
+
+NAN_POLICIES = ("stop", "skip")
+
 
 @dataclass
 class FitConfig:
