@@ -363,6 +363,9 @@ def meta_train(
     log_every: int = typer.Option(TrainConfig.log_every, help="Log every N outer steps."),
     workers: Optional[int] = typer.Option(DataConfig.workers, help="Decoding processes [default: min(4, CPU cores)]."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable file instead of skipping it."),
+    nan_policy: Optional[str] = typer.Option(
+        None, help=f"A non-finite loss: stop (keep the last checkpoint) or skip the update and count it "
+        f"[default: {TrainConfig.nan_policy}; with --resume: the run's]."),
     device: str = typer.Option(TrainConfig.device, help="auto, cpu or cuda."),
 ) -> None:
     """Learn an initialisation over a folder: `nfit meta-train ./faces -o runs/faces`.
@@ -383,12 +386,13 @@ def meta_train(
                 raise ConfigError(None, "--resume RUN continues RUN: drop -o")
             train = None if steps is None else TrainConfig(steps=steps)
             with _TrainProgress(enabled=main_rank) as progress:
-                return train_(data, resume, train, resume=True, on_event=progress)
+                return train_(data, resume, train, resume=True, nan_policy=nan_policy, on_event=progress)
         if output is None:
             raise ConfigError(None, "give the run directory with -o RUN")
         train = TrainConfig(algo=algo, steps=TrainConfig.steps if steps is None else steps, batch_size=batch_size,
                             micro_batch=micro_batch, lr=lr, clip=clip, seed=seed, log_every=log_every, val_every=val_every,
-                            ckpt_every=ckpt_every, test_steps=test_steps, device=device)
+                            ckpt_every=ckpt_every, test_steps=test_steps, device=device,
+                            nan_policy=TrainConfig.nan_policy if nan_policy is None else nan_policy)
         data_config = DataConfig(res=res, channels=channels, val_fraction=val_fraction, val_limit=val_limit,
                                  workers=workers, strict=strict)
         options = {"inner_steps": inner_steps, "inner_lr": inner_lr, "first_order": True if first_order else None,
@@ -406,6 +410,7 @@ def meta_train(
         raise typer.Exit(130)
     val_ = "-" if result.val_psnr is None else f"{result.val_psnr:.2f} dB"
     bad = f", {result.bad_files} unreadable file(s) skipped" if result.bad_files else ""
+    bad += f", {result.skipped_steps} non-finite step(s) skipped" if result.skipped_steps else ""
     err.print(f"wrote {result.init} (step {result.step}, validation PSNR {val_}{bad})", highlight=False)
 
 

@@ -153,11 +153,17 @@ class TrainConfig:
     val_every: int = 500
     ckpt_every: int = 1000
     test_steps: int = 16  # K_test of validation (and the default of fitting from the result)
+    # A non-finite loss or gradient norm: "stop" the run (its last checkpoint stays the
+    # result), or "skip" that step's update and count it. Days-long runs meet a rare
+    # bad batch; a run that diverges should stop rather than write NaN weights.
+    nan_policy: str = "stop"
     device: str = "auto"
 
     def __post_init__(self):
         from nfit.errors import ConfigError
 
+        if self.nan_policy not in NAN_POLICIES:
+            raise ConfigError("--nan-policy", f"must be {' or '.join(NAN_POLICIES)}, not {self.nan_policy!r}")
         for name in ("steps", "batch_size", "log_every", "val_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ConfigError("--" + name.replace("_", "-"), "must be >= 1")
