@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from nfit._version import __version__
 from nfit.config import AdaptConfig, DataConfig, FieldOptions, FitConfig, RenderConfig, TrainConfig
@@ -36,6 +37,7 @@ err = Console(stderr=True)
 _state = {"debug": False}
 
 EXIT_USER_ERROR = 2
+EXIT_SOME_FAILED = 3  # many files: some failed, every other one was written
 
 
 def _version(value: bool) -> None:
@@ -73,19 +75,21 @@ def _run(job: Callable[[], Any]) -> Any:
 
 
 class _FitProgress:
-    """A rich progress bar per batch: step, loss, PSNR, speed."""
+    """A rich progress bar per batch (step, loss, PSNR, speed), and one over the files when many."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, files: int = 0):
+        self.last = None
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.2e}  PSNR {task.fields[psnr]:6.2f} dB"),
+            TextColumn("{task.fields[stats]}"),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             console=err,
             disable=not enabled,
         )
+        self.files = self.progress.add_task("files", total=files, stats="", rate="", visible=files > 0)
 
     def __enter__(self):
         self.progress.__enter__()
@@ -94,13 +98,19 @@ class _FitProgress:
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
 
+    def file_done(self, outcome) -> None:
+        self.progress.advance(self.files)
+
     def __call__(self, label: str, steps: int):
-        task = self.progress.add_task(label, total=steps, loss=float("nan"), psnr=float("nan"), rate="")
+        if self.last is not None:  # a folder of thousands: show the batch at work, not every batch so far
+            self.progress.update(self.last, visible=False)
+        task = self.last = self.progress.add_task(label, total=steps, stats="", rate="")
 
         def on_step(info) -> None:
             elapsed = self.progress.tasks[task].elapsed or 0.0
             rate = f"{info.step / elapsed:6.1f} step/s" if elapsed > 0 else ""
-            self.progress.update(task, completed=info.step, loss=info.loss, psnr=info.psnr, rate=rate)
+            self.progress.update(task, completed=info.step, stats=f"loss {info.loss:.2e}  PSNR {info.psnr:6.2f} dB",
+                                 rate=rate)
 
         return on_step
 
@@ -120,24 +130,38 @@ def _adapt_config(test: dict, steps, lr, gamma, no_rescale: bool, optimizer: str
     return AdaptConfig(**kwargs)
 
 
-def _fit_outputs(inputs: list[Path], output: Optional[Path], out_dir: Optional[Path]) -> list[Path]:
+def _fit_plan(given: list[Path], output: Optional[Path], out_dir: Optional[Path]) -> tuple[list[Path], list[Path]]:
+    """Inputs (folders expanded, recursively) and their outputs: ``-o``, ``-O DIR`` (a folder's
+    subfolders mirrored inside DIR) or beside each input."""
+    from nfit.data import scan_folder
+
     if output is not None and out_dir is not None:
         raise ConfigError(None, "give either -o/--output or -O/--out-dir, not both")
+    pairs: list[tuple[Path, Path]] = []
+    for item in given:
+        if item.is_dir():
+            pairs += [(f, f.relative_to(item).with_suffix(".nf")) for f in scan_folder(item)]
+        else:
+            pairs.append((item, Path(item.stem + ".nf")))
+    inputs = [src for src, _ in pairs]
     if output is not None:
         if len(inputs) > 1:
             raise ConfigError("-o", "one output file for several inputs: use -O DIR instead")
-        return [output]
+        return inputs, [output]
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
             raise ConfigError(out_dir, "is not a directory")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return [out_dir / f"{p.stem}.nf" for p in inputs]
-    return [p.with_suffix(".nf") for p in inputs]
+        outputs = [out_dir / rel for _, rel in pairs]
+        for parent in sorted({o.parent for o in outputs}):
+            parent.mkdir(parents=True, exist_ok=True)
+        return inputs, outputs
+    return inputs, [src.with_suffix(".nf") for src in inputs]
 
 
 @app.command()
 def fit(
-    inputs: list[Path] = typer.Argument(..., help="Media files to fit.", show_default=False),
+    inputs: list[Path] = typer.Argument(..., help="Media files, or folders of them (searched recursively).",
+                                        show_default=False),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .nf (one input)."),
     out_dir: Optional[Path] = typer.Option(None, "-O", "--out-dir", help="Directory for one .nf per input."),
     steps: Optional[int] = typer.Option(
@@ -157,18 +181,25 @@ def fit(
     target_psnr: Optional[float] = typer.Option(None, help="Stop a file once its PSNR (dB) reaches this."),
     batch_size: int = typer.Option(FitConfig.batch_size, help="Files of equal shape fitted together."),
     device: str = typer.Option(FitConfig.device, help="auto, cpu or cuda."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave inputs whose output exists alone."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Fit neural fields to media files: `nfit fit photo.png -o photo.nf`, or many with -O DIR.
 
     With `--init RUN/init.safetensors` the fit starts from a learned initialisation and
     takes a few re-scaled SGD steps (GradNCP's Algorithm 2).
+
+    Many files (or a folder) are streamed: each output is written as soon as it is
+    fitted, a file that fails is listed at the end while the others go on (exit code 3),
+    and --skip-existing finishes an interrupted run.
     """
     from nfit.api import fit_files
     from nfit.fieldfile import load_init
 
+    many = len(inputs) > 1 or any(p.is_dir() for p in inputs)
+
     def job():
-        outputs = _fit_outputs(inputs, output, out_dir)
+        files, outputs = _fit_plan(inputs, output, out_dir)
         config = FitConfig(steps=FitConfig.steps if steps is None or init is not None else steps,
                            lr=FitConfig.lr if lr is None or init is not None else lr,
                            seed=seed, target_psnr=target_psnr, batch_size=batch_size, device=device)
@@ -180,27 +211,44 @@ def fit(
             adapt = _adapt_config(meta.test, steps, lr, gamma, no_rescale, optimizer, batch_size, device)
         elif no_rescale or gamma is not None or optimizer != AdaptConfig.optimizer:
             raise ConfigError(None, "--optimizer, --no-rescale and --gamma apply to fitting from --init")
-        with _FitProgress(enabled=not as_json) as progress:
-            return fit_files(inputs, outputs, config, FieldOptions(field, width, depth, w0), progress, init=meta, adapt=adapt)
+        with _FitProgress(enabled=not as_json, files=len(files) if many else 0) as progress:
+            return fit_files(files, outputs, config, FieldOptions(field, width, depth, w0), progress, init=meta,
+                             adapt=adapt, keep_going=many, skip_existing=skip_existing, on_outcome=progress.file_done)
 
-    results = _run(job)
-    rows = []
-    for (path, nf), src in zip(results, inputs):
-        nbytes = path.stat().st_size
-        pixels = math.prod(nf.shape)
-        rows.append({"input": str(src), "output": str(path), **{k: nf.summary[k] for k in ("psnr", "ssim", "steps", "seconds")},
-                     "bytes": nbytes, "bits_per_pixel": round(nbytes * 8 / pixels, 4)})
+    rows = [_fit_row(o) for o in _run(job)]
+    failures = [r for r in rows if r["status"] == "failed"]
     if as_json:
-        print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
-        return
-    table = Table(title="nfit fit", title_justify="left")
-    for col in ("output", "PSNR dB", "SSIM", "steps", "seconds", "bytes", "bpp"):
-        table.add_column(col, justify="left" if col == "output" else "right")
-    for r in rows:
-        ssim = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
-        table.add_row(r["output"], f"{r['psnr']:.2f}", ssim, str(r["steps"]), f"{r['seconds']:.1f}",
-                      f"{r['bytes']:,}", f"{r['bits_per_pixel']:.2f}")
-    out.print(table)
+        print(json.dumps(rows if many else rows[0], indent=2))
+    else:
+        table = Table(title="nfit fit", title_justify="left")
+        for col in ("output", "PSNR dB", "SSIM", "steps", "seconds", "bytes", "bpp"):
+            table.add_column(col, justify="left" if col == "output" else "right")
+        for r in rows:
+            if r["status"] != "fitted":
+                table.add_row(r["output"], r["status"], *[""] * 5)
+                continue
+            ssim = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
+            table.add_row(r["output"], f"{r['psnr']:.2f}", ssim, str(r["steps"]), f"{r['seconds']:.1f}",
+                          f"{r['bytes']:,}", f"{r['bits_per_pixel']:.2f}")
+        out.print(table)
+    if many:
+        counts = {k: sum(r["status"] == k for r in rows) for k in ("fitted", "skipped", "failed")}
+        err.print(f"nfit: {len(rows)} file(s): " + ", ".join(f"{v} {k}" for k, v in counts.items()), highlight=False)
+        for r in failures:
+            err.print(f"nfit: failed: {r['error']}", markup=False, highlight=False, soft_wrap=True)
+        if failures:
+            raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _fit_row(o) -> dict[str, Any]:
+    """One input's line of the summary (a FileOutcome as plain data)."""
+    row: dict[str, Any] = {"input": str(o.input), "output": str(o.output), "status": o.status}
+    if o.status == "fitted":
+        row.update({k: o.summary[k] for k in ("psnr", "ssim", "steps", "seconds")})
+        row.update(bytes=o.bytes, bits_per_pixel=round(o.bytes * 8 / math.prod(o.shape), 4))
+    if o.error is not None:
+        row["error"] = str(o.error)
+    return row
 
 
 @app.command()
@@ -260,7 +308,7 @@ def info(
             ("training", ", ".join(f"{k}={v}" for k, v in data["train"].items())),
         ]
         for k, v in rows:
-            table.add_row(k, str(v))
+            table.add_row(k, Text(str(v)))  # Text: no markup, no control codes from the file
         out.print(table)
         return
     fit_ = data["fit"]
@@ -277,7 +325,7 @@ def info(
         ("fit", ", ".join(f"{k}={v}" for k, v in fit_.items())),
     ]
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(k, Text(v))  # Text: no markup, no control codes from the file
     out.print(table)
 
 
