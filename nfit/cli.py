@@ -308,7 +308,7 @@ def info(
             ("training", ", ".join(f"{k}={v}" for k, v in data["train"].items())),
         ]
         for k, v in rows:
-            table.add_row(k, Text(str(v)))  # Text: no markup, no control codes from the file
+            table.add_row(k, _plain(str(v)))
         out.print(table)
         return
     fit_ = data["fit"]
@@ -325,8 +325,14 @@ def info(
         ("fit", ", ".join(f"{k}={v}" for k, v in fit_.items())),
     ]
     for k, v in rows:
-        table.add_row(k, Text(v))  # Text: no markup, no control codes from the file
+        table.add_row(k, _plain(v))
     out.print(table)
+
+
+def _plain(text: str) -> Text:
+    """A metadata string as inert text: no rich markup, and control characters (terminal
+    escape sequences a crafted file could carry) shown escaped."""
+    return Text("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
 
 
 def _gb(nbytes: int) -> str:

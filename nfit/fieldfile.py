@@ -243,7 +243,7 @@ def _check_kind(meta: dict, path: Path, wanted: str) -> None:
     """The metadata declares the ``wanted`` format, at the version this nfit reads."""
     version, noun, version_noun, _ = _KINDS[wanted]
     found = meta.get("format")
-    if found in _KINDS and found != wanted:
+    if isinstance(found, str) and found in _KINDS and found != wanted:
         raise FieldFileError(path, _KINDS[found][3])
     if found != wanted:
         raise FieldFileError(path, f"not an nfit {noun} (format {_r(found)})")
@@ -257,8 +257,8 @@ def load_field(path: str | Path) -> NeuralField:
     tensors, meta = read_safetensors(path)
     _check_kind(meta, path, FORMAT)
     modality, shape, channels = _signal_meta(meta, path)
-    signal, coords, field_meta = meta["signal"], meta["coords"], meta["field"]
     field_ = _field_meta(meta, path, shape, channels)
+    signal, coords, field_meta = meta["signal"], meta["coords"], meta["field"]  # each checked by now
     init = meta.get("init") or {"name": "random", "sha256": None}
     if not isinstance(init, dict) or not (init.get("sha256") is None or _SHA256.match(str(init.get("sha256")))):
         raise FieldFileError(path, "metadata field 'init' is malformed")
