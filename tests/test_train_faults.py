@@ -204,3 +204,14 @@ def test_nan_policy_skip_counts_and_goes_on(tmp_path, faces, monkeypatch):
 def test_nan_policy_is_validated():
     with pytest.raises(nfit.errors.ConfigError, match="--nan-policy"):
         TrainConfig(nan_policy="ignore")
+
+
+def test_resume_refuses_a_changed_data_folder(tmp_path, faces):
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in sorted(faces.iterdir())[:4]:
+        (data / f.name).write_bytes(f.read_bytes())
+    train(data, tmp_path / "run", 2)
+    (data / "new.png").write_bytes((data / "crop_0.png").read_bytes())
+    with pytest.raises(nfit.errors.ConfigError, match="data folder changed"):
+        meta_train(None, tmp_path / "run", TrainConfig(steps=4), resume=True)
