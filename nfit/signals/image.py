@@ -124,6 +124,8 @@ def read_image(path: Path) -> tuple[np.ndarray, int]:
         raise
     except PermissionError:
         raise InputError(path, "permission denied") from None
+    except (FileNotFoundError, IsADirectoryError) as err:  # gone between listing and reading
+        raise InputError(path, f"cannot read ({type(err).__name__}: {err.strerror})") from None
     except MemoryError:
         raise InputError(path, "not enough memory to decode this image") from None
     except Exception as err:  # noqa: BLE001
