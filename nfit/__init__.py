@@ -9,7 +9,7 @@
 from nfit._version import __version__
 from nfit.api import evaluate, fit, fit_files, fit_signals, info, load, meta_train, render, render_to_file, save
 from nfit.config import AdaptConfig, DataConfig, FieldOptions, FitConfig, RenderConfig, TrainConfig
-from nfit.errors import ConfigError, FieldFileError, InputError, NfitError, OutputError
+from nfit.errors import ConfigError, FieldFileError, InputError, NfitError, OutputError, TrainingError
 from nfit.fieldfile import MetaInit, NeuralField, load_init
 from nfit.signals import Signal, read_signal
 
@@ -31,6 +31,7 @@ __all__ = [
     "OutputError",
     "RenderConfig",
     "Signal",
+    "TrainingError",
     "__version__",
     "fit",
     "fit_files",

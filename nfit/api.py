@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import dataclasses
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from nfit import metrics
 from nfit.atomic import check_writable
 from nfit.config import AdaptConfig, FieldOptions, FitConfig, StoreConfig
 from nfit.device import resolve_device
-from nfit.errors import ConfigError
+from nfit.errors import ConfigError, NfitError
 from nfit.evaluation import EvalReport, evaluate_folder
 from nfit.fieldfile import (
     INIT_FORMAT,
@@ -193,6 +193,20 @@ def fit(
     return result[0] if single else result
 
 
+@dataclass
+class FileOutcome:
+    """What became of one input of :func:`fit_files`. Holds no parameters: a folder of
+    any size costs a few hundred bytes per file here."""
+
+    input: Path
+    output: Path
+    status: str  # "fitted", "skipped" (the output existed) or "failed"
+    error: NfitError | None = None  # why it failed; ``str(error)`` names the file
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)  # the fit's (psnr, ssim, steps, ...)
+    shape: tuple[int, ...] = ()
+    bytes: int | None = None  # of the written output
+
+
 def fit_files(
     inputs: Sequence[str | Path],
     outputs: Sequence[str | Path],
@@ -203,23 +217,95 @@ def fit_files(
     init: str | Path | MetaInit | None = None,
     adapt: AdaptConfig | None = None,
     store: StoreConfig | None = None,
-) -> list[tuple[Path, NeuralField]]:
-    """Fit ``inputs[i]`` into ``outputs[i]``. Every input is read and every output checked first,
-    so a bad file fails the run before any work and before any file is written."""
+    keep_going: bool = False,
+    skip_existing: bool = False,
+    on_outcome: Callable[[FileOutcome], None] | None = None,
+) -> list[FileOutcome]:
+    """Fit ``inputs[i]`` into ``outputs[i]``, streaming: files are decoded as they are
+    needed, fitted in batches of equal shape, and each output is written (atomically)
+    as soon as its batch is done, so memory does not grow with the number of files and
+    an interruption loses at most the batch in progress.
+
+    Outputs are checked first (duplicates, writable), before any work. A file that
+    cannot be read, fitted or written raises at once, or with ``keep_going`` becomes a
+    "failed" outcome while the others carry on. ``skip_existing`` leaves inputs whose
+    output exists alone, so an interrupted folder can be finished by running again.
+    Returns one outcome per input, in input order.
+    """
     if len(inputs) != len(outputs):
         raise ConfigError(None, "need one output per input")
-    outputs = [Path(o) for o in outputs]
-    dupes = {o for o in outputs if outputs.count(o) > 1}
-    if dupes:
-        raise ConfigError(None, f"two inputs would write the same output {sorted(map(str, dupes))[0]}")
+    inputs, outputs = [Path(p) for p in inputs], [Path(o) for o in outputs]
+    seen: set[Path] = set()
     for out in outputs:
+        if out in seen:
+            raise ConfigError(None, f"two inputs would write the same output {out}")
+        seen.add(out)
         check_writable(out)
     meta = init if init is None or isinstance(init, MetaInit) else load_init(init)
-    signals = [read_signal(p) for p in inputs]
-    fitted = fit_signals(signals, config, field, progress, init=meta, adapt=adapt, store=store)
-    for out, nf in zip(outputs, fitted):
-        save_field(nf, out)
-    return list(zip(outputs, fitted))
+    config = config or FitConfig()
+    batch_size = (adapt or AdaptConfig()).batch_size if meta is not None else config.batch_size
+    outcomes: list[FileOutcome | None] = [None] * len(inputs)
+
+    def done(i: int, outcome: FileOutcome) -> None:
+        outcomes[i] = outcome
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    def failed(i: int, error: NfitError) -> None:
+        if not keep_going:
+            raise error
+        done(i, FileOutcome(inputs[i], outputs[i], "failed", error))
+
+    # Decoded signals waiting for a batch, by (modality, grid, channels). At most
+    # batch_size of them are held at once: past that the biggest group is fitted
+    # as it is, so a folder of all-different shapes still runs in bounded memory.
+    pending: dict[tuple, list[tuple[int, Signal]]] = defaultdict(list)
+
+    def flush(key: tuple) -> None:
+        members = pending.pop(key)
+        idx = [i for i, _ in members]
+        try:
+            fitted = fit_signals([sig for _, sig in members], config, field, progress, init=meta, adapt=adapt,
+                                 store=store)
+        except NfitError as err:
+            for i in idx:
+                failed(i, err)
+            return
+        except (torch.cuda.OutOfMemoryError, MemoryError):
+            for i in idx:
+                failed(i, NfitError(inputs[i], f"out of memory fitting a batch of {len(idx)} (try a smaller --batch-size)"))
+            return
+        del members  # the decoded signals: free before writing
+        for i, nf in zip(idx, fitted):
+            try:
+                save_field(nf, outputs[i])
+            except NfitError as err:
+                failed(i, err)
+                continue
+            done(i, FileOutcome(inputs[i], outputs[i], "fitted", None, nf.summary, nf.shape,
+                                outputs[i].stat().st_size))
+
+    for i, (src, out) in enumerate(zip(inputs, outputs)):
+        if skip_existing and out.exists():
+            done(i, FileOutcome(src, out, "skipped"))
+            continue
+        try:
+            signal = read_signal(src)
+            if meta is not None:
+                _check_init_fits(meta, signal)
+        except NfitError as err:
+            failed(i, err)
+            continue
+        key = (signal.modality, signal.shape, signal.channels)
+        pending[key].append((i, signal))
+        del signal  # pending's reference is the only one, so flushing frees it
+        if len(pending[key]) >= batch_size:
+            flush(key)
+        elif sum(map(len, pending.values())) >= batch_size:
+            flush(max(pending, key=lambda k: len(pending[k])))
+    while pending:
+        flush(min(pending, key=lambda k: pending[k][0][0]))  # oldest first
+    return outcomes  # type: ignore[return-value]
 
 
 def load(path: str | Path, init: str | Path | MetaInit | None = None) -> NeuralField:
@@ -313,4 +399,4 @@ def evaluate(init: str | Path, data: str | Path, **kwargs) -> EvalReport:  # noq
     return evaluate_folder(init, data, **kwargs)
 
 
-__all__ = ["evaluate", "fit", "fit_files", "fit_signals", "info", "load", "meta_train", "render", "render_to_file", "save"]
+__all__ = ["FileOutcome", "evaluate", "fit", "fit_files", "fit_signals", "info", "load", "meta_train", "render", "render_to_file", "save"]

@@ -7,6 +7,7 @@ both paths are on one filesystem, which writing beside the target guarantees.
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -59,3 +60,16 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """Temporary files of :func:`atomic_output` for ``path`` that a killed process left behind.
+
+    An exception cleans its temporary up; SIGKILL or a power cut cannot. The previous
+    ``path`` is intact either way; these are only litter, safe to delete once no
+    other process is writing ``path``.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(path.suffix)}"))

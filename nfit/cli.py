@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from nfit._version import __version__
 from nfit.config import AdaptConfig, DataConfig, FieldOptions, FitConfig, RenderConfig, StoreConfig, TrainConfig
@@ -37,6 +38,7 @@ err = Console(stderr=True)
 _state = {"debug": False}
 
 EXIT_USER_ERROR = 2
+EXIT_SOME_FAILED = 3  # many files: some failed, every other one was written
 
 
 def _version(value: bool) -> None:
@@ -74,19 +76,21 @@ def _run(job: Callable[[], Any]) -> Any:
 
 
 class _FitProgress:
-    """A rich progress bar per batch: step, loss, PSNR, speed."""
+    """A rich progress bar per batch (step, loss, PSNR, speed), and one over the files when many."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, files: int = 0):
+        self.last = None
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.2e}  PSNR {task.fields[psnr]:6.2f} dB"),
+            TextColumn("{task.fields[stats]}"),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             console=err,
             disable=not enabled,
         )
+        self.files = self.progress.add_task("files", total=files, stats="", rate="", visible=files > 0)
 
     def __enter__(self):
         self.progress.__enter__()
@@ -95,13 +99,19 @@ class _FitProgress:
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
 
+    def file_done(self, outcome) -> None:
+        self.progress.advance(self.files)
+
     def __call__(self, label: str, steps: int):
-        task = self.progress.add_task(label, total=steps, loss=float("nan"), psnr=float("nan"), rate="")
+        if self.last is not None:  # a folder of thousands: show the batch at work, not every batch so far
+            self.progress.update(self.last, visible=False)
+        task = self.last = self.progress.add_task(label, total=steps, stats="", rate="")
 
         def on_step(info) -> None:
             elapsed = self.progress.tasks[task].elapsed or 0.0
             rate = f"{info.step / elapsed:6.1f} step/s" if elapsed > 0 else ""
-            self.progress.update(task, completed=info.step, loss=info.loss, psnr=info.psnr, rate=rate)
+            self.progress.update(task, completed=info.step, stats=f"loss {info.loss:.2e}  PSNR {info.psnr:6.2f} dB",
+                                 rate=rate)
 
         return on_step
 
@@ -121,24 +131,38 @@ def _adapt_config(test: dict, steps, lr, gamma, no_rescale: bool, optimizer: str
     return AdaptConfig(**kwargs)
 
 
-def _fit_outputs(inputs: list[Path], output: Optional[Path], out_dir: Optional[Path]) -> list[Path]:
+def _fit_plan(given: list[Path], output: Optional[Path], out_dir: Optional[Path]) -> tuple[list[Path], list[Path]]:
+    """Inputs (folders expanded, recursively) and their outputs: ``-o``, ``-O DIR`` (a folder's
+    subfolders mirrored inside DIR) or beside each input."""
+    from nfit.data import scan_folder
+
     if output is not None and out_dir is not None:
         raise ConfigError(None, "give either -o/--output or -O/--out-dir, not both")
+    pairs: list[tuple[Path, Path]] = []
+    for item in given:
+        if item.is_dir():
+            pairs += [(f, f.relative_to(item).with_suffix(".nf")) for f in scan_folder(item)]
+        else:
+            pairs.append((item, Path(item.stem + ".nf")))
+    inputs = [src for src, _ in pairs]
     if output is not None:
         if len(inputs) > 1:
             raise ConfigError("-o", "one output file for several inputs: use -O DIR instead")
-        return [output]
+        return inputs, [output]
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
             raise ConfigError(out_dir, "is not a directory")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return [out_dir / f"{p.stem}.nf" for p in inputs]
-    return [p.with_suffix(".nf") for p in inputs]
+        outputs = [out_dir / rel for _, rel in pairs]
+        for parent in sorted({o.parent for o in outputs}):
+            parent.mkdir(parents=True, exist_ok=True)
+        return inputs, outputs
+    return inputs, [src.with_suffix(".nf") for src in inputs]
 
 
 @app.command()
 def fit(
-    inputs: list[Path] = typer.Argument(..., help="Media files to fit.", show_default=False),
+    inputs: list[Path] = typer.Argument(..., help="Media files, or folders of them (searched recursively).",
+                                        show_default=False),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .nf (one input)."),
     out_dir: Optional[Path] = typer.Option(None, "-O", "--out-dir", help="Directory for one .nf per input."),
     steps: Optional[int] = typer.Option(
@@ -163,6 +187,7 @@ def fit(
     target_psnr: Optional[float] = typer.Option(None, help="Stop a file once its PSNR (dB) reaches this."),
     batch_size: int = typer.Option(FitConfig.batch_size, help="Files of equal shape fitted together."),
     device: str = typer.Option(FitConfig.device, help="auto, cpu or cuda."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave inputs whose output exists alone."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Fit neural fields to media files: `nfit fit photo.png -o photo.nf`, or many with -O DIR.
@@ -170,12 +195,18 @@ def fit(
     With `--init RUN/init.safetensors` the fit starts from a learned initialisation and
     takes a few re-scaled SGD steps (GradNCP's Algorithm 2). From a sparse run
     (`--init RUN --density 0.1`) the file stores only the surviving weights.
+
+    Many files (or a folder) are streamed: each output is written as soon as it is
+    fitted, a file that fails is listed at the end while the others go on (exit code 3),
+    and --skip-existing finishes an interrupted run.
     """
     from nfit.api import fit_files
     from nfit.fieldfile import load_init
 
+    many = len(inputs) > 1 or any(p.is_dir() for p in inputs)
+
     def job():
-        outputs = _fit_outputs(inputs, output, out_dir)
+        files, outputs = _fit_plan(inputs, output, out_dir)
         config = FitConfig(steps=FitConfig.steps if steps is None or init is not None else steps,
                            lr=FitConfig.lr if lr is None or init is not None else lr,
                            seed=seed, target_psnr=target_psnr, batch_size=batch_size, device=device)
@@ -188,28 +219,45 @@ def fit(
         elif no_rescale or gamma is not None or optimizer != AdaptConfig.optimizer or density is not None:
             raise ConfigError(None, "--optimizer, --no-rescale, --gamma and --density apply to fitting from --init")
         store = StoreConfig(dtype, standalone)
-        with _FitProgress(enabled=not as_json) as progress:
-            return fit_files(inputs, outputs, config, FieldOptions(field, width, depth, w0), progress, init=meta,
-                             adapt=adapt, store=store)
+        with _FitProgress(enabled=not as_json, files=len(files) if many else 0) as progress:
+            return fit_files(files, outputs, config, FieldOptions(field, width, depth, w0), progress, init=meta,
+                             adapt=adapt, store=store, keep_going=many, skip_existing=skip_existing,
+                             on_outcome=progress.file_done)
 
-    results = _run(job)
-    rows = []
-    for (path, nf), src in zip(results, inputs):
-        nbytes = path.stat().st_size
-        pixels = math.prod(nf.shape)
-        rows.append({"input": str(src), "output": str(path), **{k: nf.summary[k] for k in ("psnr", "ssim", "steps", "seconds")},
-                     "values": nf.n_values, "bytes": nbytes, "bits_per_pixel": round(nbytes * 8 / pixels, 4)})
+    rows = [_fit_row(o) for o in _run(job)]
+    failures = [r for r in rows if r["status"] == "failed"]
     if as_json:
-        print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
-        return
-    table = Table(title="nfit fit", title_justify="left")
-    for col in ("output", "PSNR dB", "SSIM", "steps", "seconds", "bytes", "bpp"):
-        table.add_column(col, justify="left" if col == "output" else "right")
-    for r in rows:
-        ssim = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
-        table.add_row(r["output"], f"{r['psnr']:.2f}", ssim, str(r["steps"]), f"{r['seconds']:.1f}",
-                      f"{r['bytes']:,}", f"{r['bits_per_pixel']:.2f}")
-    out.print(table)
+        print(json.dumps(rows if many else rows[0], indent=2))
+    else:
+        table = Table(title="nfit fit", title_justify="left")
+        for col in ("output", "PSNR dB", "SSIM", "steps", "seconds", "bytes", "bpp"):
+            table.add_column(col, justify="left" if col == "output" else "right")
+        for r in rows:
+            if r["status"] != "fitted":
+                table.add_row(r["output"], r["status"], *[""] * 5)
+                continue
+            ssim = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
+            table.add_row(r["output"], f"{r['psnr']:.2f}", ssim, str(r["steps"]), f"{r['seconds']:.1f}",
+                          f"{r['bytes']:,}", f"{r['bits_per_pixel']:.2f}")
+        out.print(table)
+    if many:
+        counts = {k: sum(r["status"] == k for r in rows) for k in ("fitted", "skipped", "failed")}
+        err.print(f"nfit: {len(rows)} file(s): " + ", ".join(f"{v} {k}" for k, v in counts.items()), highlight=False)
+        for r in failures:
+            err.print(f"nfit: failed: {r['error']}", markup=False, highlight=False, soft_wrap=True)
+        if failures:
+            raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _fit_row(o) -> dict[str, Any]:
+    """One input's line of the summary (a FileOutcome as plain data)."""
+    row: dict[str, Any] = {"input": str(o.input), "output": str(o.output), "status": o.status}
+    if o.status == "fitted":
+        row.update({k: o.summary[k] for k in ("psnr", "ssim", "steps", "seconds")})
+        row.update(bytes=o.bytes, bits_per_pixel=round(o.bytes * 8 / math.prod(o.shape), 4))
+    if o.error is not None:
+        row["error"] = str(o.error)
+    return row
 
 
 @app.command()
@@ -276,7 +324,7 @@ def info(
                             f"{sp['density']:.4f}, {sp['alive']:,} of {sp['weights']:,} weights, {sp['values']:,} values "
                             f"with biases; dense-narrow equivalent: width {sp['dense_narrow_width']}"))
         for k, v in rows:
-            table.add_row(k, str(v))
+            table.add_row(k, _plain(str(v)))
         out.print(table)
         return
     fit_ = data["fit"]
@@ -295,8 +343,14 @@ def info(
         ("fit", ", ".join(f"{k}={v}" for k, v in fit_.items())),
     ]
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(k, _plain(v))
     out.print(table)
+
+
+def _plain(text: str) -> Text:
+    """A metadata string as inert text: no rich markup, and control characters (terminal
+    escape sequences a crafted file could carry) shown escaped."""
+    return Text("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
 
 
 def _gb(nbytes: int) -> str:
@@ -397,6 +451,9 @@ def meta_train(
     log_every: int = typer.Option(TrainConfig.log_every, help="Log every N outer steps."),
     workers: Optional[int] = typer.Option(DataConfig.workers, help="Decoding processes [default: min(4, CPU cores)]."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable file instead of skipping it."),
+    nan_policy: Optional[str] = typer.Option(
+        None, help=f"A non-finite loss: stop (keep the last checkpoint) or skip the update and count it "
+        f"[default: {TrainConfig.nan_policy}; with --resume: the run's]."),
     device: str = typer.Option(TrainConfig.device, help="auto, cpu or cuda."),
 ) -> None:
     """Learn an initialisation over a folder: `nfit meta-train ./faces -o runs/faces`.
@@ -420,7 +477,7 @@ def meta_train(
                 raise ConfigError(None, "--resume RUN continues RUN: drop -o")
             train = None if steps is None else TrainConfig(steps=steps)
             with _TrainProgress(enabled=main_rank) as progress:
-                return train_(data, resume, train, resume=True, on_event=progress)
+                return train_(data, resume, train, resume=True, nan_policy=nan_policy, on_event=progress)
         if output is None:
             raise ConfigError(None, "give the run directory with -o RUN")
         if algo == "sparse":
@@ -431,8 +488,10 @@ def meta_train(
                                   "(--from); the length is --rounds x --steps-per-round")
         train = TrainConfig(algo=algo, steps=TrainConfig.steps if steps is None else steps, batch_size=batch_size,
                             micro_batch=micro_batch, lr=lr, clip=clip, seed=seed, log_every=log_every, val_every=val_every,
-                            ckpt_every=ckpt_every, test_steps=test_steps, device=device)
-        data_config = DataConfig(res=DataConfig.res if res is None else res, channels=channels, val_fraction=val_fraction, val_limit=val_limit,
+                            ckpt_every=ckpt_every, test_steps=test_steps, device=device,
+                            nan_policy=TrainConfig.nan_policy if nan_policy is None else nan_policy)
+        data_config = DataConfig(res=DataConfig.res if res is None else res, channels=channels, val_fraction=val_fraction,
+                                 val_limit=val_limit,
                                  workers=workers, strict=strict)
         options = {"inner_steps": inner_steps, "inner_lr": inner_lr, "first_order": True if first_order else None,
                    "gamma": gamma, "boot_steps": boot_steps, "boot_lr": boot_lr, "lam": lam, "rounds": rounds,
@@ -450,6 +509,7 @@ def meta_train(
         raise typer.Exit(130)
     val_ = "-" if result.val_psnr is None else f"{result.val_psnr:.2f} dB"
     bad = f", {result.bad_files} unreadable file(s) skipped" if result.bad_files else ""
+    bad += f", {result.skipped_steps} non-finite step(s) skipped" if result.skipped_steps else ""
     err.print(f"wrote {result.init} (step {result.step}, validation PSNR {val_}{bad})", highlight=False)
 
 

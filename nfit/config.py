@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Limits on what an input file may declare, checked before anything is allocated:
+# a few bytes of header must never be able to ask for gigabytes of memory.
+MAX_IMAGE_PIXELS = 1 << 27  # 134 MP; below Pillow's own decompression-bomb error (179 MP), so ours speaks first
+MAX_HEADER_BYTES = 16 << 20  # a safetensors header (tensor table + metadata); real files use a few kB
+MAX_METADATA_BYTES = 1 << 20  # the nfit JSON inside it; real files use 1-3 kB
+MAX_GRID_SAMPLES = 1 << 34  # a .nf declaring a bigger signal is corrupt, not data
+MAX_FIELD_SIZE = 1 << 16  # any width, depth or feature count a field file may declare
+
+NAN_POLICIES = ("stop", "skip")
+
 
 @dataclass
 class FitConfig:
@@ -157,11 +167,17 @@ class TrainConfig:
     val_every: int = 500
     ckpt_every: int = 1000
     test_steps: int = 16  # K_test of validation (and the default of fitting from the result)
+    # A non-finite loss or gradient norm: "stop" the run (its last checkpoint stays the
+    # result), or "skip" that step's update and count it. Days-long runs meet a rare
+    # bad batch; a run that diverges should stop rather than write NaN weights.
+    nan_policy: str = "stop"
     device: str = "auto"
 
     def __post_init__(self):
         from nfit.errors import ConfigError
 
+        if self.nan_policy not in NAN_POLICIES:
+            raise ConfigError("--nan-policy", f"must be {' or '.join(NAN_POLICIES)}, not {self.nan_policy!r}")
         for name in ("steps", "batch_size", "log_every", "val_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ConfigError("--" + name.replace("_", "-"), "must be >= 1")

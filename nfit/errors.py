@@ -35,3 +35,7 @@ class OutputError(NfitError):
 
 class ConfigError(NfitError):
     """Options that contradict each other or are out of range."""
+
+
+class TrainingError(NfitError):
+    """A run that cannot go on, such as a non-finite loss; its last checkpoint is kept."""

@@ -49,7 +49,8 @@ from torch import Tensor
 
 from nfit._version import __version__
 from nfit.atomic import atomic_output
-from nfit.errors import ConfigError, FieldFileError
+from nfit.config import MAX_FIELD_SIZE, MAX_GRID_SAMPLES, MAX_HEADER_BYTES, MAX_METADATA_BYTES
+from nfit.errors import ConfigError, FieldFileError, OutputError
 from nfit.fields import Field, Params, build_field, count_params
 from nfit.meta.sparse import Mask, Masked, density, mask_size, pack_mask, prunable, unpack_mask
 from nfit.signals import CONVENTION, MODALITIES
@@ -60,8 +61,6 @@ READ_VERSIONS = {1, 2}
 INIT_FORMAT = "nfit-init"
 INIT_FORMAT_VERSION = 1
 META_KEY = "nfit"
-MAX_HEADER_BYTES = 16 << 20  # safetensors header (tensor table + metadata); real files use a few kB
-MAX_GRID_SAMPLES = 1 << 34  # a declared signal size beyond this is corruption, not data
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 MASK_PREFIX = "mask/"
@@ -143,14 +142,27 @@ class NeuralField:
 
 def write_safetensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> Path:
     """Tensors (as they are, moved to the CPU) plus the nfit JSON metadata, written atomically."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = json.dumps(metadata, separators=(",", ":"), allow_nan=False)
     with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: meta})
+        save_tensors(path, tmp, tensors, {META_KEY: meta})
     return path
+
+
+def save_tensors(path: Path, tmp: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    """safetensors' save_file into ``tmp`` (an atomic write of ``path``), its I/O failures as OutputError.
+
+    safetensors reports a full disk as its own SafetensorError, not OSError; either
+    way the write failed and the previous ``path`` must stay.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+    except SafetensorError as err:
+        raise OutputError(path, f"cannot write ({_short(err)})") from None
 
 
 def save_field(nf: NeuralField, path: str | Path) -> Path:
@@ -196,16 +208,29 @@ def read_safetensors(path: Path, error: type = FieldFileError) -> tuple[dict[str
             raw_meta = (f.metadata() or {}).get(META_KEY)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise error(path, f"corrupt safetensors data ({str(err).splitlines()[0][:160]})") from None
+        raise error(path, f"corrupt safetensors data ({_short(err)})") from None
     if raw_meta is None:
         raise error(path, f"no {META_KEY!r} metadata: not written by nfit")
+    if len(raw_meta) > MAX_METADATA_BYTES:
+        raise error(path, f"metadata is {len(raw_meta):,} bytes, over nfit's limit of {MAX_METADATA_BYTES:,}")
     try:
         meta = json.loads(raw_meta)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError, huge integers, absurd nesting
         raise error(path, "metadata is not valid JSON") from None
     if not isinstance(meta, dict):
         raise error(path, "metadata is not a JSON object")
     return tensors, meta
+
+
+def _short(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:160] if text else type(err).__name__
+
+
+def _r(value: Any) -> str:
+    """repr for an error message, cut short: metadata values come from the file."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_format(path: Path) -> str | None:
@@ -229,7 +254,8 @@ def check_params(
         expected[k] = (int(m.sum()),)
     missing, extra = set(expected) - set(tensors), set(tensors) - set(expected)
     if missing or extra:
-        detail = f"missing {sorted(missing)}" if missing else f"unexpected {sorted(extra)}"
+        names = sorted(missing or extra)
+        detail = ("missing " if missing else "unexpected ") + _r(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         raise error(path, f"tensors do not match the field: {detail}")
     params: Params = {}
     for name, shape in expected.items():
@@ -267,13 +293,14 @@ def _check_kind(meta: dict, path: Path, wanted: str) -> None:
     """The metadata declares the ``wanted`` format, at the version this nfit reads."""
     versions, noun, version_noun, _ = _KINDS[wanted]
     found = meta.get("format")
-    if found in _KINDS and found != wanted:
+    if isinstance(found, str) and found in _KINDS and found != wanted:
         raise FieldFileError(path, _KINDS[found][3])
     if found != wanted:
-        raise FieldFileError(path, f"not an nfit {noun} (format {found!r})")
-    if meta.get("format_version") not in versions or isinstance(meta.get("format_version"), bool):
+        raise FieldFileError(path, f"not an nfit {noun} (format {_r(found)})")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version not in versions:
         readable = " and ".join(map(str, sorted(versions)))
-        raise FieldFileError(path, f"unsupported {version_noun} {meta.get('format_version')!r} (this nfit reads {readable})")
+        raise FieldFileError(path, f"unsupported {version_noun} {_r(version)} (this nfit reads {readable})")
 
 
 def _storage_meta(meta: dict, path: Path) -> dict[str, Any]:
@@ -332,8 +359,8 @@ def _field_header(path: Path, meta: dict) -> tuple[NeuralField, Field]:
     """Everything of a .nf file but its values (params left empty), validated."""
     _check_kind(meta, path, FORMAT)
     modality, shape, channels = _signal_meta(meta, path)
-    signal, coords, field_meta = meta["signal"], meta["coords"], meta["field"]
     field_ = _field_meta(meta, path, shape, channels)
+    signal, coords, field_meta = meta["signal"], meta["coords"], meta["field"]  # each checked by now
     init = meta.get("init") or {"name": "random", "sha256": None}
     if not isinstance(init, dict) or not (init.get("sha256") is None or _SHA256.match(str(init.get("sha256")))):
         raise FieldFileError(path, "metadata field 'init' is malformed")
@@ -360,9 +387,30 @@ def read_field_header(path: str | Path) -> tuple[NeuralField, dict[str, Any]]:
     """A .nf file's description without its values (no initialisation needed): the
     field with empty ``params``, and ``{"format_version", "storage"}`` as the file declares them."""
     path = Path(path)
-    _, meta = read_safetensors(path)
-    nf, _ = _field_header(path, meta)
-    return nf, {"format_version": meta["format_version"], "storage": _storage_meta(meta, path)}
+    tensors, meta = read_safetensors(path)
+    nf, field_ = _field_header(path, meta)
+    storage = _storage_meta(meta, path)
+    if storage["sparse"] is None or storage["sparse"]["mask"] == "embedded":
+        load_field(path)  # everything is in the file: validate all of it
+    else:
+        _check_sparse_values(path, field_, tensors, storage["sparse"])
+    return nf, {"format_version": meta["format_version"], "storage": storage}
+
+
+def _check_sparse_values(path: Path, field_: Field, tensors: dict[str, Tensor], sparse: dict[str, Any]) -> None:
+    """What can be checked of a sparse field's values without its mask: names, biases, counts, finiteness."""
+    shapes = field_.param_shapes()
+    if set(tensors) != set(shapes):
+        raise FieldFileError(path, "tensors do not match the field")
+    total = 0
+    for name, shape in shapes.items():
+        t = tensors[name]
+        ok = t.dim() == 1 and t.numel() <= math.prod(shape) if name in prunable(shapes) else tuple(t.shape) == tuple(shape)
+        if not ok or not t.is_floating_point() or not torch.isfinite(t).all():
+            raise FieldFileError(path, f"tensor {name!r} does not fit a sparse {shape} parameter")
+        total += t.numel()
+    if total != sparse.get("values"):
+        raise FieldFileError(path, f"stores {total} values, its metadata says {_r(sparse.get('values'))}")
 
 
 @dataclass
@@ -421,7 +469,7 @@ def _signal_meta(meta: dict, path: Path) -> tuple[str, tuple[int, ...], int]:
     """modality, grid shape and channels from the metadata, validated."""
     modality = _get(meta, path, "modality", str)
     if modality not in MODALITIES:
-        raise FieldFileError(path, f"unknown modality {modality!r}")
+        raise FieldFileError(path, f"unknown modality {_r(modality)}")
     signal = _get(meta, path, "signal", dict)
     shape = signal.get("shape")
     channels = signal.get("channels")
@@ -432,19 +480,27 @@ def _signal_meta(meta: dict, path: Path) -> tuple[str, tuple[int, ...], int]:
         or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
         or math.prod(shape) > MAX_GRID_SAMPLES
     ):
-        raise FieldFileError(path, f"signal shape {shape!r} is not a valid {modality} grid")
+        raise FieldFileError(path, f"signal shape {_r(shape)} is not a valid {modality} grid")
     if not isinstance(channels, int) or isinstance(channels, bool) or not 1 <= channels <= 4:
-        raise FieldFileError(path, f"invalid channel count {channels!r}")
+        raise FieldFileError(path, f"invalid channel count {_r(channels)}")
     coords = _get(meta, path, "coords", dict)
     if coords.get("name") != CONVENTION["name"]:
-        raise FieldFileError(path, f"unknown coordinate convention {coords.get('name')!r}")
+        raise FieldFileError(path, f"unknown coordinate convention {_r(coords.get('name'))}")
     return modality, tuple(shape), channels
 
 
 def _field_meta(meta: dict, path: Path, shape: tuple[int, ...], channels: int) -> Field:
     field_meta = _get(meta, path, "field", dict)
+    config = _get(field_meta, path, "config", dict)
+    for key, value in config.items():
+        # checked before building: a field's constructor allocates per layer, so a declared
+        # depth of 10**9 would exhaust memory before any tensor could be compared
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not abs(value) <= MAX_FIELD_SIZE:
+            raise FieldFileError(path, f"field option {_r(key)} = {_r(value)} is out of range")
+    if not isinstance(field_meta.get("name"), str):
+        raise FieldFileError(path, "metadata field 'field' is missing or malformed")
     try:
-        field_ = build_field(field_meta.get("name"), _get(field_meta, path, "config", dict))
+        field_ = build_field(field_meta.get("name"), config)
     except ConfigError as err:
         raise FieldFileError(path, err.reason) from None
     if field_.config.in_dim != len(shape) or field_.config.out_dim != channels:
@@ -527,7 +583,7 @@ def _read_metadata(path: Path) -> str:
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get(META_KEY, "{}")
     except (SafetensorError, OSError) as err:
-        raise FieldFileError(path, f"corrupt safetensors data ({str(err).splitlines()[0][:160]})") from None
+        raise FieldFileError(path, f"corrupt safetensors data ({_short(err)})") from None
 
 
 def _level_path(run: Path, wanted: float) -> Path:

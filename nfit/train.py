@@ -4,7 +4,7 @@
       run.json                  the configuration (resuming reads it back)
       metrics.jsonl             one JSON object per logged step and per validation
       checkpoint.safetensors    theta_0, Adam's moments, RNG state; metadata: step, ...
-      checkpoint.json           the same metadata, for people
+      checkpoint.json           the same metadata and the SHA-256 of checkpoint.safetensors, for people
       init.safetensors          the result: the learned initialisation (see nfit.fieldfile)
       levels/level-KK.safetensors   --algo sparse: the initialisation after round KK (its own mask)
       preview.png               validation signals (top) and their reconstructions after K_test steps
@@ -17,6 +17,16 @@ channels are the dense initialisation's.
 Data-parallel under torchrun: every process takes a contiguous slice of the global
 batch, DistributedDataParallel averages the gradients (so the step equals a single
 process on the whole batch), and only rank 0 validates and writes files.
+
+Faults. Every file is written atomically (nfit.atomic), so a kill at any instant
+leaves each file whole: the new version or the previous one. Resuming reads only
+checkpoint.safetensors, which carries its own metadata; checkpoint.json is a copy
+that a kill between the two renames can leave one checkpoint behind, so it records
+the SHA-256 of the checkpoint it describes and resuming rewrites it when it does
+not match. A non-finite loss or gradient norm never reaches the parameters: the
+run stops with its last checkpoint as the result, or (``nan_policy="skip"``) the
+step's update is dropped and counted. A failed write (a full disk) is an
+OutputError naming the file, and the files written before it stay as they were.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -36,13 +47,23 @@ import torch
 from torch import Tensor, nn
 
 from nfit._version import __version__
-from nfit.atomic import atomic_output
+from nfit.atomic import atomic_output, stale_temporaries
 from nfit.config import AdaptConfig, DataConfig, FieldOptions, TrainConfig
 from nfit.data import BatchStream, DataSummary, ImageFolder, guess_channels, load_all, scan_folder, split_files
 from nfit.device import peak_memory, resolve_device, tune_cpu_allocator
-from nfit.errors import ConfigError, FieldFileError
+from nfit.errors import ConfigError, FieldFileError, OutputError, TrainingError
 from nfit.evaluation import adaptation_curves
-from nfit.fieldfile import LEVELS_DIR, MASK_PREFIX, META_KEY, MetaInit, load_init, read_safetensors, save_init
+from nfit.fieldfile import (
+    LEVELS_DIR,
+    MASK_PREFIX,
+    META_KEY,
+    MetaInit,
+    file_sha256,
+    load_init,
+    read_safetensors,
+    save_init,
+    save_tensors,
+)
 from nfit.fields import Field, Params, build_field, field_config_dict
 from nfit.fit import random_init
 from nfit.meta import Strategy, build_strategy, strategy_config_dict
@@ -76,6 +97,7 @@ class TrainResult:
     val_psnr: float | None
     interrupted: bool = False
     bad_files: int = 0
+    skipped_steps: int = 0  # updates dropped for a non-finite loss (nan_policy "skip")
 
 
 @dataclass
@@ -198,8 +220,7 @@ def read_run(run: Path) -> _RunSpec:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    _write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 class _Log:
@@ -208,8 +229,8 @@ class _Log:
     def __init__(self, run: Path, start_step: int):
         self.path = run / LOG_FILE
         if self.path.exists():  # resuming: drop what was logged after the checkpoint
-            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= start_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [ln for ln in self.path.read_text().splitlines() if _logged_step(ln) <= start_step]
+            _write_text(self.path, "".join(ln + "\n" for ln in kept))
         self.file = open(self.path, "a")
         self.tb = None
         try:
@@ -220,23 +241,40 @@ class _Log:
             pass
 
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        self.file.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+            self.file.flush()
+        except OSError as err:  # a full disk: say which file, like every other write
+            raise OutputError(self.path, f"cannot write ({err.strerror or err})") from None
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
                     self.tb.add_scalar(f"{kind}/{k}", v, step)
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # the buffer was flushed after every line; a failure was reported then
+            pass
         if self.tb is not None:
             self.tb.close()
 
 
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a line cut short by a kill counts as after any checkpoint."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (ValueError, AttributeError):
+        return math.inf
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+
+
 def _save_checkpoint(run: Path, step: int, model: _Outer, opt: torch.optim.Adam, extra: dict[str, Any],
                      mask: Mask | None) -> None:
-    from safetensors.torch import save_file
-
     tensors: dict[str, Tensor] = {MASK_PREFIX + k: m.cpu() for k, m in (mask or {}).items()}
     for name, p in zip(model.names, model.params):
         tensors[f"theta/{name}"] = p.detach().cpu().contiguous()
@@ -249,8 +287,26 @@ def _save_checkpoint(run: Path, step: int, model: _Outer, opt: torch.optim.Adam,
     tensors["rng/cpu"] = torch.get_rng_state()
     meta = {"format": "nfit-checkpoint", "step": step, "nfit_version": __version__, **extra}
     with atomic_output(run / CHECKPOINT) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
-    _write_json(run / CHECKPOINT_JSON, meta)
+        save_tensors(run / CHECKPOINT, tmp, tensors, {META_KEY: json.dumps(meta)})
+    _write_json(run / CHECKPOINT_JSON, {**meta, "sha256": file_sha256(run / CHECKPOINT)})
+
+
+def _repair_checkpoint_json(run: Path, meta: dict[str, Any]) -> None:
+    """Rewrite checkpoint.json when a kill between the two renames left it describing an older checkpoint."""
+    sha = file_sha256(run / CHECKPOINT)
+    try:
+        current = json.loads((run / CHECKPOINT_JSON).read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        current = None
+    if current != sha:
+        _write_json(run / CHECKPOINT_JSON, {**meta, "sha256": sha})
+
+
+def _remove_stale_temporaries(run: Path) -> None:
+    """Temporaries a killed run left (see nfit.atomic.stale_temporaries); only ours, by exact name."""
+    for name in (CHECKPOINT, CHECKPOINT_JSON, INIT_FILE, RUN_FILE, LOG_FILE, PREVIEW):
+        for tmp in stale_temporaries(run / name):
+            tmp.unlink(missing_ok=True)
 
 
 def _load_checkpoint(run: Path, model: _Outer, opt: torch.optim.Adam, mask: Mask | None) -> dict[str, Any]:
@@ -333,6 +389,7 @@ def meta_train(
     val_dir: str | Path | None = None,
     resume: bool = False,
     init_from: str | Path | None = None,
+    nan_policy: str | None = None,
     on_event: Callable[[TrainEvent], None] | None = None,
 ) -> TrainResult:
     """Learn an initialisation over a folder of signals; returns where the result is.
@@ -343,7 +400,11 @@ def meta_train(
 
     With ``resume``, the run's own configuration (run.json) is used and training
     continues from its checkpoint, bit for bit as if never stopped; ``train.steps``,
-    when given, may extend it.
+    when given, may extend it, and ``nan_policy`` may replace the run's.
+
+    Raises :class:`TrainingError` when a step's loss or gradient is not finite under
+    ``nan_policy="stop"``: nothing is written after the last checkpoint, which stays
+    the run's result and the point ``resume`` continues from.
     """
     run = Path(run)
     if resume:
@@ -352,6 +413,8 @@ def meta_train(
             raise ConfigError("--steps", "a sparse run's length is --rounds x --steps-per-round; it cannot be extended")
         if train is not None:
             spec.train = dataclasses.replace(spec.train, steps=train.steps)
+        if nan_policy is not None:
+            spec.train = dataclasses.replace(spec.train, nan_policy=nan_policy)
         if data is not None:
             spec.data = str(data)
         if not (run / CHECKPOINT).is_file():
@@ -363,7 +426,10 @@ def meta_train(
             raise ConfigError(run, "already holds a run: use --resume, or another -o")
         if run.exists() and not run.is_dir():
             raise ConfigError(run, "exists and is not a directory")
-        spec = _RunSpec(str(data), None if val_dir is None else str(val_dir), train or TrainConfig(),
+        train = train or TrainConfig()
+        if nan_policy is not None:
+            train = dataclasses.replace(train, nan_policy=nan_policy)
+        spec = _RunSpec(str(data), None if val_dir is None else str(val_dir), train,
                         data_config or DataConfig(), field_options or FieldOptions(), dict(algo_options or {}))
         if spec.train.algo == "sparse":
             if init_from is None:
@@ -399,11 +465,15 @@ def meta_train(
     start_step = 0
     if dist_.main:
         run.mkdir(parents=True, exist_ok=True)
+    skipped = 0
     if resume:
         meta = _load_checkpoint(run, model, opt, mask)
-        start_step = int(meta["step"])
+        start_step, skipped = int(meta["step"]), int(meta.get("skipped_steps", 0))
         if meta.get("train_files") != _files_digest(train_files, Path(spec.data)):
             raise ConfigError(spec.data, "the data folder changed since this run started; cannot resume exactly")
+        if dist_.main:
+            _remove_stale_temporaries(run)
+            _repair_checkpoint_json(run, meta)
     elif dist_.main:
         _write_json(run / RUN_FILE, spec.to_json())
     outer: nn.Module = model
@@ -423,7 +493,8 @@ def meta_train(
                        gamma=getattr(inner.config, "gamma", AdaptConfig.gamma), batch_size=cfg.batch_size)
     log = _Log(run, start_step) if dist_.main else None
     spr = sparse.config.steps_per_round if sparse else 1
-    state = {"step": start_step, "val_psnr": None, "seconds": 0.0, "level": -(-start_step // spr)}  # level: rounds begun
+    state = {"step": start_step, "val_psnr": None, "seconds": 0.0, "skipped": skipped,
+             "checkpoint": start_step if resume else None, "level": -(-start_step // spr)}  # level: rounds begun
 
     def validate(step: int) -> None:
         if val_targets is None:
@@ -454,7 +525,8 @@ def meta_train(
             test={"steps": test.steps, "lr": test.lr, "gamma": test.gamma},
             data=summary.to_json(),
             train={"steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "clip": cfg.clip, "seed": cfg.seed,
-                   "processes": dist_.world, "val_psnr": state["val_psnr"], "seconds": round(state["seconds"], 3)},
+                   "processes": dist_.world, "val_psnr": state["val_psnr"], "seconds": round(state["seconds"], 3),
+                   "skipped_steps": state["skipped"]},
             coords=dict(CONVENTION),
             mask=None if mask is None else {k: m.cpu() for k, m in mask.items()},
             sparsity=sparsity,
@@ -464,9 +536,11 @@ def meta_train(
         if not dist_.main:
             return
         summary.bad = len(stream.bad)
-        extra = {"train_files": _files_digest(train_files, Path(spec.data)), "seconds": round(state["seconds"], 3)}
+        extra = {"train_files": _files_digest(train_files, Path(spec.data)), "seconds": round(state["seconds"], 3),
+                 "skipped_steps": state["skipped"]}
         _save_checkpoint(run, step, model, opt, extra, mask)
         save_init(current_init(step), run / INIT_FILE)
+        state["checkpoint"] = step
         emit(TrainEvent("checkpoint", step, cfg.steps, {"path": str(run / CHECKPOINT)}))
 
     def save_level(step: int) -> None:
@@ -505,7 +579,19 @@ def meta_train(
             opt.zero_grad(set_to_none=True)
             loss, mse = _accumulate(outer, coords, targets, cfg.micro_batch)
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
+            if _finite(loss, grad_norm, dist_.world):
+                opt.step()
+            elif cfg.nan_policy == "skip":  # theta and Adam's moments stay as they were
+                state["skipped"] += 1
+                emit(TrainEvent("warning", step + 1, cfg.steps, {"message": (
+                    f"step {step + 1}: non-finite loss ({loss.item():.3g}) or gradient norm ({grad_norm.item():.3g});"
+                    f" update skipped ({state['skipped']} so far)")}))
+            else:
+                kept = ("no checkpoint yet" if state["checkpoint"] is None
+                        else f"its checkpoint of step {state['checkpoint']} is kept")
+                raise TrainingError(run, (
+                    f"non-finite loss ({loss.item():.3g}) or gradient norm ({grad_norm.item():.3g}) at step {step + 1};"
+                    f" stopped, {kept} (resume with a lower --lr, or --nan-policy skip)"))
             state["step"] = done = step + 1
             state["seconds"] += time.perf_counter() - t0
             window_steps += 1
@@ -515,7 +601,7 @@ def meta_train(
                     torch.distributed.all_reduce(stats)
                     stats /= dist_.world
                 now = time.perf_counter()
-                values = {"loss": stats[0].item(), "train_psnr": round(stats[1].item(), 4),
+                values = {"loss": stats[0].item(), "train_psnr": round(stats[1].item(), 4), "skipped_steps": state["skipped"],
                           "grad_norm": round(grad_norm.item(), 6), "steps_per_s": round(window_steps / (now - window), 4),
                           "peak_memory": peak_memory(device)}
                 if sparse:
@@ -532,16 +618,30 @@ def meta_train(
                 save_level(done)
             if done % cfg.ckpt_every == 0 and done != cfg.steps:
                 save(done)
+        if state["val_psnr"] is None and dist_.main:
+            validate(state["step"])
+        save(state["step"])
     except KeyboardInterrupt:
         interrupted = True
-    if state["val_psnr"] is None and dist_.main and not interrupted:
-        validate(state["step"])
-    save(state["step"])
-    if log is not None:
-        log.close()
-    if dist_.world > 1:
-        torch.distributed.destroy_process_group()
-    return TrainResult(run, run / INIT_FILE, state["step"], state["val_psnr"], interrupted, len(stream.bad))
+        save(state["step"])
+    finally:
+        if log is not None:
+            log.close()
+        if dist_.world > 1:
+            torch.distributed.destroy_process_group()
+    return TrainResult(run, run / INIT_FILE, state["step"], state["val_psnr"], interrupted, len(stream.bad),
+                       state["skipped"])
+
+
+def _finite(loss: Tensor, grad_norm: Tensor, world: int) -> bool:
+    """Whether the step may be applied. Under DDP every process must agree, and the
+    gradient norm (of the averaged gradient) is the same everywhere but each loss is local."""
+    ok = torch.isfinite(loss) & torch.isfinite(grad_norm)
+    if world > 1:
+        flag = ok.to(torch.int32).reshape(1)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+    return bool(ok)
 
 
 __all__ = ["TrainEvent", "TrainResult", "meta_train", "read_run"]

@@ -170,7 +170,7 @@ def test_real_jpeg_and_bad_files(tmp_path, data_dir):
     with pytest.raises(InputError, match="cannot decode") as err:
         load_image(_garbage(tmp_path / "x.png"), 8, 3)
     assert err.value.where == str(tmp_path / "x.png")
-    # a truncated 16-bit PNG fails inside pypng, whose errors read_image does not wrap
+    # a truncated 16-bit PNG fails inside pypng, not Pillow
     write_image(tmp_path / "deep.png", np.zeros((8, 8, 3), np.uint16), "png")
     (tmp_path / "cut.png").write_bytes((tmp_path / "deep.png").read_bytes()[:40])
     with pytest.raises(InputError, match="cannot decode"):

@@ -2,20 +2,34 @@
 
 Reading goes through imageio (PNG, JPEG, BMP, TIFF, WebP, GIF's first frame).
 Pillow, behind imageio, truncates 16-bit colour PNGs to 8 bits, so 16-bit PNGs
-are read and written with pypng instead, bit-exactly.
+are read and written with pypng instead, bit-exactly. CMYK (print JPEGs) is
+converted to RGB: imageio would hand its four ink planes over as if they were RGBA.
+
+Before any decoding, the size the header declares is checked against
+:data:`nfit.config.MAX_IMAGE_PIXELS`, so a small file claiming 100000x100000
+pixels (a decompression bomb) is refused without allocating anything.
 """
 
 from __future__ import annotations
 
+import re
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from nfit.config import MAX_IMAGE_PIXELS
 from nfit.errors import InputError, OutputError
 
 READ_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-MAX_PIXELS = 1 << 28  # 268 MP: refuse decompression bombs before decoding them
+MAX_PIXELS = MAX_IMAGE_PIXELS  # the old name
+_NOT_RGB_MODES = ("CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes whose planes are not R, G, B
+
+
+def _too_big(path: Path, size: str) -> InputError:
+    return InputError(path, f"image declares {size} pixels, over nfit's limit of {MAX_IMAGE_PIXELS:,} "
+                            "(nfit.config.MAX_IMAGE_PIXELS): refusing a possible decompression bomb")
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -25,9 +39,52 @@ def _png_bit_depth(path: Path) -> int | None:
     if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         return None
     width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-    if width * height > MAX_PIXELS:
-        raise InputError(path, f"image declares {width}x{height} pixels, more than nfit accepts")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _too_big(path, f"{width}x{height}")
     return head[24]
+
+
+def _probe(path: Path) -> str:
+    """Check the declared size of a non-PNG image from its header alone; returns Pillow's mode.
+
+    Pillow's ``open`` parses only the header. It refuses sizes above its own bomb
+    limit itself, which is above ours, so that error is ours too. A file Pillow does
+    not know is either a TIFF for tifffile ("" here) or not an image at all.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: we decide below
+            with Image.open(path) as im:
+                (width, height), mode = im.size, im.mode
+    except Image.DecompressionBombError as err:
+        found = re.search(r"\((\d+) pixels\)", str(err))  # Pillow keeps the size only in its message
+        raise _too_big(path, f"{int(found.group(1)):,}" if found else "too many") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as err:
+        if _probe_tiff(path):
+            return ""
+        raise InputError(path, f"cannot decode as an image ({type(err).__name__}: {_short(err)})") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _too_big(path, f"{width}x{height}")
+    return mode
+
+
+def _probe_tiff(path: Path) -> bool:
+    """Whether tifffile reads a TIFF that Pillow cannot (float and exotic TIFFs), its size checked."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            width, height = int(page.imagewidth), int(page.imagelength)
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads either
+        return False
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _too_big(path, f"{width}x{height}")
+    return True
 
 
 def _read_png16(path: Path) -> np.ndarray:
@@ -39,19 +96,40 @@ def _read_png16(path: Path) -> np.ndarray:
     return arr.reshape(height, width, planes)
 
 
-def read_image(path: Path) -> tuple[np.ndarray, int]:
-    """Decode an image file. Returns values float32 [H, W, C] in [0, 1] and the bit depth."""
+def _decode(path: Path) -> np.ndarray:
     import imageio.v3 as iio
 
     if _png_bit_depth(path) == 16:
-        raw = _read_png16(path)
-    else:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # imageio/pillow chatter; errors still raise
-                raw = iio.imread(path, index=0)
-        except Exception as err:  # imageio raises many types; all mean "not an image we can read"
-            raise InputError(path, f"cannot decode as an image ({type(err).__name__}: {_short(err)})") from None
+        return _read_png16(path)
+    mode = _probe(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # imageio/pillow chatter; errors still raise
+        if mode in _NOT_RGB_MODES:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        return iio.imread(path, index=0)
+
+
+def read_image(path: Path) -> tuple[np.ndarray, int]:
+    """Decode an image file. Returns values float32 [H, W, C] in [0, 1] and the bit depth.
+
+    Every failure is an :class:`InputError` naming the file: decoders (Pillow, pypng,
+    tifffile, imageio's plugins) raise many types, and all mean "not an image we can read".
+    """
+    try:
+        raw = _decode(path)
+    except InputError:
+        raise
+    except PermissionError:
+        raise InputError(path, "permission denied") from None
+    except (FileNotFoundError, IsADirectoryError) as err:  # gone between listing and reading
+        raise InputError(path, f"cannot read ({type(err).__name__}: {err.strerror})") from None
+    except MemoryError:
+        raise InputError(path, "not enough memory to decode this image") from None
+    except Exception as err:  # noqa: BLE001
+        raise InputError(path, f"cannot decode as an image ({type(err).__name__}: {_short(err)})") from None
     return to_unit_range(raw, path)
 
 
