@@ -50,9 +50,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--run", help="keep the run directory here (default: a temporary one)")
+    p.add_argument("--finish", help="only write --out from this existing run (e.g. one stopped early with Ctrl-C)")
     p.add_argument("--out", default=str(ROOT / "nfit" / "inits" / "image.safetensors"))
     args = p.parse_args()
     train_photos, test_photos = split_photos(Path(args.data), args.seed)
+    if args.finish:
+        write(load_init(args.finish), args, train_photos, test_photos)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         crops = Path(tmp) / "crops"
         make_crops(train_photos, args.crops, args.res, crops, args.seed)
@@ -65,7 +69,11 @@ def main() -> None:
                 print(event.kind, event.step, {k: v for k, v in event.values.items() if k != "data"}, flush=True)
 
         result = meta_train(crops, run, cfg, DataConfig(res=args.res, val_fraction=0.05, workers=0), on_event=show)
-        init = load_init(result.init)
+        write(load_init(result.init), args, train_photos, test_photos)
+
+
+def write(init, args, train_photos: list[Path], test_photos: list[Path]) -> None:
+    """The init file as shipped: its ``data`` entry describes the recipe, not a temporary folder."""
     init.data = {
         "recipe": "benchmarks/build_default_init.py",
         "photos": [f.name for f in train_photos],

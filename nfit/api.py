@@ -38,9 +38,12 @@ from nfit.fieldfile import (
 )
 from nfit.fields import build_field, count_params, field_config_dict, unbatch_params
 from nfit.fit import StepInfo, fit_adam, fit_sgd, random_init, split_batches
+from nfit.inits import DEFAULT, default_init
 from nfit.render import evaluate as evaluate_grid
 from nfit.render import render_to_file, render_values
 from nfit.signals import Signal, read_signal
+
+_DEFAULT_CHANNELS = {"image": 3}  # what the shipped initialisations were trained on
 
 ProgressFactory = Callable[[str, int], Callable[[StepInfo], None]]
 """Called once per batch with a label and its number of steps; returns the per-step callback."""
@@ -56,7 +59,7 @@ def fit_signals(
     field: FieldOptions | None = None,
     progress: ProgressFactory | None = None,
     *,
-    init: MetaInit | None = None,
+    init: MetaInit | str | None = None,
     adapt: AdaptConfig | None = None,
     store: StoreConfig | None = None,
 ) -> list[NeuralField]:
@@ -65,23 +68,29 @@ def fit_signals(
     Without ``init``: Adam from a random initialisation (``config``, ``field``). With a
     learned ``init``: the init decides the field, and ``adapt`` the steps (GradNCP's
     re-scaled SGD by default, or Adam); a sparse ``init`` keeps its pruned weights at
-    zero. ``store`` says how the fields will be written; with float16 the values are
+    zero. ``init="default"``: the initialisation shipped for each signal's modality
+    (see :mod:`nfit.inits`), or a random one where nfit ships none. From a learned
+    init, ``config.target_psnr`` continues with Adam (``adapt.adam_lr``, at most
+    ``config.steps`` steps) for the signals that the SGD steps left below it. ``store`` says how the fields will be written; with float16 the values are
     rounded before the summary is measured, so it describes the file.
     """
     config = config or FitConfig()
     field = field or FieldOptions()
     adapt = adapt or AdaptConfig()
     store = store or StoreConfig()
-    if store.standalone and (init is None or init.mask is None):
+    default = init == DEFAULT
+    if store.standalone and (init is None or default or init.mask is None):
         raise ConfigError("--standalone", "applies to fields fitted from a sparse initialisation (they alone have a mask)")
     device = resolve_device(adapt.device if init is not None else config.device)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, s in enumerate(signals):
-        if init is not None:
+        if init is not None and not default:
             _check_init_fits(init, s)
         groups[(s.modality, s.shape, s.channels)].append(i)
     fitted: list[NeuralField | None] = [None] * len(signals)
+    given = init
     for (modality, shape, channels), members in groups.items():
+        init = default_init(modality, channels) if default else given
         if init is None:
             field_name, field_config = field.name, field.field_config(len(shape), channels)
             net = build_field(field_name, field_config)
@@ -90,7 +99,10 @@ def fit_signals(
         else:
             field_name, field_config, net, start = init.field_name, init.field_config, init.field, init.params
             batch_size = adapt.batch_size
-            init_meta = {"name": "meta", "algo": init.algo.get("name"), "sha256": init.sha256}
+            init_meta = {"name": f"default:{modality}" if default else "meta", "algo": init.algo.get("name"),
+                         "sha256": init.sha256}
+            if default and channels != _DEFAULT_CHANNELS.get(modality, channels):
+                init_meta["channels_adapted"] = channels
             if init.sparsity is not None:
                 init_meta["density"] = init.sparsity.get("density")
         for part in split_batches(len(members), batch_size):
@@ -148,7 +160,14 @@ def _fit_batch(net, start, targets, shape, config: FitConfig, adapt: AdaptConfig
         method = {"method": "sgd-rescaled" if adapt.rescale else "sgd", "steps": adapt.steps, "lr": adapt.lr}
         if adapt.rescale:
             method["gamma"] = adapt.gamma
-        return result.params, [method] * batch, result.seconds
+        if config.target_psnr is None or bool((result.psnr[-1] >= config.target_psnr).all()):
+            return result.params, [method] * batch, result.seconds
+        # Refine with Adam up to the target: signals already there are frozen at once.
+        refine = dataclasses.replace(config, lr=adapt.adam_lr, chunk=adapt.chunk)
+        more = fit_adam(net, result.params, targets, shape, refine, progress(refine.steps), batched=True)
+        methods = [{**method, "method": method["method"] + "+adam", "steps": adapt.steps + s, "adam_steps": s,
+                    "adam_lr": refine.lr, "target_psnr": config.target_psnr} for s in more.steps]
+        return more.params, methods, result.seconds + more.seconds
     if learned:  # Adam from the learned initialisation
         config = dataclasses.replace(config, steps=adapt.adam_steps, lr=adapt.adam_lr, chunk=adapt.chunk)
     result = fit_adam(net, start, targets, shape, config, progress(config.steps))
@@ -241,7 +260,7 @@ def fit_files(
             raise ConfigError(None, f"two inputs would write the same output {out}")
         seen.add(out)
         check_writable(out)
-    meta = init if init is None or isinstance(init, MetaInit) else load_init(init)
+    meta = init if init is None or init == DEFAULT or isinstance(init, MetaInit) else load_init(init)
     config = config or FitConfig()
     batch_size = (adapt or AdaptConfig()).batch_size if meta is not None else config.batch_size
     outcomes: list[FileOutcome | None] = [None] * len(inputs)
@@ -291,7 +310,7 @@ def fit_files(
             continue
         try:
             signal = read_signal(src)
-            if meta is not None:
+            if isinstance(meta, MetaInit):
                 _check_init_fits(meta, signal)
         except NfitError as err:
             failed(i, err)
@@ -306,6 +325,32 @@ def fit_files(
     while pending:
         flush(min(pending, key=lambda k: pending[k][0][0]))  # oldest first
     return outcomes  # type: ignore[return-value]
+
+
+def save_context_maps(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    init: MetaInit | str = "default",
+    adapt: AdaptConfig | None = None,
+) -> list[Path]:
+    """GradNCP's selected context at each test-time step of fitting each input from ``init``
+    (a learned initialisation, or "default"), drawn as PNGs and an animated GIF in ``out_dir``."""
+    from nfit.inits import DEFAULT
+    from nfit.viz import context_frames, selected_context, write_context_maps
+
+    adapt = adapt or AdaptConfig()
+    device = resolve_device(adapt.device)
+    written = []
+    for path in inputs:
+        signal = read_signal(path)
+        meta = default_init(signal.modality, signal.channels) if init == DEFAULT else init
+        if meta is None:
+            raise ConfigError(path, f"nfit ships no initialisation for {signal.modality}: give --init")
+        _check_init_fits(meta, signal)
+        targets = torch.from_numpy(signal.values.reshape(1, -1, signal.channels)).to(device)
+        maps = selected_context(meta.field, meta.params, targets, signal.shape, adapt)  # [K, 1, N]
+        written += write_context_maps(Path(out_dir), Path(path).stem, context_frames(signal.values, maps[:, 0]))
+    return written
 
 
 def load(path: str | Path, init: str | Path | MetaInit | None = None) -> NeuralField:

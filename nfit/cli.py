@@ -170,7 +170,9 @@ def fit(
         f"or {AdaptConfig.adam_steps} with --optimizer adam]."),
     lr: Optional[float] = typer.Option(
         None, help=f"Learning rate [default: Adam {FitConfig.lr:g}; from --init: SGD {AdaptConfig.lr:g}, Adam {AdaptConfig.adam_lr:g}]."),
-    init: Optional[Path] = typer.Option(None, help="A learned initialisation (init.safetensors or its run directory)."),
+    init: Optional[str] = typer.Option(
+        None, help="A learned initialisation (init file or run directory), or 'random' [default: the one nfit ships "
+        "for the modality; random with --field/--width/--depth/--w0]."),
     density: Optional[float] = typer.Option(
         None, help="From a sparse run (--init RUN): fit at the level whose density is nearest this, e.g. 0.1."),
     standalone: bool = typer.Option(
@@ -188,6 +190,8 @@ def fit(
     batch_size: int = typer.Option(FitConfig.batch_size, help="Files of equal shape fitted together."),
     device: str = typer.Option(FitConfig.device, help="auto, cpu or cuda."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave inputs whose output exists alone."),
+    save_context_maps: Optional[Path] = typer.Option(
+        None, help="From an initialisation: draw GradNCP's selected context at each step into this folder (PNG, GIF)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Fit neural fields to media files: `nfit fit photo.png -o photo.nf`, or many with -O DIR.
@@ -201,24 +205,35 @@ def fit(
     and --skip-existing finishes an interrupted run.
     """
     from nfit.api import fit_files
+    from nfit.api import save_context_maps as save_maps
     from nfit.fieldfile import load_init
+    from nfit.inits import DEFAULT
 
     many = len(inputs) > 1 or any(p.is_dir() for p in inputs)
 
     def job():
         files, outputs = _fit_plan(inputs, output, out_dir)
-        config = FitConfig(steps=FitConfig.steps if steps is None or init is not None else steps,
-                           lr=FitConfig.lr if lr is None or init is not None else lr,
+        custom_field = field != FieldOptions.name or width or depth or w0
+        learned = init not in (None, "random") or (init is None and not custom_field and _ships_init(files))
+        config = FitConfig(steps=FitConfig.steps if steps is None or learned else steps,
+                           lr=FitConfig.lr if lr is None or learned else lr,
                            seed=seed, target_psnr=target_psnr, batch_size=batch_size, device=device)
         adapt = meta = None
-        if init is not None:
-            if field != FieldOptions.name or width or depth or w0:
+        if init is None and not custom_field and _ships_init(files):
+            meta = DEFAULT  # the shipped initialisation: test-time settings from nfit's defaults
+            adapt = _adapt_config({}, steps, lr, gamma, no_rescale, optimizer, batch_size, device)
+        elif init is not None and init != "random":
+            if custom_field:
                 raise ConfigError("--init", "the initialisation decides the field: drop --field/--width/--depth/--w0")
             meta = load_init(init, density)
             adapt = _adapt_config(meta.test, steps, lr, gamma, no_rescale, optimizer, batch_size, device)
         elif no_rescale or gamma is not None or optimizer != AdaptConfig.optimizer or density is not None:
             raise ConfigError(None, "--optimizer, --no-rescale, --gamma and --density apply to fitting from --init")
         store = StoreConfig(dtype, standalone)
+        if save_context_maps is not None:
+            if meta is None or adapt.optimizer != "sgd" or not adapt.rescale:
+                raise ConfigError("--save-context-maps", "draws the context of re-scaled SGD from an initialisation")
+            save_maps(files, save_context_maps, meta, adapt)
         with _FitProgress(enabled=not as_json, files=len(files) if many else 0) as progress:
             return fit_files(files, outputs, config, FieldOptions(field, width, depth, w0), progress, init=meta,
                              adapt=adapt, store=store, keep_going=many, skip_existing=skip_existing,
@@ -247,6 +262,17 @@ def fit(
             err.print(f"nfit: failed: {r['error']}", markup=False, highlight=False, soft_wrap=True)
         if failures:
             raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _ships_init(files: list[Path]) -> bool:
+    """Whether nfit ships an initialisation for the modality of these files."""
+    from nfit.inits import default_init_path
+    from nfit.signals import modality_for
+
+    try:
+        return bool(files) and default_init_path(modality_for(files[0]).name) is not None
+    except NfitError:
+        return False  # an unreadable name: the fit itself reports it
 
 
 def _fit_row(o) -> dict[str, Any]:

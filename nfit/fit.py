@@ -51,8 +51,11 @@ def fit_adam(
     config: FitConfig,
     on_step: Callable[[StepInfo], None] | None = None,
     observe: Callable[[int, Params], None] | None = None,
+    *,
+    batched: bool = False,
 ) -> FitResult:
-    """Fit B signals on one grid from a shared unbatched initialisation.
+    """Fit B signals on one grid from a shared unbatched initialisation (or, with
+    ``batched``, from one set of parameters per signal ``[B, ...]``).
 
     targets: [B, prod(shape), C] on the device to compute on. Each signal keeps the
     parameters with its best PSNR seen (Adam on SIRENs has occasional loss spikes,
@@ -64,7 +67,8 @@ def fit_adam(
     device = targets.device
     batch = targets.shape[0]
     coords = grid_coords(shape, device=device)  # [N, d]
-    params = {k: v.to(device).requires_grad_(True) for k, v in batch_params(init, batch).items()}
+    start = {k: v.clone() for k, v in init.items()} if batched else batch_params(init, batch)
+    params = {k: v.to(device).requires_grad_(True) for k, v in start.items()}
     opt = torch.optim.Adam(params.values(), lr=config.lr)
     kept = {k: v.detach().clone() for k, v in params.items()}
     best = torch.full((batch,), -float("inf"), device=device)

@@ -1,0 +1,87 @@
+"""The initialisations nfit ships, and fitting from them by default."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import nfit.inits as inits
+from nfit import api
+from nfit.cli import app
+from nfit.fieldfile import load_field, load_init
+from nfit.signals import read_signal
+
+runner = CliRunner()
+
+
+def test_shipped_image_init_is_valid_and_small():
+    path = inits.default_init_path("image")
+    assert path is not None and path.stat().st_size < 1 << 20  # under 1 MB
+    init = load_init(path)
+    assert init.modality == "image" and init.channels == 3 and init.algo["name"] == "gradncp"
+    assert "recipe" in init.data and init.data["held_out"]  # it says how it was made and what it never saw
+    assert inits.default_init("audio", 1) is None
+
+
+@pytest.mark.parametrize("channels", [1, 2, 4])
+def test_other_channel_counts_adapt_the_output_layer(channels):
+    rgb = inits.default_init("image", 3)
+    adapted = inits.default_init("image", channels)
+    assert adapted.channels == channels and adapted.field.config.out_dim == channels
+    coords = torch.rand(50, 2) * 2 - 1
+    out_rgb = rgb.field({k: v[None] for k, v in rgb.params.items()}, coords)[0]  # [N, 3]
+    out = adapted.field({k: v[None] for k, v in adapted.params.items()}, coords)[0]  # [N, channels]
+    colour = out[:, :1] if channels < 3 else out[:, :3]
+    expected = out_rgb.mean(dim=1, keepdim=True) if channels < 3 else out_rgb
+    torch.testing.assert_close(colour, expected, rtol=1e-5, atol=1e-6)  # grey = mean of RGB, exactly
+    if channels in (2, 4):
+        torch.testing.assert_close(out[:, -1], torch.ones(50))  # alpha starts opaque
+
+
+def test_cli_fit_uses_the_shipped_init_by_default(tmp_path, photo):
+    out = tmp_path / "a.nf"
+    r = runner.invoke(app, ["fit", str(photo), "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    nf = load_field(out)
+    assert nf.init["name"] == "default:image" and nf.init["sha256"] == load_init(inits.default_init_path("image")).sha256
+    assert nf.summary["method"] == "sgd-rescaled" and nf.summary["steps"] == 16
+    r = runner.invoke(app, ["info", str(out)])
+    assert "default:image" in r.output  # info names the initialisation
+    # --init random fits from scratch with Adam; so does asking for a custom field
+    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "b.nf"), "--init", "random", "--steps", "3"])
+    assert r.exit_code == 0 and load_field(tmp_path / "b.nf").init["name"] == "random"
+    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "c.nf"), "--width", "16", "--steps", "3"])
+    assert r.exit_code == 0 and load_field(tmp_path / "c.nf").summary["method"] == "adam"
+
+
+def test_target_psnr_refines_with_adam(photo):
+    signal = read_signal(photo)
+    init = inits.default_init("image", 3)
+    [nf] = api.fit_signals([signal], api.FitConfig(steps=5, target_psnr=99.0), init=init,
+                           adapt=api.AdaptConfig(steps=2))
+    assert nf.summary["method"] == "sgd-rescaled+adam" and nf.summary["adam_steps"] == 5
+    [plain] = api.fit_signals([signal], api.FitConfig(steps=5), init=init, adapt=api.AdaptConfig(steps=2))
+    assert nf.summary["psnr"] > plain.summary["psnr"]  # the Adam steps went on improving it
+    [reached] = api.fit_signals([signal], api.FitConfig(steps=5, target_psnr=1.0), init=init, adapt=api.AdaptConfig(steps=2))
+    assert reached.summary["method"] == "sgd-rescaled"  # already above the target: no refinement
+
+
+def test_save_context_maps(tmp_path, photo):
+    maps = tmp_path / "maps"
+    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "a.nf"), "--steps", "3", "--save-context-maps", str(maps)])
+    assert r.exit_code == 0, r.output
+    import imageio.v3 as iio
+
+    frames = [iio.imread(maps / f"{photo.stem}_context_{k:02d}.png") for k in range(3)]
+    h, w = read_signal(photo).shape
+    assert all(f.shape == (h, w, 3) for f in frames)
+    # a quarter of the pixels (gamma 0.25) are shown at full brightness, the rest dimmed
+    image = np.round(read_signal(photo).values * 255)
+    bright = np.isclose(frames[0], image, atol=1).all(axis=2)
+    assert 0.2 < bright.mean() < 0.6 and not bright.all()
+    assert iio.imread(maps / f"{photo.stem}_context.gif").shape[0] == 3
+    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "b.nf"), "--init", "random",
+                            "--save-context-maps", str(tmp_path / "m2")])
+    assert r.exit_code == 2 and not (tmp_path / "b.nf").exists()
