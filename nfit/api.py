@@ -194,16 +194,20 @@ def fit(
 
     ``fit_options`` are the fields of :class:`nfit.config.FitConfig` (steps, lr, seed,
     target_psnr, batch_size, device, ...), or with ``init`` (an init file from
-    ``nfit meta-train``) those of :class:`nfit.config.AdaptConfig`. ``density`` picks
-    the level of a sparse run directory given as ``init``.
+    ``nfit meta-train``, or "default" for the one nfit ships) those of
+    :class:`nfit.config.AdaptConfig`, plus ``target_psnr`` and ``refine_steps`` (Adam
+    refinement after the SGD steps). ``density`` picks the level of a sparse run
+    directory given as ``init``.
     """
     single = isinstance(inputs, (str, Path, Signal))
     items = [inputs] if single else list(inputs)
     signals = [x if isinstance(x, Signal) else read_signal(x) for x in items]
     store = StoreConfig(dtype, standalone)
     if init is not None:
-        meta = init if isinstance(init, MetaInit) else load_init(init, density)
-        result = fit_signals(signals, progress=progress, init=meta, adapt=AdaptConfig(**fit_options), store=store)
+        meta = init if isinstance(init, MetaInit) or init == DEFAULT else load_init(init, density)
+        refine = FitConfig(steps=fit_options.pop("refine_steps", FitConfig.steps),
+                           target_psnr=fit_options.pop("target_psnr", None))
+        result = fit_signals(signals, refine, progress=progress, init=meta, adapt=AdaptConfig(**fit_options), store=store)
     else:
         if density is not None:
             raise ConfigError("--density", "applies to fitting from a sparse run (--init RUN)")

@@ -1,5 +1,6 @@
 """The examples run (in quick mode), as a new user would run them."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,3 +16,19 @@ def test_quickstart(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "chelsea.nf").exists()
     assert iio.imread(tmp_path / "chelsea_512.png").shape == (512, 512, 3)
+
+
+def test_fit_render_script(tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    r = subprocess.run(["bash", str(ROOT / "examples" / "fit_render.sh"), str(tmp_path)], capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    assert iio.imread(tmp_path / "chelsea_512.png").shape == (512, 512, 3)
+    assert (tmp_path / "context" / "chelsea_128_context.gif").exists() and "default:image" in r.stdout
+
+
+def test_meta_train_small(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "meta_train_small.py"), "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / "init.safetensors").exists() and "unseen crop after 16 steps" in r.stdout
