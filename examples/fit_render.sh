@@ -7,6 +7,6 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-fit_render_out}
 mkdir -p "$out"
-nfit fit "$here/data/chelsea_128.png" -o "$out/chelsea.nf" --save-context-maps "$out/context"
+nfit fit "$here/data/chelsea_128.png" -o "$out/chelsea.nf" --init default --save-context-maps "$out/context"
 nfit info "$out/chelsea.nf"
 nfit render "$out/chelsea.nf" --res 512 -o "$out/chelsea_512.png"

@@ -1,9 +1,7 @@
-"""Fit the bundled photo and render it at 4x: the main job of nfit, end to end, in Python.
+"""Fit the bundled photo and render it at 4x: the main job of nfit, end to end.
 
-    python examples/quickstart.py            # from scratch: 300 Adam steps (about 1-2 minutes on 2 CPU cores)
+    python examples/quickstart.py            # 300 steps (about 1-2 minutes on 2 CPU cores)
     python examples/quickstart.py --quick    # a few steps, to check that everything runs
-
-It also fits the photo from the initialisation nfit ships (16 steps) for comparison.
 """
 
 import argparse
@@ -32,9 +30,7 @@ def main() -> None:
 
         return on_step
 
-    quick = nfit.fit(photo, init="default")  # the shipped initialisation: 16 re-scaled SGD steps
-    print(f"from nfit's initialisation, 16 steps: {quick.summary['psnr']:.2f} dB in {quick.summary['seconds']:.1f} s")
-    nf = nfit.fit(photo, steps=steps, progress=progress)  # from a random initialisation
+    nf = nfit.fit(photo, steps=steps, progress=progress)
     nf.save(args.out / "chelsea.nf")
     print(f"fitted {photo.name}: {nf.summary['psnr']:.2f} dB PSNR, SSIM {nf.summary['ssim']:.4f}, "
           f"{nf.summary['seconds']:.1f} s -> {args.out / 'chelsea.nf'}")

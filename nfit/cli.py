@@ -171,8 +171,8 @@ def fit(
     lr: Optional[float] = typer.Option(
         None, help=f"Learning rate [default: Adam {FitConfig.lr:g}; from --init: SGD {AdaptConfig.lr:g}, Adam {AdaptConfig.adam_lr:g}]."),
     init: Optional[str] = typer.Option(
-        None, help="A learned initialisation (init file or run directory), or 'random' [default: the one nfit ships "
-        "for the modality; random with --field/--width/--depth/--w0]."),
+        None, help="A learned initialisation (init file or run directory), or 'default' for the one nfit ships "
+        "[default: random, Adam]."),
     density: Optional[float] = typer.Option(
         None, help="From a sparse run (--init RUN): fit at the level whose density is nearest this, e.g. 0.1."),
     standalone: bool = typer.Option(
@@ -214,12 +214,16 @@ def fit(
     def job():
         files, outputs = _fit_plan(inputs, output, out_dir)
         custom_field = field != FieldOptions.name or width or depth or w0
-        learned = init not in (None, "random") or (init is None and not custom_field and _ships_init(files))
+        learned = init not in (None, "random")
         config = FitConfig(steps=FitConfig.steps if steps is None or learned else steps,
                            lr=FitConfig.lr if lr is None or learned else lr,
                            seed=seed, target_psnr=target_psnr, batch_size=batch_size, device=device)
         adapt = meta = None
-        if init is None and not custom_field and _ships_init(files):
+        if init == DEFAULT:
+            if custom_field:
+                raise ConfigError("--init", "the initialisation decides the field: drop --field/--width/--depth/--w0")
+            if not _ships_init(files):
+                raise ConfigError("--init", "nfit ships no initialisation for these files")
             meta = DEFAULT  # the shipped initialisation: test-time settings from nfit's defaults
             adapt = _adapt_config({}, steps, lr, gamma, no_rescale, optimizer, batch_size, device)
         elif init is not None and init != "random":

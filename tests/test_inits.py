@@ -40,20 +40,22 @@ def test_other_channel_counts_adapt_the_output_layer(channels):
         torch.testing.assert_close(out[:, -1], torch.ones(50))  # alpha starts opaque
 
 
-def test_cli_fit_uses_the_shipped_init_by_default(tmp_path, photo):
+def test_cli_fit_from_the_shipped_init(tmp_path, photo):
     out = tmp_path / "a.nf"
-    r = runner.invoke(app, ["fit", str(photo), "-o", str(out), "--json"])
+    r = runner.invoke(app, ["fit", str(photo), "-o", str(out), "--init", "default", "--json"])
     assert r.exit_code == 0, r.output
     nf = load_field(out)
     assert nf.init["name"] == "default:image" and nf.init["sha256"] == load_init(inits.default_init_path("image")).sha256
     assert nf.summary["method"] == "sgd-rescaled" and nf.summary["steps"] == 16
     r = runner.invoke(app, ["info", str(out)])
     assert "default:image" in r.output  # info names the initialisation
-    # --init random fits from scratch with Adam; so does asking for a custom field
-    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "b.nf"), "--init", "random", "--steps", "3"])
+    # without --init (or with --init random) the fit starts from scratch with Adam
+    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "b.nf"), "--steps", "3"])
     assert r.exit_code == 0 and load_field(tmp_path / "b.nf").init["name"] == "random"
-    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "c.nf"), "--width", "16", "--steps", "3"])
+    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "c.nf"), "--init", "random", "--width", "16", "--steps", "3"])
     assert r.exit_code == 0 and load_field(tmp_path / "c.nf").summary["method"] == "adam"
+    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "d.nf"), "--init", "default", "--width", "16"])
+    assert r.exit_code == 2 and not (tmp_path / "d.nf").exists()
 
 
 def test_target_psnr_refines_with_adam(photo):
@@ -70,7 +72,8 @@ def test_target_psnr_refines_with_adam(photo):
 
 def test_save_context_maps(tmp_path, photo):
     maps = tmp_path / "maps"
-    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "a.nf"), "--steps", "3", "--save-context-maps", str(maps)])
+    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "a.nf"), "--init", "default", "--steps", "3",
+                            "--save-context-maps", str(maps)])
     assert r.exit_code == 0, r.output
     import imageio.v3 as iio
 
