@@ -41,7 +41,7 @@ def upscale(tmp: Path) -> None:
     crop = iio.imread(PHOTO)[40:104, 40:104, :3]
     src = tmp / "crop.png"
     iio.imwrite(src, crop)
-    nf = nfit.fit(src, init="default", target_psnr=40.0, refine_steps=300)
+    nf = nfit.fit(src, steps=300)
     big = (nfit.render(nf, res=256).numpy() * 255).round().astype(np.uint8)
     t = torch.from_numpy(crop).permute(2, 0, 1)[None].float()
     bilinear = F.interpolate(t, size=(256, 256), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
