@@ -133,8 +133,7 @@ def main() -> None:
         for method, run in sparse_runs.items():
             record(f"sparse-{method}", level, run / LEVELS_DIR / f"level-{level:02d}.safetensors")
         level_init = load_init(sparse_runs["magnitude"] / LEVELS_DIR / f"level-{level:02d}.safetensors")
-        values = sum(v.numel() for v in level_init.params.values()) - level_init.sparsity["weights"] + level_init.sparsity["alive"]
-        width = narrow_width(base, values)
+        width = narrow_width(base, level_init.n_values)
         narrow = train(out / f"narrow-w{width}", args, train=maml_config(dense_steps + level * args.steps_per_round),
                        algo_options=MAML, field_options=FieldOptions(width=width), **common)
         record("dense-narrow", level, narrow)

@@ -38,12 +38,10 @@ from nfit.fieldfile import (
 )
 from nfit.fields import build_field, count_params, field_config_dict, unbatch_params
 from nfit.fit import StepInfo, fit_adam, fit_sgd, random_init, split_batches
-from nfit.inits import DEFAULT, default_init
+from nfit.inits import DEFAULT, default_init, trained_channels
 from nfit.render import evaluate as evaluate_grid
 from nfit.render import render_to_file, render_values
 from nfit.signals import Signal, read_signal
-
-_DEFAULT_CHANNELS = {"image": 3}  # what the shipped initialisations were trained on
 
 ProgressFactory = Callable[[str, int], Callable[[StepInfo], None]]
 """Called once per batch with a label and its number of steps; returns the per-step callback."""
@@ -71,8 +69,9 @@ def fit_signals(
     zero. ``init="default"``: the initialisation shipped for each signal's modality
     (see :mod:`nfit.inits`), or a random one where nfit ships none. From a learned
     init, ``config.target_psnr`` continues with Adam (``adapt.adam_lr``, at most
-    ``config.steps`` steps) for the signals that the SGD steps left below it. ``store`` says how the fields will be written; with float16 the values are
-    rounded before the summary is measured, so it describes the file.
+    ``config.steps`` steps) for the signals that the SGD steps left below it. ``store``
+    says how the fields will be written; with float16 the values are rounded before
+    the summary is measured, so it describes the file.
     """
     config = config or FitConfig()
     field = field or FieldOptions()
@@ -101,7 +100,7 @@ def fit_signals(
             batch_size = adapt.batch_size
             init_meta = {"name": f"default:{modality}" if default else "meta", "algo": init.algo.get("name"),
                          "sha256": init.sha256}
-            if default and channels != _DEFAULT_CHANNELS.get(modality, channels):
+            if default and channels != trained_channels(modality):
                 init_meta["channels_adapted"] = channels
             if init.sparsity is not None:
                 init_meta["density"] = init.sparsity.get("density")
@@ -334,12 +333,11 @@ def fit_files(
 def save_context_maps(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
-    init: MetaInit | str = "default",
+    init: MetaInit | str = DEFAULT,
     adapt: AdaptConfig | None = None,
 ) -> list[Path]:
     """GradNCP's selected context at each test-time step of fitting each input from ``init``
     (a learned initialisation, or "default"), drawn as PNGs and an animated GIF in ``out_dir``."""
-    from nfit.inits import DEFAULT
     from nfit.viz import context_frames, selected_context, write_context_maps
 
     adapt = adapt or AdaptConfig()
@@ -401,8 +399,8 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
         data = {"file": str(path), "kind": "init", **init.metadata(), "parameters": count_params(init.field),
                 "sha256": init.sha256}
         if init.mask is not None:
-            values = count_params(init.field) - init.sparsity["weights"] + init.sparsity["alive"]
-            data["sparsity"] = {**init.sparsity, "values": values, "dense_narrow_width": narrow_width(init.field.base, values)}
+            data["sparsity"] = {**init.sparsity, "values": init.n_values,
+                                "dense_narrow_width": narrow_width(init.field.base, init.n_values)}
         return data
     if isinstance(nf, NeuralField):
         version, storage = nf.metadata()["format_version"], nf.storage()

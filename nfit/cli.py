@@ -118,8 +118,6 @@ class _FitProgress:
 
 def _adapt_config(test: dict, steps, lr, gamma, no_rescale: bool, optimizer: str, batch_size: int, device: str):
     """Test-time settings: the command line's, else the init file's own (``test``), else the defaults."""
-    from nfit.config import AdaptConfig
-
     kwargs: dict[str, Any] = {"optimizer": optimizer, "rescale": not no_rescale, "batch_size": batch_size, "device": device}
     if optimizer == "adam":
         kwargs.update(adam_steps=steps if steps is not None else AdaptConfig.adam_steps,
@@ -575,12 +573,7 @@ def eval_(
     def job():
         if all(i != "random" for i in inits) and (width or depth or w0):
             raise ConfigError(None, "--width/--depth/--w0 apply to the random baseline only")
-        if optimizer == "adam":
-            config = AdaptConfig(optimizer="adam", adam_steps=AdaptConfig.adam_steps if steps is None else steps,
-                                 adam_lr=AdaptConfig.adam_lr if lr is None else lr, batch_size=batch_size, device=device)
-        else:
-            config = AdaptConfig(steps=AdaptConfig.steps if steps is None else steps, lr=AdaptConfig.lr if lr is None else lr,
-                                 gamma=gamma, batch_size=batch_size, device=device, optimizer=optimizer)
+        config = _adapt_config({}, steps, lr, gamma, False, optimizer, batch_size, device)
         warn = lambda m: err.print(f"nfit: warning: {m}", markup=False, highlight=False)  # noqa: E731
         reports = []
         with Progress(TextColumn("[bold]eval {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

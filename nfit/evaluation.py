@@ -146,7 +146,6 @@ def evaluate_folder(
     files = scan_folder(Path(data))
     if limit is not None:
         files = files[:limit]
-    values = None
     if str(init) == "random":
         if density is not None:
             raise ConfigError("--density", "applies to a sparse run, not the random baseline")
@@ -157,8 +156,6 @@ def evaluate_folder(
         params, sha, shape = random_init(field_, seed), None, (side, side)
     else:
         meta = load_init(init, density)
-        if meta.sparsity is not None:
-            values = count_params(meta.field) - meta.sparsity["weights"] + meta.sparsity["alive"]
         if res is not None and (res, res) != meta.shape:
             raise ConfigError("--res", f"the initialisation was trained at {meta.shape[0]}x{meta.shape[1]}; evaluate at that size")
         field_, params, sha, shape, channels = meta.field, meta.params, meta.sha256, meta.shape, meta.channels
@@ -173,6 +170,7 @@ def evaluate_folder(
                                    with_ssim=with_ssim, on_batch=on_batch)
         results[name] = curves.summary()
     steps = config.adam_steps if config.optimizer == "adam" else config.steps
-    n = count_params(field_)
-    return EvalReport(str(init), sha, str(data), len(signals), bad, shape, steps, results, n,
-                      values or n, 1.0 if values is None else meta.sparsity["density"])
+    sparsity = None if str(init) == "random" else meta.sparsity
+    return EvalReport(str(init), sha, str(data), len(signals), bad, shape, steps, results, count_params(field_),
+                      count_params(field_) if sparsity is None else meta.n_values,
+                      1.0 if sparsity is None else sparsity["density"])

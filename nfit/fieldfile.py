@@ -52,7 +52,7 @@ from nfit.atomic import atomic_output
 from nfit.config import MAX_FIELD_SIZE, MAX_GRID_SAMPLES, MAX_HEADER_BYTES, MAX_METADATA_BYTES
 from nfit.errors import ConfigError, FieldFileError, OutputError
 from nfit.fields import Field, Params, build_field, count_params
-from nfit.meta.sparse import Mask, Masked, density, mask_size, pack_mask, prunable, unpack_mask
+from nfit.meta.sparse import Mask, Masked, density, pack_mask, prunable, stored_values, unpack_mask
 from nfit.signals import CONVENTION, MODALITIES
 
 FORMAT = "nfit-field"
@@ -101,7 +101,7 @@ class NeuralField:
     @property
     def n_values(self) -> int:
         """Values the file stores: every parameter, or the surviving weights plus the biases."""
-        return self.n_params if self.mask is None else self.n_params - mask_size(self.mask)[1] + mask_size(self.mask)[0]
+        return stored_values(self.n_params, self.mask)
 
     def storage(self) -> dict[str, Any]:
         sparse = None
@@ -348,15 +348,21 @@ def load_field(path: str | Path, init: MetaInit | None = None) -> NeuralField:
     the initialisation it was fitted from (checked by SHA-256)."""
     path = Path(path)
     tensors, meta = read_safetensors(path)
-    nf, field_ = _field_header(path, meta)
-    mask = _field_mask(path, field_, tensors, _storage_meta(meta, path), nf.init, init)
-    nf.params = check_params(path, field_, tensors, mask=mask)
-    nf.mask, nf.standalone = mask, mask is not None and meta["storage"]["sparse"]["mask"] == "embedded"
+    nf, field_, storage = _field_header(path, meta)
+    _read_values(path, nf, field_, tensors, storage, init)
     return nf
 
 
-def _field_header(path: Path, meta: dict) -> tuple[NeuralField, Field]:
-    """Everything of a .nf file but its values (params left empty), validated."""
+def _read_values(path: Path, nf: NeuralField, field_: Field, tensors: dict[str, Tensor], storage: dict,
+                 init: MetaInit | None) -> None:
+    """Fill ``nf.params`` (and its mask) from the file's tensors, validated."""
+    mask = _field_mask(path, field_, tensors, storage, nf.init, init)
+    nf.params = check_params(path, field_, tensors, mask=mask)
+    nf.mask, nf.standalone = mask, mask is not None and storage["sparse"]["mask"] == "embedded"
+
+
+def _field_header(path: Path, meta: dict) -> tuple[NeuralField, Field, dict[str, Any]]:
+    """Everything of a .nf file but its values (params left empty), validated; with its storage entry."""
     _check_kind(meta, path, FORMAT)
     modality, shape, channels = _signal_meta(meta, path)
     field_ = _field_meta(meta, path, shape, channels)
@@ -365,6 +371,7 @@ def _field_header(path: Path, meta: dict) -> tuple[NeuralField, Field]:
     if not isinstance(init, dict) or not (init.get("sha256") is None or _SHA256.match(str(init.get("sha256")))):
         raise FieldFileError(path, "metadata field 'init' is malformed")
     bit_depth = signal.get("bit_depth", 8)
+    storage = _storage_meta(meta, path)
     nf = NeuralField(
         field_name=field_meta["name"],
         field_config=field_meta["config"],
@@ -377,21 +384,21 @@ def _field_header(path: Path, meta: dict) -> tuple[NeuralField, Field]:
         summary=meta.get("fit") if isinstance(meta.get("fit"), dict) else {},
         init=init,
         coords=coords,
-        dtype=_storage_meta(meta, path)["dtype"],
+        dtype=storage["dtype"],
     )
     nf.__dict__["field"] = field_  # already built: seed the cached property
-    return nf, field_
+    return nf, field_, storage
 
 
 def read_field_header(path: str | Path) -> tuple[NeuralField, dict[str, Any]]:
-    """A .nf file's description without its values (no initialisation needed): the
-    field with empty ``params``, and ``{"format_version", "storage"}`` as the file declares them."""
+    """A .nf file's description, needing no initialisation: the field (with its values when
+    the file holds all they need; a sparse field whose mask is its initialisation's has
+    empty ``params``), and ``{"format_version", "storage"}`` as the file declares them."""
     path = Path(path)
     tensors, meta = read_safetensors(path)
-    nf, field_ = _field_header(path, meta)
-    storage = _storage_meta(meta, path)
+    nf, field_, storage = _field_header(path, meta)
     if storage["sparse"] is None or storage["sparse"]["mask"] == "embedded":
-        load_field(path)  # everything is in the file: validate all of it
+        _read_values(path, nf, field_, tensors, storage, None)  # everything is in the file: validate all of it
     else:
         _check_sparse_values(path, field_, tensors, storage["sparse"])
     return nf, {"format_version": meta["format_version"], "storage": storage}
@@ -433,6 +440,11 @@ class MetaInit:
     # signal fitted from it, and {"level", "rounds", "density", "prune", ...}.
     mask: Mask | None = None
     sparsity: dict[str, Any] | None = None
+
+    @property
+    def n_values(self) -> int:
+        """Values a field fitted from this initialisation stores (see :attr:`NeuralField.n_values`)."""
+        return stored_values(count_params(self.field), self.mask)
 
     @cached_property
     def field(self) -> Field:

@@ -169,6 +169,7 @@ def fit_sgd(
     config: AdaptConfig,
     on_step: Callable[[StepInfo], None] | None = None,
     observe: Callable[[int, Params], None] | None = None,
+    on_context: Callable[[int, Tensor], None] | None = None,
 ) -> AdaptResult:
     """GradNCP's test-time adaptation (Algorithm 2) of B signals from a shared initialisation.
 
@@ -181,7 +182,8 @@ def fit_sgd(
     gradient's direction uses every point. ``config.rescale=False`` is plain SGD.
 
     targets [B, prod(shape), C] on the compute device. ``observe(step, params)`` is
-    called with the parameters after each step 0..K (0: the initialisation).
+    called with the parameters after each step 0..K (0: the initialisation), and
+    ``on_context(step, index)`` with the points [B, k] that set step ``step + 1``'s size.
     """
     device = targets.device
     coords = grid_coords(shape, device=device)  # [N, d]
@@ -207,6 +209,8 @@ def fit_sgd(
         lr: float | Tensor = config.lr
         if config.rescale:
             index = top_context(score, config.gamma)  # [B, k]
+            if on_context is not None:
+                on_context(step, index)
             sub_coords, sub_targets = gather_context(coords, targets, index)
             with torch.enable_grad():
                 g_high = full_pass(field, params, sub_coords, sub_targets, config.chunk)[0]

@@ -67,7 +67,7 @@ from nfit.fieldfile import (
 from nfit.fields import Field, Params, build_field, field_config_dict
 from nfit.fit import random_init
 from nfit.meta import Strategy, build_strategy, strategy_config_dict
-from nfit.meta.sparse import Mask, Masked, Sparse, full_mask, mask_size
+from nfit.meta.sparse import Mask, Masked, Sparse, density, full_mask, mask_size
 from nfit.signals import CONVENTION, grid_coords
 
 RUN_FILE = "run.json"
@@ -556,8 +556,8 @@ def meta_train(
         adam = {name: opt.state.get(p, {}) for name, p in zip(model.names, model.params)}
         sparse.begin_round(level, model.theta(), mask, adam, cfg.seed)
         state["level"] = level
-        alive, total = mask_size(mask)
-        values = {"level": level, "rounds": sparse.config.rounds, "density": round(alive / total, 6), "alive": alive}
+        values = {"level": level, "rounds": sparse.config.rounds, "density": round(density(mask), 6),
+                  "alive": mask_size(mask)[0]}
         if dist_.main:
             log.write("round", step, values)
         emit(TrainEvent("round", step, cfg.steps, values))
@@ -605,8 +605,7 @@ def meta_train(
                           "grad_norm": round(grad_norm.item(), 6), "steps_per_s": round(window_steps / (now - window), 4),
                           "peak_memory": peak_memory(device)}
                 if sparse:
-                    alive, total = mask_size(mask)
-                    values.update(level=state["level"], density=round(alive / total, 6))
+                    values.update(level=state["level"], density=round(density(mask), 6))
                 window, window_steps = now, 0
                 if dist_.main:
                     log.write("train", done, values)

@@ -17,8 +17,6 @@ from nfit.atomic import atomic_output
 from nfit.config import AdaptConfig
 from nfit.fields import Field, Params
 from nfit.fit import fit_sgd
-from nfit.meta.inner import context_scores, top_context
-from nfit.signals import grid_coords
 
 DIM = 0.25  # brightness of the points left out of the context
 
@@ -27,17 +25,14 @@ def selected_context(field: Field, init: Params, targets: Tensor, shape: tuple[i
     """Which points each step's context holds while fitting from ``init``: bool [K, B, N].
 
     targets [B, N, C] on the compute device; the fit is :func:`nfit.fit.fit_sgd` itself,
-    observed after every step (the scores are those it ranks by).
+    and the maps are the contexts it selects.
     """
-    coords = grid_coords(shape, device=targets.device)
     maps: list[Tensor] = []
 
-    def observe(step: int, params: Params) -> None:
-        if step < config.steps:
-            index = top_context(context_scores(field, params, coords, targets, config.chunk), config.gamma)  # [B, k]
-            maps.append(torch.zeros(targets.shape[:2], dtype=torch.bool, device=targets.device).scatter_(1, index, True))
+    def on_context(step: int, index: Tensor) -> None:  # index [B, k]
+        maps.append(torch.zeros(targets.shape[:2], dtype=torch.bool, device=targets.device).scatter_(1, index, True))
 
-    fit_sgd(field, init, targets, shape, config, observe=observe)
+    fit_sgd(field, init, targets, shape, config, on_context=on_context)
     return torch.stack(maps).cpu()
 
 

@@ -1,13 +1,12 @@
 """The .nf format: exact round trips, atomic writes, and refusal of every kind of bad file."""
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from corpus import rewrite
+from safetensors.torch import save_file
 
 from nfit.errors import FieldFileError
-from nfit.fieldfile import META_KEY, NeuralField, load_field, save_field
+from nfit.fieldfile import NeuralField, load_field, save_field
 from nfit.fields import build_field
 
 
@@ -43,21 +42,10 @@ def test_failed_write_leaves_previous_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["a.nf"]
 
 
-def _rewrite(tmp_path, edit_meta=None, edit_tensors=None, raw_meta=None):
+def _rewrite(tmp_path, **edits):
     src = tmp_path / "good.nf"
     save_field(_nf(), src)
-    from safetensors import safe_open
-
-    with safe_open(str(src), framework="pt") as f:
-        meta = json.loads(f.metadata()[META_KEY])
-    tensors = load_file(str(src))
-    if edit_meta:
-        edit_meta(meta)
-    if edit_tensors:
-        edit_tensors(tensors)
-    bad = tmp_path / "bad.nf"
-    save_file(tensors, str(bad), metadata={META_KEY: raw_meta if raw_meta is not None else json.dumps(meta)})
-    return bad
+    return rewrite(src, tmp_path / "bad.nf", **edits)
 
 
 @pytest.mark.parametrize(

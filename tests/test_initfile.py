@@ -6,8 +6,9 @@ import json
 
 import pytest
 import torch
+from corpus import rewrite
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from nfit.errors import FieldFileError
 from nfit.fieldfile import META_KEY, MetaInit, NeuralField, load_init, save_field, save_init
@@ -108,18 +109,10 @@ def test_overwriting_replaces_the_file(tmp_path):
 # ------------------------------------------------------------------------- refusals
 
 
-def _rewrite(tmp_path, edit_meta=None, edit_tensors=None, raw_meta=None):
+def _rewrite(tmp_path, **edits):
     src = tmp_path / "good.safetensors"
     save_init(_init(), src)
-    meta = _meta_of(src)
-    tensors = load_file(str(src))
-    if edit_meta:
-        edit_meta(meta)
-    if edit_tensors:
-        edit_tensors(tensors)
-    bad = tmp_path / "bad.safetensors"
-    save_file(tensors, str(bad), metadata={META_KEY: raw_meta if raw_meta is not None else json.dumps(meta)})
-    return bad
+    return rewrite(src, tmp_path / "bad.safetensors", **edits)
 
 
 def _refused(path, reason):

@@ -1,4 +1,4 @@
-"""Initialisations that ship with nfit: what `nfit fit` starts from when no --init is given.
+"""Initialisations that ship with nfit: what `nfit fit --init default` starts from.
 
 One file per modality that has one, meta-trained with nfit's own ``meta-train`` (see
 README.md here for the recipe and the data). Each is an ordinary init file.
@@ -54,10 +54,13 @@ def default_init(modality: str, channels: int) -> MetaInit | None:
     params = dict(init.params)
     params[f"l{last}.weight"] = torch.cat([r[0] for r in rows])
     params[f"l{last}.bias"] = torch.cat([r[1] for r in rows])
-    adapted = dataclasses.replace(init, params=params, channels=channels,
-                                  field_config={**init.field_config, "out_dim": channels})
-    adapted.__dict__.pop("field", None)  # rebuild the field for the new output size
-    return adapted
+    return dataclasses.replace(init, params=params, channels=channels, field_config={**init.field_config, "out_dim": channels})
 
 
-__all__ = ["DEFAULT", "DEFAULT_INITS", "default_init", "default_init_path"]
+def trained_channels(modality: str) -> int | None:
+    """The channel count the shipped initialisation of a modality was trained on."""
+    init = _load(modality)
+    return None if init is None else init.channels
+
+
+__all__ = ["DEFAULT", "DEFAULT_INITS", "default_init", "default_init_path", "trained_channels"]

@@ -47,6 +47,14 @@ def mask_size(mask: Mask) -> tuple[int, int]:
     return sum(int(m.sum()) for m in mask.values()), sum(m.numel() for m in mask.values())
 
 
+def stored_values(n_params: int, mask: Mask | None) -> int:
+    """What a fitted file stores: every parameter, or the surviving weights plus everything unpruned."""
+    if mask is None:
+        return n_params
+    alive, total = mask_size(mask)
+    return n_params - total + alive
+
+
 def density(mask: Mask) -> float:
     alive, total = mask_size(mask)
     return alive / total
@@ -262,5 +270,6 @@ __all__ = [
     "pack_mask",
     "prunable",
     "prune",
+    "stored_values",
     "unpack_mask",
 ]
