@@ -21,7 +21,7 @@ import torch
 
 from nfit import metrics
 from nfit.atomic import check_writable
-from nfit.config import AdaptConfig, FieldOptions, FitConfig, StoreConfig
+from nfit.config import AdaptConfig, FieldOptions, FitConfig, RenderConfig, SignalOptions, StoreConfig
 from nfit.device import resolve_device
 from nfit.errors import ConfigError, NfitError
 from nfit.evaluation import EvalReport, evaluate_folder
@@ -45,10 +45,6 @@ from nfit.signals import Signal, read_signal
 
 ProgressFactory = Callable[[str, int], Callable[[StepInfo], None]]
 """Called once per batch with a label and its number of steps; returns the per-step callback."""
-
-
-def _field_config(opts: FieldOptions, signal: Signal) -> dict[str, Any]:
-    return opts.field_config(len(signal.shape), signal.channels)
 
 
 def fit_signals(
@@ -91,7 +87,7 @@ def fit_signals(
     for (modality, shape, channels), members in groups.items():
         init = default_init(modality, channels) if default else given
         if init is None:
-            field_name, field_config = field.name, field.field_config(len(shape), channels)
+            field_name, field_config = field.name, field.field_config(modality, shape, channels)
             net = build_field(field_name, field_config)
             start, batch_size = random_init(net, config.seed), config.batch_size
             init_meta = {"name": "random", "seed": config.seed, "sha256": None}
@@ -107,15 +103,15 @@ def fit_signals(
         for part in split_batches(len(members), batch_size):
             idx = [members[j] for j in part]
             label = signals[idx[0]].source.name if len(idx) == 1 else f"{len(idx)} x {'x'.join(map(str, shape))}"
-            targets = torch.from_numpy(np.stack([signals[i].values.reshape(-1, channels) for i in idx])).to(device)
-            params, method, seconds = _fit_batch(net, start, targets, shape, config, adapt, init is not None,
-                                                 lambda n: progress(label, n) if progress else None)
+            grid = torch.from_numpy(np.stack([signals[i].values for i in idx])).to(device)  # [B, *shape, C]
+            params, method, seconds = _fit_batch(net, start, net.to_units(grid), shape, config, adapt,
+                                                 init is not None, lambda n: progress(label, n) if progress else None)
             if store.dtype != "float32":
                 params = {k: v.to(getattr(torch, store.dtype)).float() for k, v in params.items()}
-            values = evaluate_grid(net, params, shape)  # [B, N, C], clamped
-            psnr = metrics.psnr(values, targets).tolist()
-            ssim = metrics.ssim(values.view(len(idx), *shape, channels), targets.view(len(idx), *shape, channels))
-            ssim = ssim.tolist() if ssim is not None and len(shape) == 2 else [None] * len(idx)
+            values = evaluate_grid(net, params, shape).view(grid.shape)  # clamped
+            psnr = metrics.psnr(values, grid).tolist()
+            ssim = metrics.signal_ssim(values, grid)
+            ssim = ssim.tolist() if ssim is not None else [None] * len(idx)
             for b, i in enumerate(idx):
                 fitted[i] = NeuralField(
                     field_name=field_name,
@@ -126,6 +122,7 @@ def fit_signals(
                     channels=channels,
                     bit_depth=signals[i].bit_depth,
                     source=signals[i].source.name,
+                    rate=signals[i].rate,
                     summary={
                         **method[b],
                         "psnr": round(psnr[b], 4),
@@ -149,6 +146,23 @@ def _check_init_fits(init: MetaInit, signal: Signal) -> None:
         raise ConfigError(
             signal.source, f"has {signal.channels} channel(s), the initialisation was trained on {init.channels}"
         )
+    mismatch = init.field.grid_error(signal.shape, signal.channels)
+    if mismatch:
+        raise ConfigError(signal.source, f"does not fit the initialisation's field: {mismatch}")
+
+
+def reading_options(options: SignalOptions | None, init: MetaInit | str | None) -> SignalOptions:
+    """The options to read files with for fitting from ``init``: audio is resampled to the rate the
+    initialisation was trained at, and video frames for a NeRV (whose decoder has one frame size)
+    are cropped and resized to its size, unless the options say otherwise."""
+    opts = options or SignalOptions()
+    if not isinstance(init, MetaInit):
+        return opts
+    if init.modality == "audio" and opts.sample_rate is None and init.rate is not None:
+        opts = dataclasses.replace(opts, sample_rate=round(init.rate))
+    if init.modality == "video" and opts.res is None and init.field.samples_per_unit > 1 and init.shape[1] == init.shape[2]:
+        opts = dataclasses.replace(opts, res=init.shape[1])
+    return opts
 
 
 def _fit_batch(net, start, targets, shape, config: FitConfig, adapt: AdaptConfig, learned: bool, progress):
@@ -187,6 +201,7 @@ def fit(
     density: float | None = None,
     dtype: str = StoreConfig.dtype,
     standalone: bool = StoreConfig.standalone,
+    options: SignalOptions | None = None,
     **fit_options: Any,
 ) -> NeuralField | list[NeuralField]:
     """Fit one file (returns a NeuralField) or several (returns a list).
@@ -196,14 +211,18 @@ def fit(
     ``nfit meta-train``, or "default" for the one nfit ships) those of
     :class:`nfit.config.AdaptConfig`, plus ``target_psnr`` and ``refine_steps`` (Adam
     refinement after the SGD steps). ``density`` picks the level of a sparse run
-    directory given as ``init``.
+    directory given as ``init``. ``options`` say how files are read (modality, audio
+    sample rate and duration, video frames, stride and size).
     """
     single = isinstance(inputs, (str, Path, Signal))
     items = [inputs] if single else list(inputs)
-    signals = [x if isinstance(x, Signal) else read_signal(x) for x in items]
-    store = StoreConfig(dtype, standalone)
+    meta = None
     if init is not None:
         meta = init if isinstance(init, MetaInit) or init == DEFAULT else load_init(init, density)
+    opts = reading_options(options, meta)
+    signals = [x if isinstance(x, Signal) else read_signal(x, opts) for x in items]
+    store = StoreConfig(dtype, standalone)
+    if meta is not None:
         refine = FitConfig(steps=fit_options.pop("refine_steps", FitConfig.steps),
                            target_psnr=fit_options.pop("target_psnr", None))
         result = fit_signals(signals, refine, progress=progress, init=meta, adapt=AdaptConfig(**fit_options), store=store)
@@ -242,6 +261,7 @@ def fit_files(
     keep_going: bool = False,
     skip_existing: bool = False,
     on_outcome: Callable[[FileOutcome], None] | None = None,
+    options: SignalOptions | None = None,
 ) -> list[FileOutcome]:
     """Fit ``inputs[i]`` into ``outputs[i]``, streaming: files are decoded as they are
     needed, fitted in batches of equal shape, and each output is written (atomically)
@@ -264,6 +284,7 @@ def fit_files(
         seen.add(out)
         check_writable(out)
     meta = init if init is None or init == DEFAULT or isinstance(init, MetaInit) else load_init(init)
+    opts = reading_options(options, meta)
     config = config or FitConfig()
     batch_size = (adapt or AdaptConfig()).batch_size if meta is not None else config.batch_size
     outcomes: list[FileOutcome | None] = [None] * len(inputs)
@@ -312,7 +333,7 @@ def fit_files(
             done(i, FileOutcome(src, out, "skipped"))
             continue
         try:
-            signal = read_signal(src)
+            signal = read_signal(src, opts)
             if isinstance(meta, MetaInit):
                 _check_init_fits(meta, signal)
         except NfitError as err:
@@ -345,6 +366,8 @@ def save_context_maps(
     written = []
     for path in inputs:
         signal = read_signal(path)
+        if signal.modality != "image":
+            raise ConfigError(path, "context maps are drawn for images only")
         meta = default_init(signal.modality, signal.channels) if init == DEFAULT else init
         if meta is None:
             raise ConfigError(path, f"nfit ships no initialisation for {signal.modality}: give --init")
@@ -376,15 +399,19 @@ def render(
     res: int | None = None,
     width: int | None = None,
     height: int | None = None,
+    sample_rate: int | None = None,
+    fps: float | None = None,
     device: str = "cpu",
     init: str | Path | MetaInit | None = None,
 ) -> torch.Tensor:
-    """Decode a field at its native size, longest side ``res``, or ``width`` x ``height``: [*shape, C].
-    ``init``: see :func:`load`."""
+    """Decode a field on a grid: native, or images and video frames with longest side ``res``
+    or ``width`` x ``height``, audio at ``sample_rate``, video at ``fps`` (the same duration):
+    float values [*shape, C] in [0, 1]. ``init``: see :func:`load`."""
     from nfit.signals import MODALITIES
 
     nf = nf if isinstance(nf, NeuralField) else load(nf, init)
-    shape = MODALITIES[nf.modality].target_shape(nf.shape, res=res, width=width, height=height)
+    cfg = RenderConfig(res=res, width=width, height=height, sample_rate=sample_rate, fps=fps)
+    shape, _ = MODALITIES[nf.modality].target_shape(nf.shape, nf.rate, cfg)
     return render_values(nf, shape, device=device)
 
 
@@ -417,6 +444,8 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
         "modality": nf.modality,
         "shape": list(nf.shape),
         "channels": nf.channels,
+        "rate": nf.rate,
+        "duration": None if nf.rate is None else round(nf.shape[0] / nf.rate, 6),
         "bit_depth": nf.bit_depth,
         "source": nf.source,
         "field": {"name": nf.field_name, "config": field_config_dict(nf.field)},
@@ -446,4 +475,5 @@ def evaluate(init: str | Path, data: str | Path, **kwargs) -> EvalReport:  # noq
     return evaluate_folder(init, data, **kwargs)
 
 
-__all__ = ["FileOutcome", "evaluate", "fit", "fit_files", "fit_signals", "info", "load", "meta_train", "render", "render_to_file", "save"]
+__all__ = ["FileOutcome", "evaluate", "fit", "fit_files", "fit_signals", "info", "load", "meta_train", "reading_options",
+           "render", "render_to_file", "save"]

@@ -21,9 +21,19 @@ from rich.table import Table
 from rich.text import Text
 
 from nfit._version import __version__
-from nfit.config import AdaptConfig, DataConfig, FieldOptions, FitConfig, RenderConfig, StoreConfig, TrainConfig
+from nfit.config import (
+    DEFAULT_RES,
+    AdaptConfig,
+    DataConfig,
+    FieldOptions,
+    FitConfig,
+    RenderConfig,
+    SignalOptions,
+    StoreConfig,
+    TrainConfig,
+)
 from nfit.errors import ConfigError, NfitError
-from nfit.fields import SirenConfig
+from nfit.fields import FIELDS, SirenConfig
 from nfit.meta.sparse import SparseConfig
 
 app = typer.Typer(
@@ -36,6 +46,9 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 _state = {"debug": False}
+
+FIELD_HELP = f"Field: {', '.join(sorted(FIELDS))}."
+_MODALITY_HELP = "image, audio or video [default: from the file extensions]."
 
 EXIT_USER_ERROR = 2
 EXIT_SOME_FAILED = 3  # many files: some failed, every other one was written
@@ -129,17 +142,22 @@ def _adapt_config(test: dict, steps, lr, gamma, no_rescale: bool, optimizer: str
     return AdaptConfig(**kwargs)
 
 
-def _fit_plan(given: list[Path], output: Optional[Path], out_dir: Optional[Path]) -> tuple[list[Path], list[Path]]:
-    """Inputs (folders expanded, recursively) and their outputs: ``-o``, ``-O DIR`` (a folder's
-    subfolders mirrored inside DIR) or beside each input."""
+def _fit_plan(given: list[Path], output: Optional[Path], out_dir: Optional[Path],
+              modality: Optional[str] = None) -> tuple[list[Path], list[Path]]:
+    """Inputs (folders expanded, recursively: their media files, or those of ``modality``) and
+    their outputs: ``-o``, ``-O DIR`` (a folder's subfolders mirrored inside DIR) or beside each input."""
     from nfit.data import scan_folder
+    from nfit.signals import MODALITIES
+
+    kinds = [MODALITIES[modality]] if modality in MODALITIES else MODALITIES.values()
+    extensions = tuple(e for m in kinds for e in m.extensions)
 
     if output is not None and out_dir is not None:
         raise ConfigError(None, "give either -o/--output or -O/--out-dir, not both")
     pairs: list[tuple[Path, Path]] = []
     for item in given:
         if item.is_dir():
-            pairs += [(f, f.relative_to(item).with_suffix(".nf")) for f in scan_folder(item)]
+            pairs += [(f, f.relative_to(item).with_suffix(".nf")) for f in scan_folder(item, extensions)]
         else:
             pairs.append((item, Path(item.stem + ".nf")))
     inputs = [src for src, _ in pairs]
@@ -179,10 +197,18 @@ def fit(
     optimizer: str = typer.Option(AdaptConfig.optimizer, help="From --init: sgd (GradNCP's Algorithm 2) or adam."),
     no_rescale: bool = typer.Option(False, "--no-rescale", help="From --init: plain full-context SGD, no gradient re-scaling."),
     gamma: Optional[float] = typer.Option(None, help="From --init: fraction of points that sets the step size [default: the init's]."),
-    field: str = typer.Option(FieldOptions.name, help="Field: siren or fourier."),
+    field: str = typer.Option(FieldOptions.name, help=FIELD_HELP),
     width: Optional[int] = typer.Option(None, help=f"Hidden width [default: {SirenConfig.width}]."),
     depth: Optional[int] = typer.Option(None, help=f"Linear layers [default: {SirenConfig.depth}]."),
     w0: Optional[float] = typer.Option(None, help=f"SIREN frequency w0 [default: {SirenConfig.w0:g}]."),
+    modality: Optional[str] = typer.Option(None, help=_MODALITY_HELP),
+    sample_rate: Optional[int] = typer.Option(
+        None, help="Audio: resample to this many Hz [default: the file's; from --init: the init's]."),
+    duration: Optional[float] = typer.Option(None, help="Audio: crop or pad to this many seconds [default: whole file]."),
+    frames: Optional[int] = typer.Option(None, help="Video: keep this many frames [default: all]."),
+    stride: int = typer.Option(SignalOptions.stride, help="Video: keep every N-th frame."),
+    res: Optional[int] = typer.Option(
+        None, help="Video: centre square crop resized to RES x RES [default: native; NeRV init: its size]."),
     seed: int = typer.Option(FitConfig.seed, help="Seed of the random initialisation."),
     target_psnr: Optional[float] = typer.Option(None, help="Stop a file once its PSNR (dB) reaches this."),
     batch_size: int = typer.Option(FitConfig.batch_size, help="Files of equal shape fitted together."),
@@ -193,6 +219,8 @@ def fit(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Fit neural fields to media files: `nfit fit photo.png -o photo.nf`, or many with -O DIR.
+
+    Images, audio (WAV, FLAC, OGG, MP3) and video (MP4, WebM, AVI, MOV) alike.
 
     With `--init RUN/init.safetensors` the fit starts from a learned initialisation and
     takes a few re-scaled SGD steps (GradNCP's Algorithm 2). From a sparse run
@@ -210,7 +238,8 @@ def fit(
     many = len(inputs) > 1 or any(p.is_dir() for p in inputs)
 
     def job():
-        files, outputs = _fit_plan(inputs, output, out_dir)
+        files, outputs = _fit_plan(inputs, output, out_dir, modality)
+        options = SignalOptions(modality, sample_rate, duration, frames, stride, res)
         custom_field = field != FieldOptions.name or width or depth or w0
         learned = init not in (None, "random")
         config = FitConfig(steps=FitConfig.steps if steps is None or learned else steps,
@@ -239,7 +268,7 @@ def fit(
         with _FitProgress(enabled=not as_json, files=len(files) if many else 0) as progress:
             return fit_files(files, outputs, config, FieldOptions(field, width, depth, w0), progress, init=meta,
                              adapt=adapt, store=store, keep_going=many, skip_existing=skip_existing,
-                             on_outcome=progress.file_done)
+                             on_outcome=progress.file_done, options=options)
 
     rows = [_fit_row(o) for o in _run(job)]
     failures = [r for r in rows if r["status"] == "failed"]
@@ -247,7 +276,7 @@ def fit(
         print(json.dumps(rows if many else rows[0], indent=2))
     else:
         table = Table(title="nfit fit", title_justify="left")
-        for col in ("output", "PSNR dB", "SSIM", "steps", "seconds", "bytes", "bpp"):
+        for col in ("output", "PSNR dB", "SSIM", "steps", "seconds", "bytes", "bits/sample"):
             table.add_column(col, justify="left" if col == "output" else "right")
         for r in rows:
             if r["status"] != "fitted":
@@ -291,17 +320,24 @@ def _fit_row(o) -> dict[str, Any]:
 @app.command()
 def render(
     file: Path = typer.Argument(..., help="A .nf file.", show_default=False),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output image (.png or .jpg)."),
-    res: Optional[int] = typer.Option(RenderConfig.res, help="Longest side in pixels; aspect ratio kept."),
+    output: Optional[Path] = typer.Option(
+        None, "-o", "--output", help="Output: image .png/.jpg, audio .wav/.flac, video .mp4/.webm or a folder "
+        "for PNG frames [default: beside FILE, .png/.wav/.mp4]."),
+    res: Optional[int] = typer.Option(RenderConfig.res, help="Images, video: longest side in pixels; aspect ratio kept."),
     width: Optional[int] = typer.Option(RenderConfig.width, help="Output width (with --height, or alone)."),
     height: Optional[int] = typer.Option(RenderConfig.height, help="Output height (with --width, or alone)."),
-    bit_depth: Optional[int] = typer.Option(RenderConfig.bit_depth, help="8 or 16 (PNG) [default: the source's]."),
-    quality: int = typer.Option(RenderConfig.quality, help="JPEG quality."),
+    sample_rate: Optional[int] = typer.Option(RenderConfig.sample_rate, help="Audio: samples per second [default: the source's]."),
+    fps: Optional[float] = typer.Option(RenderConfig.fps, help="Video: frames per second [default: the source's]."),
+    bit_depth: Optional[int] = typer.Option(RenderConfig.bit_depth, help="8 or 16 (PNG, WAV, FLAC) [default: the source's]."),
+    quality: int = typer.Option(RenderConfig.quality, help="JPEG, MP4, WebM quality (1-100)."),
     init: Optional[Path] = typer.Option(
         None, help="Sparse fields: the initialisation holding the mask (file, or run directory searched by hash)."),
     device: str = typer.Option(RenderConfig.device, help="auto, cpu or cuda."),
 ) -> None:
-    """Decode a .nf file at its native size or any other: `nfit render photo.nf --res 1024 -o big.png`."""
+    """Decode a .nf file at its native size or any other: `nfit render photo.nf --res 1024 -o big.png`.
+
+    Fields are continuous: audio renders at any --sample-rate, video at any --fps and size.
+    """
     from nfit.api import load
     from nfit.render import render_to_file
 
@@ -309,12 +345,19 @@ def render(
         if res is not None and (width is not None or height is not None):
             raise ConfigError(None, "give --res or --width/--height, not both")
         nf = load(file, init)
-        target = output if output is not None else file.with_suffix(".png")
-        return render_to_file(nf, target, res=res, width=width, height=height, bit_depth=bit_depth,
-                              quality=quality, device=device)
+        target = output if output is not None else file.with_suffix(_DEFAULT_SUFFIX[nf.modality])
+        config = RenderConfig(res=res, width=width, height=height, sample_rate=sample_rate, fps=fps,
+                              bit_depth=bit_depth, quality=quality, device=device)
+        return render_to_file(nf, target, config), nf.modality
 
-    path, shape = _run(job)
-    err.print(f"wrote {path} ({' x '.join(map(str, reversed(shape)))})", highlight=False)
+    (path, shape), modality = _run(job)
+    size = f"{shape[0]:,} samples" if modality == "audio" else " x ".join(map(str, reversed(shape[-2:])))
+    if modality == "video":
+        size += f", {shape[0]} frames"
+    err.print(f"wrote {path} ({size})", highlight=False)
+
+
+_DEFAULT_SUFFIX = {"image": ".png", "audio": ".wav", "video": ".mp4"}
 
 
 @app.command()
@@ -360,13 +403,15 @@ def info(
         ("file", data["file"]),
         ("format version", str(data["format_version"])),
         ("modality", data["modality"]),
-        ("shape", " x ".join(map(str, data["shape"])) + f", {data['channels']} channel(s), {data['bit_depth']}-bit source"),
+        ("shape", " x ".join(map(str, data["shape"])) + f", {data['channels']} channel(s), {data['bit_depth']}-bit source"
+         + ("" if data["rate"] is None else f", {data['rate']:g} {'Hz' if data['modality'] == 'audio' else 'fps'}, "
+            f"{data['duration']:g} s")),
         ("source", str(data["source"])),
         ("field", f"{data['field']['name']} " + json.dumps(data["field"]["config"])),
         ("parameters", f"{data['parameters']:,}"),
         ("stored values", f"{data['values']:,} {data['dtype']} (density {data['density']:.4f}"
          + (f", mask {'embedded' if data['mask'] == 'embedded' else 'in the initialisation'})" if data["mask"] else ")")),
-        ("bytes", f"{data['bytes']:,} ({data['bits_per_sample']:.2f} bits per pixel)"),
+        ("bytes", f"{data['bytes']:,} ({data['bits_per_sample']:.2f} bits per {'pixel' if data['modality'] == 'image' else 'sample'})"),
         ("init", json.dumps(data["init"])),
         ("fit", ", ".join(f"{k}={v}" for k, v in fit_.items())),
     ]
@@ -414,8 +459,9 @@ class _TrainProgress:
         v = event.values
         if event.kind == "start":
             d = v["data"]
+            grid = "x".join(map(str, d["shape"])) + (f" at {d['rate']:g} Hz" if d.get("rate") else "")
             self.progress.console.print(
-                f"{d['root']}: {d['train']} training and {d['val']} validation files at {d['res']}x{d['res']}, "
+                f"{d['root']}: {d['train']} training and {d['val']} validation {d['modality']} files on a {grid} grid, "
                 f"{d['channels']} channel(s); {v['params']:,} parameters on {v['device']}"
                 + (f", {v['processes']} processes" if v["processes"] > 1 else ""), highlight=False)
             self.task = self.progress.add_task("", total=event.steps, completed=event.step, loss="-", psnr="-",
@@ -449,8 +495,14 @@ def meta_train(
     prune: Optional[str] = typer.Option(
         None, help=f"sparse: magnitude, or random (the baseline) [default: {SparseConfig.prune}]."),
     inner: Optional[str] = typer.Option(None, help="sparse: maml or gradncp inside each round [default: the dense run's]."),
+    modality: Optional[str] = typer.Option(None, help=_MODALITY_HELP),
     res: Optional[int] = typer.Option(
-        None, help=f"Training resolution: shorter side resized, centre-cropped square [default: {DataConfig.res}]."),
+        None, help="Images, video: shorter side resized, centre-cropped square "
+        f"[default: {', '.join(f'{k} {v}' for k, v in DEFAULT_RES.items())}]."),
+    sample_rate: int = typer.Option(DataConfig.sample_rate, help="Audio: clips resampled to this many Hz."),
+    duration: float = typer.Option(DataConfig.duration, help="Audio: clips cropped or padded to this many seconds."),
+    frames: int = typer.Option(DataConfig.frames, help="Video: frames per clip."),
+    stride: int = typer.Option(DataConfig.stride, help="Video: keep every N-th frame."),
     steps: Optional[int] = typer.Option(None, help=f"Outer steps [default: {TrainConfig.steps}]."),
     batch_size: int = typer.Option(TrainConfig.batch_size, help="Signals per outer step (over all processes)."),
     micro_batch: Optional[int] = typer.Option(
@@ -465,11 +517,12 @@ def meta_train(
     boot_steps: Optional[int] = typer.Option(None, help="gradncp: bootstrap steps L [default: 5]."),
     boot_lr: Optional[float] = typer.Option(None, help="gradncp: bootstrap step size [default: 5e-2]."),
     lam: Optional[float] = typer.Option(None, help="gradncp: weight of the bootstrap distance [default: 100]."),
-    field: str = typer.Option(FieldOptions.name, help="Field: siren or fourier."),
+    field: str = typer.Option(FieldOptions.name, help=FIELD_HELP),
     width: Optional[int] = typer.Option(None, help=f"Hidden width [default: {SirenConfig.width}]."),
     depth: Optional[int] = typer.Option(None, help=f"Linear layers [default: {SirenConfig.depth}]."),
     w0: Optional[float] = typer.Option(None, help=f"SIREN frequency w0 [default: {SirenConfig.w0:g}]."),
-    channels: Optional[int] = typer.Option(None, help="1 or 3 [default: 1 if the first file is grey, else 3]."),
+    channels: Optional[int] = typer.Option(
+        None, help="Channels [default: images 1 if the first file is grey, else 3; audio the first file's; video 3]."),
     val: Optional[Path] = typer.Option(None, help="Validation folder [default: a split of DATA]."),
     val_fraction: float = typer.Option(DataConfig.val_fraction, help="Share of DATA held out for validation."),
     val_limit: int = typer.Option(DataConfig.val_limit, help="Validation signals evaluated each time."),
@@ -485,6 +538,9 @@ def meta_train(
     device: str = typer.Option(TrainConfig.device, help="auto, cpu or cuda."),
 ) -> None:
     """Learn an initialisation over a folder: `nfit meta-train ./faces -o runs/faces`.
+
+    Folders of images, audio clips or videos: every signal is conformed to one grid
+    (--res; --sample-rate and --duration; --frames, --stride and --res).
 
     The result is RUN/init.safetensors, for `nfit fit --init`. Ctrl-C saves a checkpoint;
     `nfit meta-train --resume RUN` continues it exactly (with the run's own settings;
@@ -518,8 +574,8 @@ def meta_train(
                             micro_batch=micro_batch, lr=lr, clip=clip, seed=seed, log_every=log_every, val_every=val_every,
                             ckpt_every=ckpt_every, test_steps=test_steps, device=device,
                             nan_policy=TrainConfig.nan_policy if nan_policy is None else nan_policy)
-        data_config = DataConfig(res=DataConfig.res if res is None else res, channels=channels, val_fraction=val_fraction,
-                                 val_limit=val_limit,
+        data_config = DataConfig(modality=modality, res=res, sample_rate=sample_rate, duration=duration, frames=frames,
+                                 stride=stride, channels=channels, val_fraction=val_fraction, val_limit=val_limit,
                                  workers=workers, strict=strict)
         options = {"inner_steps": inner_steps, "inner_lr": inner_lr, "first_order": True if first_order else None,
                    "gamma": gamma, "boot_steps": boot_steps, "boot_lr": boot_lr, "lam": lam, "rounds": rounds,
@@ -553,7 +609,12 @@ def eval_(
     gamma: float = typer.Option(AdaptConfig.gamma, help="Fraction of points that sets the re-scaled step."),
     density: Optional[float] = typer.Option(None, help="Sparse runs: evaluate the level nearest this density."),
     batch_size: int = typer.Option(AdaptConfig.batch_size, help="Signals fitted together."),
-    res: Optional[int] = typer.Option(None, help=f"Grid of the random baseline [default: {DataConfig.res}]."),
+    modality: Optional[str] = typer.Option(None, help="Random baseline: " + _MODALITY_HELP),
+    res: Optional[int] = typer.Option(None, help="Random baseline: image or video frame side [default: as meta-train]."),
+    sample_rate: int = typer.Option(DataConfig.sample_rate, help="Random baseline: audio sample rate."),
+    duration: float = typer.Option(DataConfig.duration, help="Random baseline: audio seconds."),
+    frames: int = typer.Option(DataConfig.frames, help="Random baseline: video frames."),
+    field: str = typer.Option(FieldOptions.name, help="Random baseline: " + FIELD_HELP),
     width: Optional[int] = typer.Option(None, help="Random baseline: hidden width."),
     depth: Optional[int] = typer.Option(None, help="Random baseline: linear layers."),
     w0: Optional[float] = typer.Option(None, help="Random baseline: SIREN w0."),
@@ -571,8 +632,9 @@ def eval_(
     from nfit.api import evaluate
 
     def job():
-        if all(i != "random" for i in inits) and (width or depth or w0):
-            raise ConfigError(None, "--width/--depth/--w0 apply to the random baseline only")
+        if all(i != "random" for i in inits) and (width or depth or w0 or field != FieldOptions.name):
+            raise ConfigError(None, "--field/--width/--depth/--w0 apply to the random baseline only")
+        data_config = DataConfig(modality=modality, res=res, sample_rate=sample_rate, duration=duration, frames=frames)
         config = _adapt_config({}, steps, lr, gamma, False, optimizer, batch_size, device)
         warn = lambda m: err.print(f"nfit: warning: {m}", markup=False, highlight=False)  # noqa: E731
         reports = []
@@ -581,7 +643,8 @@ def eval_(
             for init in inits:
                 task = bar.add_task(init, total=None)
                 reports.append(evaluate(
-                    init, data, config=config, res=res, field_options=FieldOptions("siren", width, depth, w0), seed=seed,
+                    init, data, config=config, data_config=data_config, field_options=FieldOptions(field, width, depth, w0),
+                    seed=seed,
                     limit=limit, strict=strict, warn=warn, on_batch=lambda n, task=task: bar.advance(task, n),
                     density=density if _is_sparse_run(init) else None))
         return reports

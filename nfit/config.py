@@ -12,6 +12,12 @@ MAX_METADATA_BYTES = 1 << 20  # the nfit JSON inside it; real files use 1-3 kB
 MAX_GRID_SAMPLES = 1 << 34  # a .nf declaring a bigger signal is corrupt, not data
 MAX_FIELD_SIZE = 1 << 16  # any width, depth or feature count a field file may declare
 
+# Dataset grids by modality: every signal of a meta-learning batch is conformed to one.
+DEFAULT_RES = {"image": 178, "video": 128}  # CelebA's 178; UCF-101 clips at 128x128 (GradNCP)
+DEFAULT_SAMPLE_RATE = 16_000  # LibriSpeech's rate
+DEFAULT_DURATION = 1.0  # seconds (GradNCP: 1 s and 3 s)
+DEFAULT_FRAMES = 16  # frames per clip (GradNCP: 128x128x16)
+
 NAN_POLICIES = ("stop", "skip")
 
 
@@ -87,6 +93,32 @@ class StoreConfig:
 
 
 @dataclass
+class SignalOptions:
+    """How a media file becomes a signal to fit; None keeps what the file has."""
+
+    modality: str | None = None  # None: from the file's extension
+    sample_rate: int | None = None  # audio: resample to this many Hz
+    duration: float | None = None  # audio: crop or pad (with silence) to this many seconds
+    frames: int | None = None  # video: keep this many frames (after --stride)
+    stride: int = 1  # video: keep every stride-th frame
+    res: int | None = None  # video: centre square crop, resized to res x res
+
+    def __post_init__(self):
+        from nfit.errors import ConfigError
+
+        if self.sample_rate is not None and self.sample_rate < 1:
+            raise ConfigError("--sample-rate", "must be >= 1")
+        if self.duration is not None and not 0 < self.duration < float("inf"):
+            raise ConfigError("--duration", "must be positive")
+        if self.frames is not None and self.frames < 1:
+            raise ConfigError("--frames", "must be >= 1")
+        if self.stride < 1:
+            raise ConfigError("--stride", "must be >= 1")
+        if self.res is not None and self.res < 1:
+            raise ConfigError("--res", "must be >= 1")
+
+
+@dataclass
 class FieldOptions:
     """Which field to fit; None keeps the field's own default (see nfit.fields)."""
 
@@ -95,17 +127,20 @@ class FieldOptions:
     depth: int | None = None
     w0: float | None = None  # SIREN only
 
-    def field_config(self, in_dim: int, out_dim: int) -> dict:
-        """The config dict of this field for signals of that dimension and channels, validated."""
+    def field_config(self, modality: str, shape: tuple[int, ...], channels: int) -> dict:
+        """The config dict of this field for signals of a modality, grid and channels, validated."""
         import dataclasses
 
         from nfit.errors import ConfigError
         from nfit.fields import FIELDS, build_field
+        from nfit.signals import MODALITIES
 
         if self.name not in FIELDS:
             raise ConfigError("--field", f"unknown field {self.name!r} (known: {', '.join(sorted(FIELDS))})")
-        config = {"in_dim": in_dim, "out_dim": out_dim}
         names = {f.name for f in dataclasses.fields(FIELDS[self.name].Config)}
+        config = {"in_dim": len(shape), "out_dim": channels}
+        config.update(MODALITIES[modality].field_defaults(self.name, shape))
+        config = {k: v for k, v in config.items() if k in names}
         for key in ("width", "depth", "w0"):
             value = getattr(self, key)
             if value is None:
@@ -121,8 +156,13 @@ class FieldOptions:
 class DataConfig:
     """Folder datasets for meta-learning and evaluation."""
 
-    res: int = 178  # shorter side resized to this, then centre-cropped square (CelebA's 178)
-    channels: int | None = None  # None: 1 if the first file is greyscale, else 3
+    modality: str | None = None  # None: the one modality the folder's files have
+    res: int | None = None  # image, video: shorter side resized to this, then a centre square; None: DEFAULT_RES
+    sample_rate: int = DEFAULT_SAMPLE_RATE  # audio: clips resampled to this
+    duration: float = DEFAULT_DURATION  # audio: clips cropped (from the start) or padded to this
+    frames: int = DEFAULT_FRAMES  # video: frames per clip, from the first
+    stride: int = 1  # video: every stride-th frame
+    channels: int | None = None  # None: guessed from the first files (grey images: 1; audio: its channels)
     val_fraction: float = 0.1
     val_limit: int = 64  # validation signals evaluated at each validation
     workers: int | None = None  # DataLoader decoding processes; None: min(4, CPU cores)
@@ -131,10 +171,11 @@ class DataConfig:
     def __post_init__(self):
         from nfit.errors import ConfigError
 
-        if self.res < 1:
+        if self.res is not None and self.res < 1:
             raise ConfigError("--res", "must be >= 1")
-        if self.channels not in (None, 1, 3):
-            raise ConfigError("--channels", "must be 1 or 3")
+        if self.channels is not None and not 1 <= self.channels <= 4:
+            raise ConfigError("--channels", "must be 1 to 4")
+        SignalOptions(self.modality, self.sample_rate, self.duration, self.frames, self.stride)  # same checks
         if not 0 <= self.val_fraction < 1:
             raise ConfigError("--val-fraction", "must be in [0, 1)")
         if self.val_limit < 1:
@@ -142,6 +183,11 @@ class DataConfig:
         if self.workers is not None and self.workers < 0:
             raise ConfigError("--workers", "must be >= 0")
 
+
+    def signal_options(self, modality: str) -> SignalOptions:
+        """The reading options that conform a file of ``modality`` to this dataset's grid."""
+        return SignalOptions(modality, self.sample_rate, self.duration, self.frames, self.stride,
+                             self.res or DEFAULT_RES.get(modality))
 
     def decoding_workers(self) -> int:
         import os
@@ -193,9 +239,19 @@ class TrainConfig:
 
 @dataclass
 class RenderConfig:
-    res: int | None = None  # longest side; None: native size
+    res: int | None = None  # longest side (images, video frames); None: native size
     width: int | None = None
     height: int | None = None
+    sample_rate: int | None = None  # audio; None: the source's rate
+    fps: float | None = None  # video; None: the source's frame rate
     bit_depth: int | None = None  # None: 16 for 16-bit sources written as PNG, else 8
-    quality: int = 95  # JPEG
+    quality: int = 95  # JPEG, MP4, WebM
     device: str = "auto"
+
+    def __post_init__(self):
+        from nfit.errors import ConfigError
+
+        for name in ("res", "width", "height", "sample_rate", "fps"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < float("inf"):
+                raise ConfigError("--" + name.replace("_", "-"), "must be positive")

@@ -2,7 +2,9 @@
 
 Meta-learning fits one shared initialisation to many signals, so every signal in a
 batch must have the same grid: images are converted to a fixed channel count,
-resized so the shorter side is ``res`` and centre-cropped to ``res x res``.
+resized so the shorter side is ``res`` and centre-cropped to ``res x res``; audio
+is resampled and cropped or padded to a fixed duration; video clips keep a fixed
+number of frames, centre-cropped and resized like images.
 
 Batch order is a pure function of (dataset size, batch size, seed, step), so a run
 resumed at step ``s`` sees exactly the batches the uninterrupted run would have, and
@@ -10,8 +12,8 @@ every rank of a multi-process run can compute its own slice without talking to t
 others. Bad files never crash a worker: they come back as a one-line reason, are
 warned about once and dropped from the batch (or stop the run with ``strict``).
 
-Modality-specific code (decoding and resizing) lives in small functions registered
-in :data:`LOADERS`; audio and video register their own loaders later.
+Modality-specific code (decoding, resizing) lives with each modality in
+:mod:`nfit.signals` (its ``load``); this module only sees files and tensors.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nfit.config import SignalOptions
 from nfit.errors import ConfigError, InputError
-from nfit.signals import image
+from nfit.signals import MODALITIES, image
 
 Item = tuple[int, torch.Tensor | None, str | None]
 Warn = Callable[[str], None]
@@ -65,6 +67,28 @@ def scan_folder(root: Path, extensions: tuple[str, ...] = image.READ_EXTENSIONS)
         kind = "image" if tuple(extensions) == image.READ_EXTENSIONS else "matching"
         raise InputError(root, f"no {kind} files found (looked for {', '.join(extensions)})")
     return sorted(found)
+
+
+def scan_media(root: Path, modality: str | None = None) -> tuple[str, list[Path]]:
+    """The modality of a folder and its files of that modality (recursively, sorted).
+
+    Without ``modality`` the folder must hold files of exactly one modality; a folder
+    mixing, say, photos and sound clips is an error that says how many of each.
+    """
+    if modality is not None:
+        if modality not in MODALITIES:
+            raise ConfigError("--modality", f"unknown modality {modality!r} (known: {', '.join(MODALITIES)})")
+        return modality, scan_folder(root, MODALITIES[modality].extensions)
+    files = scan_folder(root, tuple(e for m in MODALITIES.values() for e in m.extensions))
+    by_modality: dict[str, list[Path]] = {}
+    for f in files:
+        name = next(m.name for m in MODALITIES.values() if f.suffix.lower() in m.extensions)
+        by_modality.setdefault(name, []).append(f)
+    if len(by_modality) > 1:
+        counts = ", ".join(f"{len(v)} {k}" for k, v in by_modality.items())
+        raise InputError(root, f"holds files of several modalities ({counts}): choose one with --modality")
+    ((name, found),) = by_modality.items()
+    return name, found
 
 
 def split_files(files: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -130,7 +154,7 @@ def rank_slice(indices: list[int], rank: int, world: int) -> list[int]:
 # ---------------------------------------------------------------------------- decoding
 
 
-def _decode_image(path: Path) -> np.ndarray:
+def decode_image(path: Path) -> np.ndarray:
     """read_image with every failure as an InputError (pypng's errors for corrupt 16-bit PNGs included)."""
     try:
         values, _ = image.read_image(path)
@@ -148,8 +172,8 @@ def _drop_alpha(pixels: torch.Tensor) -> torch.Tensor:
     return pixels[..., :-1] if pixels.shape[-1] in (2, 4) else pixels
 
 
-def _convert_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:
-    """[H, W, 1 or 3] -> [H, W, channels]: grey repeated, colour to BT.601 luma."""
+def convert_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:
+    """[..., 1 or 3] -> [..., channels]: grey repeated, colour to BT.601 luma."""
     c = pixels.shape[-1]
     if c == channels:
         return pixels
@@ -186,32 +210,29 @@ def load_image(path: Path, res: int, channels: int) -> torch.Tensor:
     if res < 1:
         raise ConfigError("--res", f"must be at least 1, got {res}")
     path = Path(path)
-    pixels = torch.from_numpy(np.ascontiguousarray(_decode_image(path), dtype=np.float32))
+    pixels = torch.from_numpy(np.ascontiguousarray(decode_image(path), dtype=np.float32))
     pixels = _drop_alpha(pixels)
     if channels == 1:
-        pixels = _convert_channels(pixels, 1)  # luma before resizing: a third of the work
+        pixels = convert_channels(pixels, 1)  # luma before resizing: a third of the work
     pixels = _resize_crop(pixels, res)
     # grey -> RGB after resizing, same reason; every step is per channel, so the order does not matter
-    return _convert_channels(pixels, channels).contiguous()
+    return convert_channels(pixels, channels).contiguous()
 
 
-LOADERS: dict[str, Callable[[Path, int, int], torch.Tensor]] = {"image": load_image}
-"""Modality name -> ``loader(path, res, channels)`` returning a fixed-size float32 target."""
-
-
-def guess_channels(files: list[Path]) -> int:
-    """1 if the folder looks greyscale, else 3, judged by the first readable file (sorted order).
+def guess_channels(files: list[Path], modality: str = "image") -> int:
+    """The channels a dataset is conformed to, judged by the first readable file (sorted order):
+    images 1 if greyscale, else 3; audio its channel count (1 or 2); video 3.
 
     Reads at most 8 files so that a folder with a few broken files still gets a guess
     without decoding the whole dataset.
     """
     if not files:
-        raise InputError(None, "no image files to guess the channel count from")
+        raise InputError(None, f"no {modality} files to guess the channel count from")
     tried = sorted(files)[:GUESS_TRIES]
     first: InputError | None = None
     for path in tried:
         try:
-            return 1 if _decode_image(path).shape[-1] <= 2 else 3
+            return MODALITIES[modality].guess_channels(path)
         except InputError as err:
             first = first or err
     assert first is not None
@@ -222,18 +243,19 @@ def guess_channels(files: list[Path]) -> int:
 # ---------------------------------------------------------------------------- datasets
 
 
-class ImageFolder(torch.utils.data.Dataset):
-    """Files decoded on demand to ``[res, res, channels]``; a bad file yields a reason, not an exception.
+class SignalFolder(torch.utils.data.Dataset):
+    """Files decoded on demand to one grid (``opts``: its modality and sizes) as float32
+    ``[*shape, channels]``; a bad file yields a reason, not an exception.
 
     Decoding runs in DataLoader workers, where an exception would kill the whole
     run; returning the reason lets the main process warn once and carry on.
     """
 
-    modality: ClassVar[str] = "image"
-
-    def __init__(self, files: list[Path], res: int, channels: int):
+    def __init__(self, files: list[Path], opts: SignalOptions, channels: int):
         self.files = [Path(f) for f in files]
-        self.res = res
+        self.opts = opts
+        self.modality = MODALITIES[opts.modality]
+        self.shape = self.modality.dataset_shape(opts)
         self.channels = channels
 
     def __len__(self) -> int:
@@ -241,11 +263,18 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Item:
         try:
-            return i, LOADERS[self.modality](self.files[i], self.res, self.channels), None
+            return i, self.modality.load(self.files[i], self.opts, self.channels), None
         except InputError as err:
             return i, None, err.reason
         except OSError as err:
             return i, None, f"cannot read ({type(err).__name__}: {err.strerror or err})"
+
+
+class ImageFolder(SignalFolder):
+    """Images as ``[res, res, channels]``."""
+
+    def __init__(self, files: list[Path], res: int, channels: int):
+        super().__init__(files, SignalOptions("image", res=res), channels)
 
 
 def collate(items: list[Item]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
@@ -256,7 +285,7 @@ def collate(items: list[Item]) -> tuple[list[int], torch.Tensor | None, list[tup
     return [i for i, _ in good], targets, bad
 
 
-def _report(dataset: ImageFolder, bad: list[tuple[int, str]], seen: dict[Path, str], strict: bool, warn: Warn) -> None:
+def _report(dataset: SignalFolder, bad: list[tuple[int, str]], seen: dict[Path, str], strict: bool, warn: Warn) -> None:
     """Warn once per bad file and remember it; with ``strict`` the first bad file is fatal."""
     for i, reason in bad:
         path = dataset.files[i]
@@ -290,7 +319,7 @@ class _StepSampler(torch.utils.data.Sampler):
 class BatchStream:
     """Training targets for steps ``start_step .. steps-1``: iterate to get ``(step, targets)``.
 
-    Targets are float32 ``[b, res, res, C]`` on the CPU (pinned with ``pin``); ``b`` is this
+    Targets are float32 ``[b, *shape, C]`` on the CPU (pinned with ``pin``); ``b`` is this
     rank's share of the global batch minus any files that failed to decode. A step whose
     files all failed yields nothing. ``bad`` maps each failed file to its reason and
     ``loaded`` counts successful decodes.
@@ -298,7 +327,7 @@ class BatchStream:
 
     def __init__(
         self,
-        dataset: ImageFolder,
+        dataset: SignalFolder,
         global_batch: int,
         seed: int,
         start_step: int,
@@ -346,11 +375,11 @@ class BatchStream:
 
 
 def load_all(
-    dataset: ImageFolder, indices: list[int], strict: bool, warn: Warn | None
+    dataset: SignalFolder, indices: list[int], strict: bool, warn: Warn | None
 ) -> tuple[list[int], torch.Tensor]:
     """Decode ``indices`` in this process (the validation set) with the same bad-file rules.
 
-    Returns the indices that decoded and their stacked ``[b, res, res, C]`` targets.
+    Returns the indices that decoded and their stacked ``[b, *shape, C]`` targets.
     """
     warn = warn or _default_warn
     kept, targets, bad = collate([dataset[i] for i in indices])
@@ -371,19 +400,24 @@ class DataSummary:
     files: int
     train: int
     val: int
-    res: int
+    res: int | None
     channels: int
     bad: int
+    modality: str = "image"
+    shape: list[int] | None = None  # the grid every signal was conformed to
+    rate: float | None = None  # audio: the sample rate clips were resampled to
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
 __all__ = [
-    "LOADERS",
     "BatchStream",
     "DataSummary",
     "ImageFolder",
+    "SignalFolder",
+    "convert_channels",
+    "decode_image",
     "batch_indices",
     "collate",
     "guess_channels",
@@ -391,5 +425,6 @@ __all__ = [
     "load_image",
     "rank_slice",
     "scan_folder",
+    "scan_media",
     "split_files",
 ]

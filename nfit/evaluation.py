@@ -63,20 +63,21 @@ def adaptation_curves(
     last = torch.empty(signals.shape)
     for part in split_batches(count, config.batch_size):
         sl = slice(part.start, part.stop)
-        targets = signals[sl].reshape(len(part), -1, channels).to(device)  # [B, N, C]
+        grid = signals[sl].to(device)  # [B, *shape, C]
+        targets = field.to_units(grid)  # [B, N, out]
 
         def observe(step: int, params: Params) -> None:
-            # PSNR comes from the fit's own full-context pass; decode only for SSIM and the last images
+            # PSNR comes from the fit's own full-context pass; decode only for SSIM and the last signals
             if ssim is None and step < steps:
                 return
-            values = evaluate(field, params, shape)  # [B, N, C], clamped
+            values = evaluate(field, params, shape).view(grid.shape)  # clamped
             if ssim is not None:
-                s = metrics.ssim(values.view(len(part), *shape, channels), targets.view(len(part), *shape, channels))
-                if s is None or len(shape) != 2:
+                s = metrics.signal_ssim(values, grid)
+                if s is None:
                     raise ValueError("no SSIM for these signals")
                 ssim[step, sl] = s.cpu()
             if step == steps:
-                last[sl] = values.view(len(part), *shape, channels).cpu()
+                last[sl] = values.cpu()
 
         if adam:
             fit_config = FitConfig(steps=steps, lr=config.adam_lr, batch_size=config.batch_size, chunk=config.chunk)
@@ -90,7 +91,8 @@ def adaptation_curves(
 
 
 def ssim_applies(shape: tuple[int, ...]) -> bool:
-    return len(shape) == 2 and min(shape) >= metrics.SSIM_MIN_SIDE
+    """Images and video frames at least as large as SSIM's window (audio has none)."""
+    return len(shape) in (2, 3) and min(shape[-2:]) >= metrics.SSIM_MIN_SIDE
 
 
 @dataclass
@@ -117,6 +119,7 @@ def evaluate_folder(
     config: AdaptConfig | None = None,
     *,
     res: int | None = None,
+    data_config=None,
     field_options=None,
     seed: int = 0,
     limit: int | None = None,
@@ -130,37 +133,45 @@ def evaluate_folder(
     PSNR/SSIM mean and spread after each step 0..K: with and without gradient re-scaling,
     or with Adam (``config.optimizer``). ``density`` picks the level of a sparse run.
 
-    Signals are resized and cropped to the initialisation's grid; ``res`` sets the
-    grid of the random baseline (default: :class:`nfit.config.DataConfig`'s).
+    Signals are conformed to the initialisation's grid (images and video frames
+    resized and cropped, audio resampled and cut); ``data_config`` (and ``res``) set
+    the grid of the random baseline (default: :class:`nfit.config.DataConfig`'s).
     """
     from nfit.config import DataConfig, FieldOptions
-    from nfit.data import ImageFolder, guess_channels, load_all, scan_folder
+    from nfit.data import SignalFolder, guess_channels, load_all, scan_media
     from nfit.device import resolve_device
     from nfit.errors import ConfigError
     from nfit.fieldfile import load_init
     from nfit.fields import build_field, count_params
     from nfit.fit import random_init
+    from nfit.signals import MODALITIES
 
     config = config or AdaptConfig()
     device = resolve_device(config.device)
-    files = scan_folder(Path(data))
+    dcfg = data_config or DataConfig()
+    if res is not None:
+        dcfg = dataclasses.replace(dcfg, res=res)
+    meta = None if str(init) == "random" else load_init(init, density)
+    modality, files = scan_media(Path(data), meta.modality if meta is not None else dcfg.modality)
     if limit is not None:
         files = files[:limit]
-    if str(init) == "random":
+    if meta is None:
         if density is not None:
             raise ConfigError("--density", "applies to a sparse run, not the random baseline")
-        channels = guess_channels(files)
-        side = res or DataConfig.res
-        opts = field_options or FieldOptions()
-        field_ = build_field(opts.name, opts.field_config(2, channels))
-        params, sha, shape = random_init(field_, seed), None, (side, side)
+        channels = dcfg.channels or guess_channels(files, modality)
+        opts = dcfg.signal_options(modality)
+        shape = MODALITIES[modality].dataset_shape(opts)
+        fopts = field_options or FieldOptions()
+        field_ = build_field(fopts.name, fopts.field_config(modality, shape, channels))
+        params, sha = random_init(field_, seed), None
     else:
-        meta = load_init(init, density)
-        if res is not None and (res, res) != meta.shape:
-            raise ConfigError("--res", f"the initialisation was trained at {meta.shape[0]}x{meta.shape[1]}; evaluate at that size")
+        opts = MODALITIES[modality].grid_options(meta.shape, meta.rate)
+        if dcfg.res is not None and opts.res != dcfg.res:
+            raise ConfigError("--res", f"the initialisation was trained on a {'x'.join(map(str, meta.shape))} grid; "
+                                       "evaluate on that")
         field_, params, sha, shape, channels = meta.field, meta.params, meta.sha256, meta.shape, meta.channels
     warn = warn or (lambda m: None)
-    _, signals = load_all(ImageFolder(files, shape[0], channels), list(range(len(files))), strict, warn)
+    _, signals = load_all(SignalFolder(files, opts, channels), list(range(len(files))), strict, warn)
     bad = len(files) - len(signals)
     results = {}
     with_ssim = ssim_applies(shape)
@@ -170,7 +181,7 @@ def evaluate_folder(
                                    with_ssim=with_ssim, on_batch=on_batch)
         results[name] = curves.summary()
     steps = config.adam_steps if config.optimizer == "adam" else config.steps
-    sparsity = None if str(init) == "random" else meta.sparsity
+    sparsity = None if meta is None else meta.sparsity
     return EvalReport(str(init), sha, str(data), len(signals), bad, shape, steps, results, count_params(field_),
                       count_params(field_) if sparsity is None else meta.n_values,
                       1.0 if sparsity is None else sparsity["density"])

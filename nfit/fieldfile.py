@@ -79,6 +79,7 @@ class NeuralField:
     channels: int
     bit_depth: int = 8
     source: str | None = None  # the fitted file's name, for people; never used as a path
+    rate: float | None = None  # audio: samples per second; video: frames per second
     summary: dict[str, Any] = field(default_factory=dict)
     init: dict[str, Any] = field(default_factory=lambda: {"name": "random", "sha256": None})
     coords: dict[str, Any] = field(default_factory=lambda: dict(CONVENTION))
@@ -122,6 +123,7 @@ class NeuralField:
                 "value_range": list(self.value_range),
                 "bit_depth": self.bit_depth,
                 "source": self.source,
+                "rate": self.rate,
             },
             "coords": self.coords,
             "field": {"name": self.field_name, "config": self.field_config},
@@ -364,7 +366,7 @@ def _read_values(path: Path, nf: NeuralField, field_: Field, tensors: dict[str, 
 def _field_header(path: Path, meta: dict) -> tuple[NeuralField, Field, dict[str, Any]]:
     """Everything of a .nf file but its values (params left empty), validated; with its storage entry."""
     _check_kind(meta, path, FORMAT)
-    modality, shape, channels = _signal_meta(meta, path)
+    modality, shape, channels, rate = _signal_meta(meta, path)
     field_ = _field_meta(meta, path, shape, channels)
     signal, coords, field_meta = meta["signal"], meta["coords"], meta["field"]  # each checked by now
     init = meta.get("init") or {"name": "random", "sha256": None}
@@ -381,6 +383,7 @@ def _field_header(path: Path, meta: dict) -> tuple[NeuralField, Field, dict[str,
         channels=channels,
         bit_depth=bit_depth if bit_depth in (1, 8, 16, 32) else 8,
         source=signal.get("source") if isinstance(signal.get("source"), str) else None,
+        rate=rate,
         summary=meta.get("fit") if isinstance(meta.get("fit"), dict) else {},
         init=init,
         coords=coords,
@@ -440,6 +443,7 @@ class MetaInit:
     # signal fitted from it, and {"level", "rounds", "density", "prune", ...}.
     mask: Mask | None = None
     sparsity: dict[str, Any] | None = None
+    rate: float | None = None  # audio: the sample rate it was trained at (signals are resampled to it)
 
     @property
     def n_values(self) -> int:
@@ -458,7 +462,8 @@ class MetaInit:
             "format_version": INIT_FORMAT_VERSION,
             "nfit_version": __version__,
             "modality": self.modality,
-            "signal": {"shape": list(self.shape), "channels": self.channels, "value_range": [0.0, 1.0]},
+            "signal": {"shape": list(self.shape), "channels": self.channels, "value_range": [0.0, 1.0],
+                       "rate": self.rate},
             "coords": self.coords,
             "field": {"name": self.field_name, "config": self.field_config},
             "algo": self.algo,
@@ -477,8 +482,8 @@ def save_init(init: MetaInit, path: str | Path) -> str:
     return file_sha256(write_safetensors(path, tensors, init.metadata()))
 
 
-def _signal_meta(meta: dict, path: Path) -> tuple[str, tuple[int, ...], int]:
-    """modality, grid shape and channels from the metadata, validated."""
+def _signal_meta(meta: dict, path: Path) -> tuple[str, tuple[int, ...], int, float | None]:
+    """modality, grid shape, channels and rate (None for images) from the metadata, validated."""
     modality = _get(meta, path, "modality", str)
     if modality not in MODALITIES:
         raise FieldFileError(path, f"unknown modality {_r(modality)}")
@@ -498,7 +503,10 @@ def _signal_meta(meta: dict, path: Path) -> tuple[str, tuple[int, ...], int]:
     coords = _get(meta, path, "coords", dict)
     if coords.get("name") != CONVENTION["name"]:
         raise FieldFileError(path, f"unknown coordinate convention {_r(coords.get('name'))}")
-    return modality, tuple(shape), channels
+    rate = signal.get("rate")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1e9):
+        raise FieldFileError(path, f"invalid sample or frame rate {_r(rate)}")
+    return modality, tuple(shape), channels, None if rate is None else float(rate)
 
 
 def _field_meta(meta: dict, path: Path, shape: tuple[int, ...], channels: int) -> Field:
@@ -515,10 +523,9 @@ def _field_meta(meta: dict, path: Path, shape: tuple[int, ...], channels: int) -
         field_ = build_field(field_meta.get("name"), config)
     except ConfigError as err:
         raise FieldFileError(path, err.reason) from None
-    if field_.config.in_dim != len(shape) or field_.config.out_dim != channels:
-        raise FieldFileError(
-            path, f"field maps {field_.config.in_dim}-D to {field_.config.out_dim} channels, signal is {len(shape)}-D with {channels}"
-        )
+    mismatch = field_.grid_error(shape, channels)
+    if mismatch:
+        raise FieldFileError(path, mismatch)
     return field_
 
 
@@ -546,7 +553,7 @@ def load_init(path: str | Path, density: float | None = None) -> MetaInit:
         path = path / "init.safetensors"
     tensors, meta = read_safetensors(path)
     _check_kind(meta, path, INIT_FORMAT)
-    modality, shape, channels = _signal_meta(meta, path)
+    modality, shape, channels, rate = _signal_meta(meta, path)
     field_ = _field_meta(meta, path, shape, channels)
     algo = _get(meta, path, "algo", dict)
     test = _get(meta, path, "test", dict)
@@ -570,6 +577,7 @@ def load_init(path: str | Path, density: float | None = None) -> MetaInit:
         sha256=file_sha256(path),
         mask=mask,
         sparsity=meta.get("sparsity") if mask is not None else None,
+        rate=rate,
     )
     if mask is None:
         init.__dict__["field"] = field_

@@ -19,9 +19,8 @@ from torch import Tensor
 
 from nfit.config import AdaptConfig, FitConfig
 from nfit.fields import Field, Params, batch_params
-from nfit.meta.inner import gather_context, global_norm, point_scores, sgd_step, top_context
+from nfit.meta.inner import gather_context, global_norm, sgd_step, top_context
 from nfit.metrics import psnr_from_mse
-from nfit.signals import grid_coords
 
 
 @dataclass
@@ -57,7 +56,7 @@ def fit_adam(
     """Fit B signals on one grid from a shared unbatched initialisation (or, with
     ``batched``, from one set of parameters per signal ``[B, ...]``).
 
-    targets: [B, prod(shape), C] on the device to compute on. Each signal keeps the
+    targets: [B, N, out_dim] (``field.to_units`` of the signals on grid ``shape``) on the device to compute on. Each signal keeps the
     parameters with its best PSNR seen (Adam on SIRENs has occasional loss spikes,
     and the last iterate can land in one); a signal that reaches
     ``config.target_psnr`` is frozen at the parameters that reached it.
@@ -66,7 +65,7 @@ def fit_adam(
     """
     device = targets.device
     batch = targets.shape[0]
-    coords = grid_coords(shape, device=device)  # [N, d]
+    coords = field.unit_coords(shape, device=device)  # [N, d]
     start = {k: v.clone() for k, v in init.items()} if batched else batch_params(init, batch)
     params = {k: v.to(device).requires_grad_(True) for k, v in start.items()}
     opt = torch.optim.Adam(params.values(), lr=config.lr)
@@ -124,13 +123,13 @@ def full_pass(
 ) -> tuple[list[Tensor], Tensor, Tensor, Tensor | None]:
     """Gradient of the per-signal MSE over a whole context, accumulated over chunks of points.
 
-    params: leaf tensors [B, ...]; coords [N, d] or [B, N, d]; targets [B, N, C].
+    params: leaf tensors [B, ...]; coords [N, d] or [B, N, d]; targets [B, N, C] (N units).
     Returns (per-signal gradients, MSE [B], MSE of clamped predictions [B], and with
-    ``scores`` GradNCP's per-point score [B, N] from the same forward pass). With
+    ``scores`` GradNCP's per-unit score [B, N] from the same forward pass). With
     ``grads=False`` only the forward runs, without a graph, and the gradient list is empty.
     """
     batch, n, channels = targets.shape
-    step = max(1, chunk // batch)
+    step = max(1, chunk // (batch * field.samples_per_unit))  # chunk counts grid samples x signals
     names = list(params)
     total = [torch.zeros_like(params[k]) for k in names] if grads else []
     sse = targets.new_zeros(batch)
@@ -150,7 +149,7 @@ def full_pass(
             sse += per_signal
             sse_clamped += (pred.clamp(0.0, 1.0) - targets[:, lo:hi]).pow(2).sum(dim=(1, 2))
             if score is not None:
-                score[:, lo:hi] = point_scores(err, h)
+                score[:, lo:hi] = field.unit_scores(err, h)
     return total, sse.detach() / (n * channels), sse_clamped / (n * channels), score
 
 
@@ -181,12 +180,12 @@ def fit_sgd(
     is larger than the full one (it averages over the hard points only), and the full
     gradient's direction uses every point. ``config.rescale=False`` is plain SGD.
 
-    targets [B, prod(shape), C] on the compute device. ``observe(step, params)`` is
+    targets [B, N, out_dim] (``field.to_units`` of the signals on grid ``shape``) on the compute device. ``observe(step, params)`` is
     called with the parameters after each step 0..K (0: the initialisation), and
     ``on_context(step, index)`` with the points [B, k] that set step ``step + 1``'s size.
     """
     device = targets.device
-    coords = grid_coords(shape, device=device)  # [N, d]
+    coords = field.unit_coords(shape, device=device)  # [N, d]
     params = {k: v.to(device).unsqueeze(0).expand(targets.shape[0], *v.shape).clone() for k, v in init.items()}
     history: list[Tensor] = []
     start = time.perf_counter()

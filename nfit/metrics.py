@@ -38,3 +38,15 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor | None:
     x = pred.clamp(0.0, 1.0).permute(0, 3, 1, 2).float()
     y = target.permute(0, 3, 1, 2).float()
     return _ssim(x, y, data_range=1.0, size_average=False)
+
+
+def signal_ssim(pred: Tensor, target: Tensor) -> Tensor | None:
+    """SSIM of signals [B, *shape, C] as the papers report it: per image, or for video the mean
+    over frames of each clip's per-frame SSIM; None for audio and for frames below the window."""
+    if pred.dim() == 4:  # images [B, H, W, C]
+        return ssim(pred, target)
+    if pred.dim() == 5:  # video [B, T, H, W, C]
+        b, t = pred.shape[:2]
+        per_frame = ssim(pred.flatten(0, 1), target.flatten(0, 1))
+        return None if per_frame is None else per_frame.view(b, t).mean(dim=1)
+    return None

@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 
 from nfit.atomic import atomic_output, check_writable
+from nfit.config import RenderConfig
 from nfit.device import resolve_device
 from nfit.errors import ConfigError
 from nfit.fields import Field, Params
-from nfit.signals import MODALITIES, grid_coords
+from nfit.signals import MODALITIES, frames_of
 from nfit.signals.image import quantize
 
 DEFAULT_CHUNK = 1 << 16  # coordinates per forward: ~64 MB of activations per layer at width 256
@@ -32,15 +33,17 @@ def evaluate_chunks(
 ) -> Iterator[tuple[int, int, Tensor]]:
     """Yield ``(start, stop, values [B, stop - start, C])`` over the flat grid, clamped to [0, 1].
 
-    params: batched ``[B, ...]`` on the device to compute on.
+    params: batched ``[B, ...]`` on the device to compute on. Chunks hold whole units
+    (points, or NeRV's frames), about ``chunk`` grid samples each.
     """
     device = next(iter(params.values())).device
-    total = math.prod(shape)
+    units, size = field.unit_count(shape), field.unit_size(shape)  # size: grid samples per unit
+    step = max(1, chunk // size)
     with torch.inference_mode():
-        for start in range(0, total, chunk):
-            stop = min(start + chunk, total)
-            coords = grid_coords(shape, start, stop, device=device)  # [n, d]
-            yield start, stop, field(params, coords).clamp_(0.0, 1.0)
+        for lo in range(0, units, step):
+            hi = min(lo + step, units)
+            coords = field.unit_coords(shape, lo, hi, device=device)  # [n, d]
+            yield lo * size, hi * size, field.from_units(field(params, coords), shape).clamp_(0.0, 1.0)
 
 
 def evaluate(field: Field, params: Params, shape: tuple[int, ...], *, chunk: int = DEFAULT_CHUNK) -> Tensor:
@@ -86,33 +89,49 @@ def render_pixels(
     return out.reshape(*shape, nf.channels)
 
 
+def render_frames(
+    nf, shape: tuple[int, ...], bit_depth: int = 8, *, device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK
+) -> Iterator[np.ndarray]:
+    """Quantised slices along the first axis (video frames ``[H, W, C]``), one at a time:
+    memory holds one frame and one chunk, whatever the length of the render."""
+    shape = _check_shape(shape, nf)
+    params = _device_params(nf, resolve_device(device))
+    chunks = ((start, stop, quantize(values[0].float().cpu().numpy(), bit_depth))
+              for start, stop, values in evaluate_chunks(nf.field, params, shape, chunk=chunk))
+    yield from frames_of(chunks, shape, nf.channels)
+
+
 def render_to_file(
     nf,
     output: str | Path,
+    config: RenderConfig | None = None,
     *,
-    res: int | None = None,
-    width: int | None = None,
-    height: int | None = None,
-    bit_depth: int | None = None,
-    quality: int = 95,
-    device: str | torch.device = "auto",
     chunk: int = DEFAULT_CHUNK,
+    **options,
 ) -> tuple[Path, tuple[int, ...]]:
-    """Render ``nf`` into a media file chosen by ``output``'s extension. Returns the path and grid."""
+    """Render ``nf`` into a media file chosen by ``output``'s extension (a folder of PNG
+    frames for video given a path without one). ``config`` (or its fields as keywords:
+    res, width, height, sample_rate, fps, bit_depth, quality, device) sets the grid.
+    Returns the path and grid."""
     output = Path(output)
+    cfg = config or RenderConfig(**options)
     modality = MODALITIES[nf.modality]
     fmt = modality.output_format(output)
     check_writable(output)  # before the (possibly long) render
+    bit_depth = cfg.bit_depth
     if bit_depth is None:
-        bit_depth = 16 if nf.bit_depth == 16 and fmt == "png" else 8
+        bit_depth = 16 if nf.bit_depth >= 16 and fmt in ("png", "wav", "flac") else 8
     if bit_depth not in (8, 16):
         raise ConfigError("--bit-depth", f"must be 8 or 16, not {bit_depth}")
-    if bit_depth == 16 and fmt != "png":
-        raise ConfigError("--bit-depth", f"16-bit output needs PNG, not {output.suffix}")
-    if res is not None and res < 1 or (width is not None and width < 1) or (height is not None and height < 1):
-        raise ConfigError(None, "render sizes must be positive")
-    shape = modality.target_shape(nf.shape, res=res, width=width, height=height)
-    pixels = render_pixels(nf, shape, bit_depth, device=device, chunk=chunk)
-    with atomic_output(output) as tmp:
-        modality.write(tmp, pixels, fmt, quality=quality)
+    if bit_depth == 16 and fmt not in ("png", "wav", "flac"):
+        raise ConfigError("--bit-depth", f"16-bit output needs PNG, WAV or FLAC, not {output.suffix or 'frames'}")
+    shape, rate = modality.target_shape(nf.shape, nf.rate, cfg)
+    if modality.streams:
+        frames = render_frames(nf, shape, bit_depth, device=cfg.device, chunk=chunk)
+        with atomic_output(output, folder=fmt == "frames") as tmp:
+            modality.write(tmp, frames, fmt, rate, quality=cfg.quality)
+    else:
+        samples = render_pixels(nf, shape, bit_depth, device=cfg.device, chunk=chunk)
+        with atomic_output(output) as tmp:
+            modality.write(tmp, samples, fmt, rate, quality=cfg.quality)
     return output, shape

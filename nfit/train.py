@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from nfit._version import __version__
 from nfit.atomic import atomic_output, stale_temporaries
 from nfit.config import AdaptConfig, DataConfig, FieldOptions, TrainConfig
-from nfit.data import BatchStream, DataSummary, ImageFolder, guess_channels, load_all, scan_folder, split_files
+from nfit.data import BatchStream, DataSummary, SignalFolder, guess_channels, load_all, scan_media, split_files
 from nfit.device import peak_memory, resolve_device, tune_cpu_allocator
 from nfit.errors import ConfigError, FieldFileError, OutputError, TrainingError
 from nfit.evaluation import adaptation_curves
@@ -68,7 +68,7 @@ from nfit.fields import Field, Params, build_field, field_config_dict
 from nfit.fit import random_init
 from nfit.meta import Strategy, build_strategy, strategy_config_dict
 from nfit.meta.sparse import Mask, Masked, Sparse, density, full_mask, mask_size
-from nfit.signals import CONVENTION, grid_coords
+from nfit.signals import CONVENTION, MODALITIES
 
 RUN_FILE = "run.json"
 CHECKPOINT = "checkpoint.safetensors"
@@ -332,12 +332,18 @@ def _load_checkpoint(run: Path, model: _Outer, opt: torch.optim.Adam, mask: Mask
     return meta
 
 
-def _preview(path: Path, targets: Tensor, recon: Tensor) -> None:
-    """Targets on the top row, reconstructions below: [n, H, W, C] each -> one PNG."""
+def _preview(path: Path, modality: str, targets: Tensor, recon: Tensor) -> None:
+    """Targets on the top row, reconstructions below: [n, *shape, C] each -> one PNG of one
+    picture per signal (an image, a video's middle frame); nothing for audio."""
+    from nfit.signals import MODALITIES
     from nfit.signals.image import quantize, write_image
 
-    n, h, w, c = targets.shape
-    grid = torch.cat([torch.cat(list(targets), dim=1), torch.cat(list(recon), dim=1)], dim=0)  # [2H, nW, C]
+    picture = MODALITIES[modality].picture
+    if picture(targets[0].numpy()) is None:
+        return
+    top = [torch.as_tensor(picture(t.numpy())) for t in targets]  # [H, W, C] each
+    bottom = [torch.as_tensor(picture(r.numpy())) for r in recon]
+    grid = torch.cat([torch.cat(top, dim=1), torch.cat(bottom, dim=1)], dim=0)  # [2H, nW, C]
     with atomic_output(path) as tmp:
         write_image(tmp, quantize(grid.numpy(), 8), "png")
 
@@ -345,16 +351,19 @@ def _preview(path: Path, targets: Tensor, recon: Tensor) -> None:
 def _prepare_data(spec: _RunSpec):
     cfg = spec.data_config
     root = Path(spec.data)
-    files = scan_folder(root)
+    modality, files = scan_media(root, cfg.modality)
     if spec.val_dir is not None:
-        train_files, val_files = files, scan_folder(Path(spec.val_dir))
+        train_files, val_files = files, scan_media(Path(spec.val_dir), modality)[1]
     elif cfg.val_fraction > 0:
         train_files, val_files = split_files(files, cfg.val_fraction, spec.train.seed)
     else:
         train_files, val_files = files, []
-    channels = cfg.channels or guess_channels(files)
-    summary = DataSummary(str(root), len(files), len(train_files), len(val_files), cfg.res, channels, 0)
-    return train_files, val_files, channels, summary
+    channels = cfg.channels or guess_channels(files, modality)
+    opts = cfg.signal_options(modality)
+    shape = MODALITIES[modality].dataset_shape(opts)
+    summary = DataSummary(str(root), len(files), len(train_files), len(val_files), opts.res, channels, 0,
+                          modality, list(shape), opts.sample_rate if modality == "audio" else None)
+    return train_files, val_files, channels, opts, summary
 
 
 def _from_dense(spec: _RunSpec, path: str | Path) -> None:
@@ -366,7 +375,10 @@ def _from_dense(spec: _RunSpec, path: str | Path) -> None:
     spec.init_from = {"path": str(path), "sha256": dense.sha256}
     spec.field = FieldOptions(dense.field_name, dense.field_config.get("width"), dense.field_config.get("depth"),
                               dense.field_config.get("w0"))
-    spec.data_config = dataclasses.replace(spec.data_config, res=dense.shape[0], channels=dense.channels)
+    grid = MODALITIES[dense.modality].grid_options(dense.shape, dense.rate)
+    spec.data_config = dataclasses.replace(
+        spec.data_config, modality=dense.modality, channels=dense.channels, res=grid.res,
+        **{k: getattr(grid, k) for k in ("sample_rate", "duration", "frames") if getattr(grid, k) is not None})
     options = {k: v for k, v in spec.algo_options.items() if v is not None}
     options.setdefault("inner", dense.algo.get("name"))
     if options["inner"] == dense.algo.get("name"):  # the dense run's own inner settings, unless overridden
@@ -449,10 +461,11 @@ def meta_train(
     def warn(message: str) -> None:
         emit(TrainEvent("warning", 0, cfg.steps, {"message": message}))
 
-    train_files, val_files, channels, summary = _prepare_data(spec)
+    train_files, val_files, channels, opts, summary = _prepare_data(spec)
+    modality, shape = opts.modality, tuple(summary.shape)
     if cfg.batch_size % dist_.world:
         raise ConfigError("--batch-size", f"global batch {cfg.batch_size} is not divisible by {dist_.world} processes")
-    field_ = build_field(spec.field.name, spec.field.field_config(2, channels))
+    field_ = build_field(spec.field.name, spec.field.field_config(modality, shape, channels))
     if sparse:
         theta = load_init(spec.init_from["path"]).params if not resume else random_init(field_, cfg.seed)  # resume: the checkpoint's
         mask: Mask | None = {k: m.to(device) for k, m in full_mask(theta).items()}
@@ -480,15 +493,16 @@ def meta_train(
     if dist_.world > 1:
         outer = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    coords = grid_coords((dcfg.res, dcfg.res), device=device)  # [N, 2]
+    coords = field_.unit_coords(shape, device=device)  # [N, d]: points, or NeRV's frames
     stream = BatchStream(
-        ImageFolder(train_files, dcfg.res, channels), cfg.batch_size, cfg.seed, start_step, cfg.steps,
+        SignalFolder(train_files, opts, channels), cfg.batch_size, cfg.seed, start_step, cfg.steps,
         rank=dist_.rank, world=dist_.world, workers=dcfg.decoding_workers(), pin=device.type == "cuda",
         strict=dcfg.strict, warn=warn,
     )
     val_targets = None
     if dist_.main and val_files:
-        _, val_targets = load_all(ImageFolder(val_files[: dcfg.val_limit], dcfg.res, channels), list(range(min(len(val_files), dcfg.val_limit))), dcfg.strict, warn)
+        val_set = SignalFolder(val_files[: dcfg.val_limit], opts, channels)
+        _, val_targets = load_all(val_set, list(range(len(val_set))), dcfg.strict, warn)
     test = AdaptConfig(steps=cfg.test_steps, lr=inner.config.inner_lr,
                        gamma=getattr(inner.config, "gamma", AdaptConfig.gamma), batch_size=cfg.batch_size)
     log = _Log(run, start_step) if dist_.main else None
@@ -506,7 +520,7 @@ def meta_train(
         values = {"val_psnr": state["val_psnr"], "val_psnr_step0": round(psnr[0].item(), 4)}
         log.write("val", step, values)
         n = min(PREVIEW_SIGNALS, len(val_targets))
-        _preview(run / PREVIEW, val_targets[:n], curves.last[:n])
+        _preview(run / PREVIEW, modality, val_targets[:n], curves.last[:n])
         emit(TrainEvent("val", step, cfg.steps, values))
 
     def current_init(step: int) -> MetaInit:
@@ -520,7 +534,7 @@ def meta_train(
         return MetaInit(
             field_name=spec.field.name, field_config=field_config_dict(field_),
             params={k: v.detach().cpu() for k, v in model.theta().items()},
-            modality="image", shape=(dcfg.res, dcfg.res), channels=channels,
+            modality=modality, shape=shape, channels=channels, rate=summary.rate,
             algo={"name": cfg.algo, "config": strategy_config_dict(strategy)},
             test={"steps": test.steps, "lr": test.lr, "gamma": test.gamma},
             data=summary.to_json(),
@@ -575,7 +589,7 @@ def meta_train(
         for step, batch in stream:  # step: 0-based index of the outer step about to run
             begin_round(step)
             t0 = time.perf_counter()
-            targets = batch.to(device, non_blocking=True).reshape(batch.shape[0], -1, channels)  # [b, N, C]
+            targets = field_.to_units(batch.to(device, non_blocking=True))  # [b, N, out]
             opt.zero_grad(set_to_none=True)
             loss, mse = _accumulate(outer, coords, targets, cfg.micro_batch)
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)

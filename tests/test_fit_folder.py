@@ -43,9 +43,9 @@ def test_streaming_holds_at_most_a_batch_and_writes_as_it_goes(tmp_path, monkeyp
     alive, peak, written_at_read = set(), [0], []
     real_read = nfit.api.read_signal
 
-    def counting_read(path):
+    def counting_read(path, options=None):
         written_at_read.append(sum(o.exists() for o in outputs))
-        signal = real_read(path)
+        signal = real_read(path, options)
         key = id(signal)
         alive.add(key)
         weakref.finalize(signal, alive.discard, key)

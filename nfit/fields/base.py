@@ -11,12 +11,14 @@ through.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
 from nfit.errors import ConfigError
+from nfit.signals.grid import grid_coords
 
 Params = dict[str, Tensor]
 """Parameter name -> tensor. Batched: ``[B, *shape]``; unbatched: ``[*shape]``."""
@@ -39,14 +41,83 @@ class Field(Protocol):
     def __call__(
         self, params: Params, coords: Tensor, *, features: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Evaluate B fields at coordinates.
+        """Evaluate B fields at the coordinates of N units.
 
         params: batched ``[B, ...]``; coords: ``[N, in_dim]`` (shared by all
         signals) or ``[B, N, in_dim]``. Returns values ``[B, N, out_dim]`` and,
-        with ``features=True``, also the penultimate features ``[B, N, width]``
-        (the input of the last linear layer, which GradNCP's score needs).
+        with ``features=True``, also the input of the last layer ``[B, N, F]``,
+        which GradNCP's score needs.
         """
         ...
+
+    # How a signal on a grid is presented to the field. A *unit* is what one
+    # coordinate yields: one grid sample for pointwise fields (SIREN), a whole
+    # frame for NeRV. Fitting, meta-learning and context pruning work on units,
+    # so GradNCP prunes points for SIREN and frames for NeRV with the same code.
+
+    def grid_error(self, shape: tuple[int, ...], channels: int) -> str | None:
+        """Why this field cannot represent signals of grid ``shape`` and ``channels``, or None."""
+        ...
+
+    def unit_count(self, shape: tuple[int, ...]) -> int:
+        """Units in a signal of grid ``shape``."""
+        ...
+
+    def unit_size(self, shape: tuple[int, ...]) -> int:
+        """Grid samples per unit."""
+        ...
+
+    def unit_coords(
+        self, shape: tuple[int, ...], start: int = 0, stop: int | None = None, *, device=None
+    ) -> Tensor:
+        """Coordinates ``[stop - start, in_dim]`` of units start .. stop-1."""
+        ...
+
+    def to_units(self, values: Tensor) -> Tensor:
+        """Targets ``[B, *shape, C]`` -> ``[B, N, out_dim]``."""
+        ...
+
+    def from_units(self, out: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """Outputs of n consecutive units ``[B, n, out_dim]`` -> their grid samples ``[B, n * unit_size, C]``
+        on a grid of ``shape`` (which may differ from the one the field was fitted on)."""
+        ...
+
+    def unit_scores(self, err: Tensor, h: Tensor) -> Tensor:
+        """GradNCP's score of each unit: the norm of the last layer's gradient of that unit's loss
+        0.5 ||f - y||^2, from the errors ``[B, n, out_dim]`` and the last layer's input ``[B, n, F]``: -> [B, n]."""
+        ...
+
+
+class Pointwise:
+    """The unit interface of fields evaluated sample by sample: one unit per grid sample."""
+
+    samples_per_unit = 1  # grid samples one unit yields: sizes chunks of work in samples
+
+    def grid_error(self, shape: tuple[int, ...], channels: int) -> str | None:
+        c = self.config
+        if c.in_dim != len(shape) or c.out_dim != channels:
+            return f"field maps {c.in_dim}-D to {c.out_dim} channels, signal is {len(shape)}-D with {channels}"
+        return None
+
+    def unit_count(self, shape: tuple[int, ...]) -> int:
+        return math.prod(shape)
+
+    def unit_size(self, shape: tuple[int, ...]) -> int:
+        return 1
+
+    def unit_coords(self, shape, start=0, stop=None, *, device=None) -> Tensor:
+        return grid_coords(shape, start, stop, device=device)  # [n, len(shape)]
+
+    def to_units(self, values: Tensor) -> Tensor:
+        return values.reshape(values.shape[0], -1, values.shape[-1])  # [B, N, C]
+
+    def from_units(self, out: Tensor, shape: tuple[int, ...]) -> Tensor:
+        return out
+
+    def unit_scores(self, err: Tensor, h: Tensor) -> Tensor:
+        # For one point the last layer (W, b) gets the gradient (f - y) [h; 1]^T: an outer
+        # product whose Frobenius norm is the product of the two vector norms, so it is never formed.
+        return err.norm(dim=-1) * torch.sqrt(h.pow(2).sum(dim=-1) + 1.0)
 
 
 FIELDS: dict[str, type] = {}

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from nfit.fields.base import Params, linear, mlp_param_shapes, register_field, uniform
+from nfit.fields.base import Params, Pointwise, linear, mlp_param_shapes, register_field, uniform
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class FourierConfig:
 
 
 @register_field
-class FourierMLP:
+class FourierMLP(Pointwise):
     name: ClassVar[str] = "fourier"
     Config: ClassVar[type] = FourierConfig
 

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from nfit.fields.base import Params, linear, mlp_param_shapes, register_field, uniform
+from nfit.fields.base import Params, Pointwise, linear, mlp_param_shapes, register_field, uniform
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class SirenConfig:
     w0: float = 30.0  # frequency of the hidden sine layers
     w0_first: float | None = None  # first layer's frequency; None: same as w0
     out_offset: float = 0.5  # a zero-mean net then predicts mid-range for targets in [0, 1]
+    # Coordinates are multiplied by this before the first layer. GradNCP's audio uses 50:
+    # a second of sound holds thousands of periods, which [-1, 1] at w0 = 30 cannot reach.
+    coord_scale: float = 1.0
 
     def __post_init__(self):
         if self.depth < 2:
@@ -34,10 +37,12 @@ class SirenConfig:
             raise ValueError("in_dim, out_dim and width must be positive")
         if self.w0 <= 0 or (self.w0_first is not None and self.w0_first <= 0):
             raise ValueError("w0 must be positive")
+        if not 0 < self.coord_scale < float("inf"):
+            raise ValueError("coord_scale must be positive")
 
 
 @register_field
-class Siren:
+class Siren(Pointwise):
     name: ClassVar[str] = "siren"
     Config: ClassVar[type] = SirenConfig
 
@@ -63,7 +68,7 @@ class Siren:
         return params
 
     def __call__(self, params: Params, coords: Tensor, *, features: bool = False):
-        h = coords  # [N, in] or [B, N, in]
+        h = coords if self.config.coord_scale == 1 else coords * self.config.coord_scale  # [N, in] or [B, N, in]
         for i, w0 in enumerate(self.w0s):
             h = torch.sin(linear(h, params[f"l{i}.weight"], params[f"l{i}.bias"], w0))  # [B, N, width]
         last = len(self.w0s)

@@ -86,14 +86,15 @@ class GradNCP:
     def __init__(self, config: GradNCPConfig):
         self.config = config
 
-    def _chunk(self, targets: Tensor) -> int:
+    def _chunk(self, field: Field, targets: Tensor) -> int:
         batch, n, _ = targets.shape
-        return self.config.chunk or max(batch * context_size(n, self.config.gamma), MIN_CHUNK)
+        kept = batch * context_size(n, self.config.gamma) * field.samples_per_unit  # grid samples of one pruned step
+        return self.config.chunk or max(kept, MIN_CHUNK)
 
     def adapt(self, field: Field, theta: Params, coords: Tensor, targets: Tensor) -> Params:
         """theta_K after K pruned-context steps: [B, ...], differentiable to theta."""
         c = self.config
-        chunk = self._chunk(targets)
+        chunk = self._chunk(field, targets)
         params = expand_params(theta, targets.shape[0])
         for _ in range(c.inner_steps):
             index = top_context(context_scores(field, params, coords, targets, chunk), c.gamma)  # [B, k]
@@ -104,7 +105,7 @@ class GradNCP:
 
     def outer_loss(self, field: Field, theta: Params, coords: Tensor, targets: Tensor) -> OuterResult:
         c = self.config
-        chunk = self._chunk(targets)
+        chunk = self._chunk(field, targets)
         params = self.adapt(field, theta, coords, targets)
         mse = per_signal_mse(field, params, coords, targets)  # [B], the memory floor: one full forward in the graph
         loss = mse

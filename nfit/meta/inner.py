@@ -68,29 +68,20 @@ def param_distance(a: Params, b: Params) -> Tensor:
 
 @torch.no_grad()
 def context_scores(field: Field, params: Params, coords: Tensor, targets: Tensor, chunk: int = 1 << 18) -> Tensor:
-    """Score of every coordinate: the norm of the last layer's gradient at that one point.
-
-    For the point loss 0.5 * ||f(x) - y||^2 the last layer (W, b) gets the gradient
-    (f(x) - y) [h(x); 1]^T, an outer product whose Frobenius norm is the product of
-    the two vector norms. So one forward pass and two norms give the score; the
-    outer product (B x C x (width + 1) x N) is never formed.
+    """Score of every unit (a point, or a NeRV frame): the norm of the last layer's
+    gradient of that unit's loss, from one forward pass (``field.unit_scores``).
 
     coords [N, d] or [B, N, d], targets [B, N, C] -> scores [B, N]. Evaluated over
-    chunks of ``chunk // B`` points, so its memory stays below the graph it prunes.
+    chunks of ``chunk`` grid samples x signals, so its memory stays below the graph it prunes.
     """
     batch, n, _ = targets.shape
-    step = max(1, chunk // batch)
+    step = max(1, chunk // (batch * field.samples_per_unit))
     scores = targets.new_empty(batch, n)
     for lo in range(0, n, step):
         hi = min(lo + step, n)
         pred, h = field(params, coords[lo:hi] if coords.dim() == 2 else coords[:, lo:hi], features=True)
-        scores[:, lo:hi] = point_scores(pred - targets[:, lo:hi], h)
+        scores[:, lo:hi] = field.unit_scores(pred - targets[:, lo:hi], h)
     return scores
-
-
-def point_scores(err: Tensor, h: Tensor) -> Tensor:
-    """||f(x) - y|| * sqrt(||h(x)||^2 + 1) from the errors [B, n, C] and features [B, n, width]: -> [B, n]."""
-    return err.norm(dim=-1) * torch.sqrt(h.pow(2).sum(dim=-1) + 1.0)
 
 
 def context_size(n: int, gamma: float) -> int:

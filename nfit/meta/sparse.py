@@ -127,6 +127,9 @@ class Masked:
         mask = {k: m.to(params[k].device) for k, m in self.mask.items()}
         return self.base(apply_mask(params, mask), coords, features=features)
 
+    def __getattr__(self, name: str):  # the unit interface (unit_coords, to_units, ...) is the base field's
+        return getattr(self.base, name)
+
 
 # -- storage: the mask as bits ------------------------------------------------------
 
