@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,8 +63,49 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def atomic_frames_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder to fill; on success it becomes the folder ``path``, else it vanishes.
+
+    For outputs that are many files (a video's PNG frames). An existing empty folder
+    is replaced; a non-empty one is refused up front, so a new render never mixes its
+    frames with, or silently deletes, an older one.
+    """
+    path = Path(path)
+    _check_folder_target(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}"))  # as stale_temporaries finds
+    except OSError as err:
+        raise OutputError(path, f"cannot create folder ({err.strerror})") from None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        _check_folder_target(path)  # again: something may have appeared meanwhile
+        if path.is_dir():
+            path.rmdir()  # empty, checked; os.replace cannot replace a folder on Windows
+        os.replace(tmp, path)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(path, f"cannot write ({err.strerror or err})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_folder_target(path: Path) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        raise OutputError(path, f"directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(path, "permission denied")
+    if path.exists() and not path.is_dir():
+        raise OutputError(path, "exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        raise OutputError(path, "folder exists and is not empty (remove it or choose another)")
+
+
 def stale_temporaries(path: str | Path) -> list[Path]:
-    """Temporary files of :func:`atomic_output` for ``path`` that a killed process left behind.
+    """Temporary files (or frame folders) of the atomic writers for ``path`` that a killed process left behind.
 
     An exception cleans its temporary up; SIGKILL or a power cut cannot. The previous
     ``path`` is intact either way; these are only litter, safe to delete once no

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 # a few bytes of header must never be able to ask for gigabytes of memory.
 MAX_IMAGE_PIXELS = 1 << 27  # 134 MP; below Pillow's own decompression-bomb error (179 MP), so ours speaks first
 MAX_AUDIO_SAMPLES = 1 << 30  # frames x channels: 3.4 h of 44.1 kHz stereo, 4 GiB as float32
+# A decoded video clip, frames x height x width x 3 float32 values (16 GiB): what is kept,
+# not the file's length, so 16 frames of a long film pass while a tiny file declaring
+# millions of frames does not. One frame's size is held to MAX_IMAGE_PIXELS.
+MAX_VIDEO_VALUES = 1 << 32
 MAX_HEADER_BYTES = 16 << 20  # a safetensors header (tensor table + metadata); real files use a few kB
 MAX_METADATA_BYTES = 1 << 20  # the nfit JSON inside it; real files use 1-3 kB
 MAX_GRID_SAMPLES = 1 << 34  # a .nf declaring a bigger signal is corrupt, not data
