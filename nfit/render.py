@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nfit.atomic import atomic_output, check_writable
+from nfit.atomic import atomic_frames_dir, atomic_output, check_writable
 from nfit.config import RenderConfig
 from nfit.device import resolve_device
 from nfit.errors import ConfigError
@@ -117,7 +117,9 @@ def render_to_file(
     cfg = config or RenderConfig(**options)
     modality = MODALITIES[nf.modality]
     fmt = modality.output_format(output)
-    check_writable(output)  # before the (possibly long) render
+    folder = fmt == "frames"  # video as a folder of PNG frames
+    if not folder:
+        check_writable(output)  # before the (possibly long) render
     bit_depth = cfg.bit_depth
     if bit_depth is None:
         bit_depth = 16 if nf.bit_depth >= 16 and fmt in ("png", "wav", "flac") else 8
@@ -128,7 +130,7 @@ def render_to_file(
     shape, rate = modality.target_shape(nf.shape, nf.rate, cfg)
     if modality.streams:
         frames = render_frames(nf, shape, bit_depth, device=cfg.device, chunk=chunk)
-        with atomic_output(output, folder=fmt == "frames") as tmp:
+        with (atomic_frames_dir if folder else atomic_output)(output) as tmp:
             modality.write(tmp, frames, fmt, rate, quality=cfg.quality)
     else:
         samples = render_pixels(nf, shape, bit_depth, device=cfg.device, chunk=chunk)

@@ -32,7 +32,6 @@ from nfit.meta.inner import (
     top_context,
 )
 
-
 MIN_CHUNK = 1 << 13  # below this many rows, splitting saves little memory and costs launches
 
 
