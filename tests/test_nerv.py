@@ -214,15 +214,15 @@ def test_adam_learns_a_moving_pattern():
     params = {
         k: v.unsqueeze(0).requires_grad_(True) for k, v in field.init_params(torch.Generator().manual_seed(0)).items()
     }
-    opt = torch.optim.Adam(params.values(), lr=3e-3)
+    opt = torch.optim.Adam(params.values(), lr=1e-2)
     losses = []
-    for _ in range(60):
+    for _ in range(25):
         loss = (field(params, coords) - targets).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.2 * losses[0], losses[::10]
+    assert losses[-1] < 0.1 * losses[0], losses[::5]  # about 0.04-0.06 of it over seeds 0-2
 
 
 def test_full_pass_over_frames():
