@@ -17,6 +17,7 @@ from nfit.fields.base import (
     unbatch_params,
 )
 from nfit.fields.fourier import FourierConfig, FourierMLP
+from nfit.fields.nerv import NeRV, NeRVConfig  # noqa: F401  (registration and export)
 from nfit.fields.siren import Siren, SirenConfig
 
 __all__ = [
