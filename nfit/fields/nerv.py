@@ -180,6 +180,18 @@ class NeRV:
 
     # -- frames as units -----------------------------------------------------------
 
+    @property
+    def samples_per_unit(self) -> int:
+        """Grid samples one unit (a native frame) yields: sizes chunks of work in samples."""
+        return self.config.frame_height * self.config.frame_width
+
+    def grid_error(self, shape: tuple[int, ...], channels: int) -> str | None:
+        c = self.config
+        if len(shape) != 3 or tuple(shape[1:]) != (c.frame_height, c.frame_width) or channels != c.out_dim:
+            return (f"NeRV makes {c.frame_height}x{c.frame_width} frames of {c.out_dim} channel(s); the signal is "
+                    f"{'x'.join(map(str, shape))} with {channels} (give --res {c.frame_height} for square frames)")
+        return None
+
     @staticmethod
     def _grid(shape: tuple[int, ...]) -> tuple[int, int, int]:
         if len(shape) != 3:

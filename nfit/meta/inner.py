@@ -100,5 +100,7 @@ def gather_context(coords: Tensor, targets: Tensor, index: Tensor) -> tuple[Tens
     Gather rather than boolean masks: every signal keeps the same number of points,
     so the result stays one dense batch.
     """
-    channels = targets.shape[-1]
-    return coords[index], targets.gather(1, index.unsqueeze(-1).expand(-1, -1, channels))
+    rows = torch.arange(targets.shape[0], device=index.device).unsqueeze(1)  # [B, 1]
+    # advanced indexing, not gather: gather's index would be as large as the result (a NeRV
+    # unit is a whole frame), this one is [B, k]
+    return coords[index], targets[rows, index]
