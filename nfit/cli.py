@@ -48,6 +48,19 @@ err = Console(stderr=True)
 _state = {"debug": False}
 
 FIELD_HELP = f"Field: {', '.join(sorted(FIELDS))}."
+FIELD_CONFIG_HELP = """Other options of the field's config as JSON, e.g. '{"strides": [2, 2], "channels": [32, 16]}' for nerv."""
+
+
+def _field_options(field: str, width, depth, w0, config: Optional[str]) -> FieldOptions:
+    extra = None
+    if config is not None:
+        try:
+            extra = json.loads(config)
+        except json.JSONDecodeError as e:
+            raise ConfigError("--field-config", f"is not JSON ({e.msg})") from None
+        if not isinstance(extra, dict):
+            raise ConfigError("--field-config", "must be a JSON object")
+    return FieldOptions(field, width, depth, w0, extra)
 _MODALITY_HELP = "image, audio or video [default: from the file extensions]."
 
 EXIT_USER_ERROR = 2
@@ -201,6 +214,7 @@ def fit(
     width: Optional[int] = typer.Option(None, help=f"Hidden width [default: {SirenConfig.width}]."),
     depth: Optional[int] = typer.Option(None, help=f"Linear layers [default: {SirenConfig.depth}]."),
     w0: Optional[float] = typer.Option(None, help=f"SIREN frequency w0 [default: {SirenConfig.w0:g}]."),
+    field_config: Optional[str] = typer.Option(None, help=FIELD_CONFIG_HELP),
     modality: Optional[str] = typer.Option(None, help=_MODALITY_HELP),
     sample_rate: Optional[int] = typer.Option(
         None, help="Audio: resample to this many Hz [default: the file's; from --init: the init's]."),
@@ -240,7 +254,7 @@ def fit(
     def job():
         files, outputs = _fit_plan(inputs, output, out_dir, modality)
         options = SignalOptions(modality, sample_rate, duration, frames, stride, res)
-        custom_field = field != FieldOptions.name or width or depth or w0
+        custom_field = field != FieldOptions.name or width or depth or w0 or field_config
         learned = init not in (None, "random")
         config = FitConfig(steps=FitConfig.steps if steps is None or learned else steps,
                            lr=FitConfig.lr if lr is None or learned else lr,
@@ -266,7 +280,7 @@ def fit(
                 raise ConfigError("--save-context-maps", "draws the context of re-scaled SGD from an initialisation")
             save_maps(files, save_context_maps, meta, adapt)
         with _FitProgress(enabled=not as_json, files=len(files) if many else 0) as progress:
-            return fit_files(files, outputs, config, FieldOptions(field, width, depth, w0), progress, init=meta,
+            return fit_files(files, outputs, config, _field_options(field, width, depth, w0, field_config), progress, init=meta,
                              adapt=adapt, store=store, keep_going=many, skip_existing=skip_existing,
                              on_outcome=progress.file_done, options=options)
 
@@ -521,6 +535,7 @@ def meta_train(
     width: Optional[int] = typer.Option(None, help=f"Hidden width [default: {SirenConfig.width}]."),
     depth: Optional[int] = typer.Option(None, help=f"Linear layers [default: {SirenConfig.depth}]."),
     w0: Optional[float] = typer.Option(None, help=f"SIREN frequency w0 [default: {SirenConfig.w0:g}]."),
+    field_config: Optional[str] = typer.Option(None, help=FIELD_CONFIG_HELP),
     channels: Optional[int] = typer.Option(
         None, help="Channels [default: images 1 if the first file is grey, else 3; audio the first file's; video 3]."),
     val: Optional[Path] = typer.Option(None, help="Validation folder [default: a split of DATA]."),
@@ -566,7 +581,7 @@ def meta_train(
             raise ConfigError(None, "give the run directory with -o RUN")
         if algo == "sparse":
             given = [n for n, v in (("--steps", steps), ("--res", res), ("--channels", channels), ("--width", width),
-                                    ("--depth", depth), ("--w0", w0)) if v is not None]
+                                    ("--depth", depth), ("--w0", w0), ("--field-config", field_config)) if v is not None]
             if given or field != FieldOptions.name:
                 raise ConfigError(given[0] if given else "--field", "--algo sparse takes this from the dense run "
                                   "(--from); the length is --rounds x --steps-per-round")
@@ -581,7 +596,7 @@ def meta_train(
                    "gamma": gamma, "boot_steps": boot_steps, "boot_lr": boot_lr, "lam": lam, "rounds": rounds,
                    "prune_fraction": prune_fraction, "steps_per_round": steps_per_round, "prune": prune, "inner": inner}
         with _TrainProgress(enabled=main_rank) as progress:
-            return train_(data, output, train, data_config, FieldOptions(field, width, depth, w0), options,
+            return train_(data, output, train, data_config, _field_options(field, width, depth, w0, field_config), options,
                           val_dir=val, init_from=init_from, on_event=progress)
 
     result = _run(job)
@@ -618,6 +633,7 @@ def eval_(
     width: Optional[int] = typer.Option(None, help="Random baseline: hidden width."),
     depth: Optional[int] = typer.Option(None, help="Random baseline: linear layers."),
     w0: Optional[float] = typer.Option(None, help="Random baseline: SIREN w0."),
+    field_config: Optional[str] = typer.Option(None, help="Random baseline: " + FIELD_CONFIG_HELP),
     seed: int = typer.Option(0, help="Random baseline: seed."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N files."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable file."),
@@ -632,7 +648,7 @@ def eval_(
     from nfit.api import evaluate
 
     def job():
-        if all(i != "random" for i in inits) and (width or depth or w0 or field != FieldOptions.name):
+        if all(i != "random" for i in inits) and (width or depth or w0 or field_config or field != FieldOptions.name):
             raise ConfigError(None, "--field/--width/--depth/--w0 apply to the random baseline only")
         data_config = DataConfig(modality=modality, res=res, sample_rate=sample_rate, duration=duration, frames=frames)
         config = _adapt_config({}, steps, lr, gamma, False, optimizer, batch_size, device)
@@ -643,7 +659,7 @@ def eval_(
             for init in inits:
                 task = bar.add_task(init, total=None)
                 reports.append(evaluate(
-                    init, data, config=config, data_config=data_config, field_options=FieldOptions(field, width, depth, w0),
+                    init, data, config=config, data_config=data_config, field_options=_field_options(field, width, depth, w0, field_config),
                     seed=seed,
                     limit=limit, strict=strict, warn=warn, on_batch=lambda n, task=task: bar.advance(task, n),
                     density=density if _is_sparse_run(init) else None))

@@ -131,6 +131,7 @@ class FieldOptions:
     width: int | None = None
     depth: int | None = None
     w0: float | None = None  # SIREN only
+    extra: dict | None = None  # any other options of the field's config, e.g. NeRV's {"strides": [2, 2]}
 
     def field_config(self, modality: str, shape: tuple[int, ...], channels: int) -> dict:
         """The config dict of this field for signals of a modality, grid and channels, validated."""
@@ -146,6 +147,10 @@ class FieldOptions:
         config = {"in_dim": len(shape), "out_dim": channels}
         config.update(MODALITIES[modality].field_defaults(self.name, shape))
         config = {k: v for k, v in config.items() if k in names}
+        for key, value in (self.extra or {}).items():
+            if key not in names:
+                raise ConfigError("--field-config", f"the {self.name!r} field has no option {key!r}")
+            config[key] = value
         for key in ("width", "depth", "w0"):
             value = getattr(self, key)
             if value is None:

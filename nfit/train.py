@@ -373,8 +373,7 @@ def _from_dense(spec: _RunSpec, path: str | Path) -> None:
     if dense.mask is not None or dense.algo.get("name") == "sparse":
         raise ConfigError("--from", f"{path} is already sparse: start from a dense initialisation")
     spec.init_from = {"path": str(path), "sha256": dense.sha256}
-    spec.field = FieldOptions(dense.field_name, dense.field_config.get("width"), dense.field_config.get("depth"),
-                              dense.field_config.get("w0"))
+    spec.field = FieldOptions(dense.field_name, extra=dict(dense.field_config))
     grid = MODALITIES[dense.modality].grid_options(dense.shape, dense.rate)
     spec.data_config = dataclasses.replace(
         spec.data_config, modality=dense.modality, channels=dense.channels, res=grid.res,
