@@ -196,6 +196,7 @@ def fit(
     width: int | None = None,
     depth: int | None = None,
     w0: float | None = None,
+    field_config: dict[str, Any] | None = None,
     progress: ProgressFactory | None = None,
     init: str | Path | MetaInit | None = None,
     density: float | None = None,
@@ -206,6 +207,7 @@ def fit(
 ) -> NeuralField | list[NeuralField]:
     """Fit one file (returns a NeuralField) or several (returns a list).
 
+    ``field_config`` sets any other option of the field, e.g. NeRV's ``{"strides": [2, 2]}``.
     ``fit_options`` are the fields of :class:`nfit.config.FitConfig` (steps, lr, seed,
     target_psnr, batch_size, device, ...), or with ``init`` (an init file from
     ``nfit meta-train``, or "default" for the one nfit ships) those of
@@ -229,7 +231,7 @@ def fit(
     else:
         if density is not None:
             raise ConfigError("--density", "applies to fitting from a sparse run (--init RUN)")
-        result = fit_signals(signals, FitConfig(**fit_options), FieldOptions(field, width, depth, w0), progress,
+        result = fit_signals(signals, FitConfig(**fit_options), FieldOptions(field, width, depth, w0, field_config), progress,
                              store=store)
     return result[0] if single else result
 

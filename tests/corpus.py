@@ -28,6 +28,8 @@ from nfit.signals import CONVENTION
 DATA = Path(__file__).parent / "data"
 PHOTO = DATA / "chelsea_48x32.png"
 JPEG = DATA / "rocket_48x32.jpg"
+FLAC = DATA / "audio" / "swash_stereo_24bit.flac"
+MP4 = DATA / "video" / "carphone_88x72.mp4"
 CFG = {"in_dim": 2, "out_dim": 3, "width": 8, "depth": 3}
 
 
@@ -117,8 +119,13 @@ BAD_MEDIA: dict[str, tuple] = {
     "gif bomb": ("bomb.gif", gif_bomb, "over nfit's limit"),
     "tiff bomb": ("bomb.tif", tiff_bomb, "over nfit's limit"),
     "NaN in a float tiff": ("nan.tif", float_tiff_with_nan, "NaN"),
-    "audio with no samples": ("silence.wav", empty_wav, "unsupported file type .wav"),
-    "video with no decodable frame": ("broken.mp4", lambda: b"\0\0\0\x18ftypmp42" + b"\0" * 64, "unsupported file type .mp4"),
+    "audio with no samples": ("silence.wav", empty_wav, "no audio samples"),
+    "text named .wav": ("text.wav", lambda: b"hello, I am a text file\n" * 4, "cannot decode as audio"),
+    "truncated flac": ("truncated.flac", lambda: FLAC.read_bytes()[:100], "cannot decode as audio"),
+    "zero-byte mp3": ("zero.mp3", lambda: b"", "file is empty"),
+    "video with no decodable frame": ("broken.mp4", lambda: b"\0\0\0\x18ftypmp42" + b"\0" * 64, "cannot decode as a video"),
+    "text named .mov": ("text.mov", lambda: b"hello, I am a text file\n" * 4, "cannot decode as a video"),
+    "truncated mp4": ("truncated.mp4", lambda: MP4.read_bytes()[:2000], "video"),
 }
 
 UNUSUAL_MEDIA: dict[str, tuple] = {
