@@ -32,3 +32,18 @@ def test_meta_train_small(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "run" / "init.safetensors").exists() and "unseen crop after 16 steps" in r.stdout
+
+
+def test_fit_render_audio_video_script(tmp_path):
+    import soundfile as sf
+
+    from nfit.signals.video import probe_video
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    r = subprocess.run(["bash", str(ROOT / "examples" / "fit_render_audio_video.sh"), str(tmp_path), "3"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sf.info(str(tmp_path / "digit_16k.wav")).frames == 2 * sf.info(str(tmp_path / "digit.flac")).frames
+    info = probe_video(tmp_path / "carphone_176_60fps.mp4")
+    assert (info.frames, info.width, info.height) == (16, 176, 144)
+    assert len(list((tmp_path / "carphone_frames").glob("*.png"))) == 8 and "8000 Hz" in r.stdout
