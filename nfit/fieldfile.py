@@ -514,8 +514,10 @@ def _field_meta(meta: dict, path: Path, shape: tuple[int, ...], channels: int) -
     config = _get(field_meta, path, "config", dict)
     for key, value in config.items():
         # checked before building: a field's constructor allocates per layer, so a declared
-        # depth of 10**9 would exhaust memory before any tensor could be compared
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not abs(value) <= MAX_FIELD_SIZE:
+        # depth of 10**9 would exhaust memory before any tensor could be compared (lists:
+        # NeRV's strides and channels, one number per block)
+        items = value if isinstance(value, list) and len(value) <= MAX_FIELD_SIZE else [value]
+        if any(isinstance(v, (int, float)) and not isinstance(v, bool) and not abs(v) <= MAX_FIELD_SIZE for v in items):
             raise FieldFileError(path, f"field option {_r(key)} = {_r(value)} is out of range")
     if not isinstance(field_meta.get("name"), str):
         raise FieldFileError(path, "metadata field 'field' is missing or malformed")

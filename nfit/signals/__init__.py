@@ -26,6 +26,7 @@ from nfit.config import DEFAULT_SAMPLE_RATE, RenderConfig, SignalOptions
 from nfit.errors import ConfigError, InputError
 from nfit.signals import audio, image, video
 from nfit.signals.grid import CONVENTION, fit_shape, grid_coords
+from nfit.signals.reading import check_file
 
 
 @dataclass
@@ -257,12 +258,7 @@ def read_signal(path: str | Path, options: SignalOptions | str | None = None) ->
     """
     path = Path(path)
     opts = SignalOptions(options) if isinstance(options, str) or options is None else options
-    if not path.exists():
-        raise InputError(path, "no such file")
-    if path.is_dir():
-        raise InputError(path, "is a directory, not a file")
-    if path.stat().st_size == 0:
-        raise InputError(path, "file is empty (0 bytes)")
+    check_file(path)
     try:
         return modality_for(path, opts.modality).read(path, opts)
     except PermissionError:

@@ -25,6 +25,7 @@ import numpy as np
 
 from nfit.config import MAX_AUDIO_SAMPLES
 from nfit.errors import ConfigError, InputError, OutputError
+from nfit.signals.reading import decoding
 
 if TYPE_CHECKING:
     import torch
@@ -142,19 +143,11 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int, int]:
     raise many types, and all mean "not audio we can read".
     """
     path = Path(path)
-    try:
+    with decoding(path, "audio"):
         with open(path, "rb") as f:  # the OS's own errors first, with their plain reasons
             if not f.read(1):
                 raise InputError(path, "file is empty (0 bytes)")
         values, bits, rate = _decode(path)
-    except InputError:
-        raise
-    except PermissionError:
-        raise InputError(path, "permission denied") from None
-    except (FileNotFoundError, IsADirectoryError) as err:  # gone between listing and reading
-        raise InputError(path, f"cannot read ({type(err).__name__}: {err.strerror})") from None
-    except MemoryError:
-        raise InputError(path, "not enough memory to decode this audio") from None
     if values.shape[0] < 1 or values.shape[1] < 1:
         raise InputError(path, f"no audio samples ({values.shape[0]} frames x {values.shape[1]} channels)")
     return values, bits, rate

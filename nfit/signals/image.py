@@ -21,6 +21,7 @@ import numpy as np
 
 from nfit.config import MAX_IMAGE_PIXELS
 from nfit.errors import InputError, OutputError
+from nfit.signals.reading import decoding, short
 
 READ_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 MAX_PIXELS = MAX_IMAGE_PIXELS  # the old name
@@ -64,7 +65,7 @@ def _probe(path: Path) -> str:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as err:
         if _probe_tiff(path):
             return ""
-        raise InputError(path, f"cannot decode as an image ({type(err).__name__}: {_short(err)})") from None
+        raise InputError(path, f"cannot decode as an image ({type(err).__name__}: {short(err)})") from None
     if width * height > MAX_IMAGE_PIXELS:
         raise _too_big(path, f"{width}x{height}")
     return mode
@@ -118,18 +119,8 @@ def read_image(path: Path) -> tuple[np.ndarray, int]:
     Every failure is an :class:`InputError` naming the file: decoders (Pillow, pypng,
     tifffile, imageio's plugins) raise many types, and all mean "not an image we can read".
     """
-    try:
+    with decoding(path, "an image"):
         raw = _decode(path)
-    except InputError:
-        raise
-    except PermissionError:
-        raise InputError(path, "permission denied") from None
-    except (FileNotFoundError, IsADirectoryError) as err:  # gone between listing and reading
-        raise InputError(path, f"cannot read ({type(err).__name__}: {err.strerror})") from None
-    except MemoryError:
-        raise InputError(path, "not enough memory to decode this image") from None
-    except Exception as err:  # noqa: BLE001
-        raise InputError(path, f"cannot decode as an image ({type(err).__name__}: {_short(err)})") from None
     return to_unit_range(raw, path)
 
 
@@ -191,8 +182,3 @@ def write_image(path: Path, pixels: np.ndarray, fmt: str, *, quality: int = 95) 
         iio.imwrite(path, pixels[..., 0] if c == 1 else pixels, extension=".jpg", quality=quality)
     else:
         iio.imwrite(path, pixels[..., 0] if c == 1 else pixels, extension=".png")
-
-
-def _short(err: Exception) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else "unknown error"
-    return text[:160]

@@ -39,6 +39,7 @@ import numpy as np
 from nfit.atomic import atomic_frames_dir
 from nfit.config import MAX_IMAGE_PIXELS, MAX_VIDEO_VALUES
 from nfit.errors import ConfigError, InputError, NfitError, OutputError
+from nfit.signals.reading import check_file, decoding, short
 
 READ_EXTENSIONS = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v")
 OUTPUT_FORMATS = ("mp4", "webm", "frames")
@@ -72,32 +73,6 @@ def _url(path: Path) -> str:
     return "file:" + os.path.abspath(path)
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise InputError(path, "no such file")
-    if path.is_dir():
-        raise InputError(path, "is a directory, not a file")
-    if path.stat().st_size == 0:
-        raise InputError(path, "file is empty (0 bytes)")
-
-
-@contextmanager
-def _reading(path: Path) -> Iterator[None]:
-    """Every decoder failure as one InputError: FFmpeg raises many types, all meaning "not a video we can read"."""
-    try:
-        yield
-    except NfitError:
-        raise
-    except PermissionError:
-        raise InputError(path, "permission denied") from None
-    except (FileNotFoundError, IsADirectoryError) as err:  # gone between listing and reading
-        raise InputError(path, f"cannot read ({type(err).__name__}: {err.strerror})") from None
-    except MemoryError:
-        raise InputError(path, "not enough memory to decode this video") from None
-    except Exception as err:  # noqa: BLE001
-        raise InputError(path, f"cannot decode as a video ({type(err).__name__}: {_short(err)})") from None
-
-
 def _open(path: Path):
     import av
 
@@ -128,8 +103,8 @@ def _info(path: Path, stream) -> VideoInfo:
 def probe_video(path: str | Path) -> VideoInfo:
     """Frame count (where declared), frame rate and size from the headers, without decoding."""
     path = Path(path)
-    _check_file(path)
-    with _reading(path), _open(path) as container:
+    check_file(path)
+    with decoding(path, "a video"), _open(path) as container:
         return _info(path, _video_stream(path, container))
 
 
@@ -203,8 +178,8 @@ def read_video(
     if res is not None and res < 1:
         raise ConfigError("--res", f"must be >= 1, got {res}")
     path = Path(path)
-    _check_file(path)
-    with _reading(path), _open(path) as container:
+    check_file(path)
+    with decoding(path, "a video"), _open(path) as container:
         stream = _video_stream(path, container)
         info = _info(path, stream)
         exact = info.frames is not None and _exact_count(container)
@@ -288,11 +263,11 @@ def _writing(path: Path) -> Iterator[None]:
     except NfitError:
         raise
     except OSError as err:  # PyAV's FFmpeg errors are OSErrors too
-        raise OutputError(path, f"cannot write ({type(err).__name__}: {_short(err)})") from None
+        raise OutputError(path, f"cannot write ({type(err).__name__}: {short(err)})") from None
     except MemoryError:
         raise OutputError(path, "not enough memory to encode this video") from None
     except Exception as err:  # noqa: BLE001
-        raise OutputError(path, f"cannot encode ({type(err).__name__}: {_short(err)})") from None
+        raise OutputError(path, f"cannot encode ({type(err).__name__}: {short(err)})") from None
 
 
 class _Encoder:
@@ -416,8 +391,3 @@ def write_video(
             sink.abort()
 
 
-def _short(err: Exception) -> str:
-    # FFmpeg's errors carry a plain message (strerror) besides an errno and the URL already named
-    text = getattr(err, "strerror", None) if type(err).__module__.startswith("av") else None
-    text = text or (str(err).strip().splitlines()[0] if str(err).strip() else "unknown error")
-    return text[:160]
