@@ -64,7 +64,9 @@ def scan_folder(root: Path, extensions: tuple[str, ...] = image.READ_EXTENSIONS)
             Path(folder, n) for n in names if not n.startswith(".") and os.path.splitext(n)[1].lower() in wanted
         )
     if not found:
-        kind = "image" if tuple(extensions) == image.READ_EXTENSIONS else "matching"
+        named = {tuple(m.extensions): m.name for m in MODALITIES.values()}
+        everything = tuple(e for m in MODALITIES.values() for e in m.extensions)
+        kind = named.get(tuple(extensions)) or ("media" if tuple(extensions) == everything else "matching")
         raise InputError(root, f"no {kind} files found (looked for {', '.join(extensions)})")
     return sorted(found)
 

@@ -143,7 +143,7 @@ def test_bad_files_are_skipped_or_stop_a_strict_run(tmp_path, faces):
 
 def test_run_errors(tmp_path, faces):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no image files"):
+    with pytest.raises(InputError, match="no media files"):
         train(tmp_path / "empty", tmp_path / "r1")
     train(faces, tmp_path / "r2", steps=1)
     with pytest.raises(ConfigError, match="already holds a run"):
