@@ -429,7 +429,9 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
                 "sha256": init.sha256}
         if init.mask is not None:
             data["sparsity"] = {**init.sparsity, "values": init.n_values,
-                                "dense_narrow_width": narrow_width(init.field.base, init.n_values)}
+                                # the dense MLP with as many values; a NeRV has no one width to narrow
+                                "dense_narrow_width": narrow_width(init.field.base, init.n_values)
+                                if hasattr(init.field.config, "width") else None}
         return data
     if isinstance(nf, NeuralField):
         version, storage = nf.metadata()["format_version"], nf.storage()

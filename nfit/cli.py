@@ -395,7 +395,8 @@ def info(
             ("file", data["file"]),
             ("kind", f"initialisation ({data['format']} v{data['format_version']}), sha256 {data['sha256'][:16]}..."),
             ("modality", data["modality"]),
-            ("trained on", " x ".join(map(str, sig["shape"])) + f", {sig['channels']} channel(s)"),
+            ("trained on", " x ".join(map(str, sig["shape"])) + f", {sig['channels']} channel(s)"
+             + (f", {sig['rate']:g} Hz" if sig.get("rate") and data["modality"] == "audio" else "")),
             ("field", f"{data['field']['name']} " + json.dumps(data["field"]["config"])),
             ("parameters", f"{data['parameters']:,}"),
             ("algorithm", f"{data['algo']['name']} " + json.dumps(data["algo"]["config"])),
@@ -407,7 +408,8 @@ def info(
         if sp:
             rows.insert(6, ("sparsity", f"level {sp['level']} of {sp['rounds']} ({sp['prune']} pruning): density "
                             f"{sp['density']:.4f}, {sp['alive']:,} of {sp['weights']:,} weights, {sp['values']:,} values "
-                            f"with biases; dense-narrow equivalent: width {sp['dense_narrow_width']}"))
+                            f"with biases" + (f"; dense-narrow equivalent: width {sp['dense_narrow_width']}"
+                                              if sp["dense_narrow_width"] else "")))
         for k, v in rows:
             table.add_row(k, _plain(str(v)))
         out.print(table)

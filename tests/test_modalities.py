@@ -104,6 +104,12 @@ def test_audio_meta_train_eval_and_fit_resamples_to_the_init(tmp_path):
     assert report.shape == (1000,) and report.signals == 6 and report.results["rescaled"]["ssim_mean"] is None
     nf = nfit.fit(WAV, init=run)  # an 8 kHz file: resampled to the 4 kHz the init was trained at
     assert nf.rate == 4000.0 and nf.shape == (3645,) and nf.init["sha256"] == init.sha256
+    sparse = tmp_path / "sparse"  # Meta-SparseINR on sound: the dense run's grid and rate carry over
+    r = runner.invoke(app, ["meta-train", str(folder), "-o", str(sparse), "--algo", "sparse", "--from", str(run),
+                            "--rounds", "1", "--steps-per-round", "1", "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    nf = nfit.fit(WAV, init=sparse, density=0.8)
+    assert nf.rate == 4000.0 and nf.mask is not None and nf.n_values < nf.n_params
 
 
 # ---------------------------------------------------------------------------- video
@@ -220,6 +226,12 @@ def test_video_meta_train_with_nerv_then_fit_from_it(tmp_path):
     assert (init.modality, init.shape, init.field_name) == ("video", (4, 16, 16), "nerv")
     nf = nfit.fit(MP4, init=run, options=SignalOptions(frames=4))  # frames resized to the NeRV's 16x16
     assert nf.shape == (4, 16, 16) and nf.init["sha256"] == init.sha256
+    sparse = tmp_path / "sparse"
+    r = runner.invoke(app, ["meta-train", str(folder), "-o", str(sparse), "--algo", "sparse", "--from", str(run),
+                            "--rounds", "1", "--steps-per-round", "1", "--workers", "0", "--val-fraction", "0.25"])
+    assert r.exit_code == 0, r.output
+    about = nfit.info(sparse)  # pruned convolutions; a NeRV has no dense-narrow width
+    assert about["sparsity"]["density"] == pytest.approx(0.8, abs=1e-3) and about["sparsity"]["dense_narrow_width"] is None
 
 
 # ---------------------------------------------------------------------------- one interface
