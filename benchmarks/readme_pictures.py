@@ -7,7 +7,11 @@
 * docs/context.png: GradNCP's selected context at test-time steps 1, 2, 4, 8 and 16
   (`nfit fit --save-context-maps` writes every step);
 * docs/psnr_steps.png (with --curves, the JSON of bench_default_init.py): PSNR against
-  steps from the shipped initialisation and from a random one.
+  steps from the shipped initialisation and from a random one;
+* docs/meta_psnr_steps.png (with --eval, the JSON of `nfit eval GRADNCP MAML random DATA
+  --json`): PSNR against test-time steps from each initialisation.
+
+    PYTHONPATH=. python benchmarks/readme_pictures.py --only-eval --eval eval.json
 """
 
 from __future__ import annotations
@@ -80,16 +84,52 @@ def curves(path: Path) -> None:
     fig.savefig(DOCS / "psnr_steps.png")
 
 
+def eval_curves(path: Path) -> None:
+    """PSNR after 0..K test-time steps, re-scaled (solid) and plain SGD (dashed), one colour per init."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reports = json.loads(path.read_text())
+    reports = reports if isinstance(reports, list) else [reports]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=150)
+    for r in reports:
+        name = "random" if r["init"] == "random" else Path(r["init"]).name
+        line = None
+        for variant, style in (("rescaled", "o-"), ("plain", "--")):
+            curve = r["results"].get(variant)
+            if curve is None:
+                continue
+            kw = {"color": line.get_color()} if line is not None else {}
+            (drawn,) = ax.plot(range(len(curve["psnr_mean"])), curve["psnr_mean"], style, ms=3,
+                               label=f"{name}, {'re-scaled' if variant == 'rescaled' else 'plain'} SGD", **kw)
+            line = line or drawn
+    r = reports[0]
+    ax.set_xlabel("test-time steps")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(f"{r['signals']} held-out signals, {'x'.join(map(str, r['shape']))} (nfit eval)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(DOCS / "meta_psnr_steps.png")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--curves", type=Path, help="JSON written by bench_default_init.py --json")
+    p.add_argument("--eval", type=Path, help="JSON written by nfit eval ... --json")
+    p.add_argument("--only-eval", action="store_true", help="draw only the --eval plot")
     args = p.parse_args()
     DOCS.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        upscale(Path(tmp))
-        context(Path(tmp))
+    if not args.only_eval:
+        with tempfile.TemporaryDirectory() as tmp:
+            upscale(Path(tmp))
+            context(Path(tmp))
     if args.curves:
         curves(args.curves)
+    if args.eval:
+        eval_curves(args.eval)
 
 
 if __name__ == "__main__":
