@@ -553,6 +553,8 @@ def meta_train(
         None, help=f"A non-finite loss: stop (keep the last checkpoint) or skip the update and count it "
         f"[default: {TrainConfig.nan_policy}; with --resume: the run's]."),
     device: str = typer.Option(TrainConfig.device, help="auto, cpu or cuda."),
+    compile_: bool = typer.Option(
+        False, "--compile", help="torch.compile the whole outer step (maml, gradncp; one process); on CUDA also TF32 matmuls."),
 ) -> None:
     """Learn an initialisation over a folder: `nfit meta-train ./faces -o runs/faces`.
 
@@ -589,7 +591,7 @@ def meta_train(
                                   "(--from); the length is --rounds x --steps-per-round")
         train = TrainConfig(algo=algo, steps=TrainConfig.steps if steps is None else steps, batch_size=batch_size,
                             micro_batch=micro_batch, lr=lr, clip=clip, seed=seed, log_every=log_every, val_every=val_every,
-                            ckpt_every=ckpt_every, test_steps=test_steps, device=device,
+                            ckpt_every=ckpt_every, test_steps=test_steps, device=device, compile=compile_,
                             nan_policy=TrainConfig.nan_policy if nan_policy is None else nan_policy)
         data_config = DataConfig(modality=modality, res=res, sample_rate=sample_rate, duration=duration, frames=frames,
                                  stride=stride, channels=channels, val_fraction=val_fraction, val_limit=val_limit,

@@ -228,6 +228,11 @@ class TrainConfig:
     # bad batch; a run that diverges should stop rather than write NaN weights.
     nan_policy: str = "stop"
     device: str = "auto"
+    # torch.compile the whole outer step (loss and gradient, nfit.meta.compiled) instead
+    # of the eager strategy: maml and gradncp, one process. Off by default: compiling
+    # takes minutes at K=16 and the gain is unmeasured on GPU (see BENCHMARKS.md); on
+    # CUDA it also allows TF32 matmuls (eager keeps full float32, the reference).
+    compile: bool = False
 
     def __post_init__(self):
         from nfit.errors import ConfigError
