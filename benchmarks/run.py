@@ -175,10 +175,9 @@ def child_render(p: dict) -> dict:
     import numpy as np
     import torch
 
+    import nfit
     from benchmarks.bench_fit import bench_render
     from nfit.device import resolve_device
-
-    import nfit
 
     device = resolve_device(p["device"])
     values = np.random.default_rng(0).random((32, 32, 3), dtype=np.float32)

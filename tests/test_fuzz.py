@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import pytest
+from corpus import encode, field_file, init_file, pixels, rewrite
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from corpus import encode, field_file, init_file, pixels, rewrite
 from nfit.device import peak_resident_bytes
 from nfit.errors import FieldFileError, InputError
 from nfit.fieldfile import load_field, load_init

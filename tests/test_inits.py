@@ -1,6 +1,5 @@
 """The initialisations nfit ships, and fitting from them by default."""
 
-import json
 
 import numpy as np
 import pytest

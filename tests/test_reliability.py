@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
+from corpus import BAD_FIELD_FILES, BAD_MEDIA, PHOTO, UNUSUAL_MEDIA, field_file, init_file, rewrite, write
 from typer.testing import CliRunner
 
 import nfit
-from corpus import BAD_FIELD_FILES, BAD_MEDIA, PHOTO, UNUSUAL_MEDIA, field_file, init_file, rewrite, write
 from nfit.cli import app
 from nfit.errors import FieldFileError, InputError, NfitError
 from nfit.fieldfile import load_field, load_init

@@ -4,9 +4,9 @@ metadata ever used to write."""
 import re
 from pathlib import Path
 
+from corpus import field_file, rewrite
 from typer.testing import CliRunner
 
-from corpus import field_file, rewrite
 from nfit.cli import app
 
 runner = CliRunner()

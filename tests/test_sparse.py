@@ -26,8 +26,8 @@ from nfit.meta.sparse import (
     mask_size,
     narrow_width,
     pack_mask,
-    prune,
     prunable,
+    prune,
     unpack_mask,
 )
 from nfit.train import meta_train

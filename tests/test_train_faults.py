@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import nfit.train
 from nfit.cli import app
 from nfit.config import DataConfig, FieldOptions, TrainConfig
-from nfit.errors import OutputError, TrainingError
+from nfit.errors import TrainingError
 from nfit.fieldfile import file_sha256, load_init
 from nfit.train import meta_train
 
