@@ -160,10 +160,9 @@ def _fit_plan(given: list[Path], output: Optional[Path], out_dir: Optional[Path]
     """Inputs (folders expanded, recursively: their media files, or those of ``modality``) and
     their outputs: ``-o``, ``-O DIR`` (a folder's subfolders mirrored inside DIR) or beside each input."""
     from nfit.data import scan_folder
-    from nfit.signals import MODALITIES
+    from nfit.signals import EXTENSIONS, MODALITIES
 
-    kinds = [MODALITIES[modality]] if modality in MODALITIES else MODALITIES.values()
-    extensions = tuple(e for m in kinds for e in m.extensions)
+    extensions = MODALITIES[modality].extensions if modality in MODALITIES else EXTENSIONS
 
     if output is not None and out_dir is not None:
         raise ConfigError(None, "give either -o/--output or -O/--out-dir, not both")

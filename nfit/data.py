@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from nfit.config import SignalOptions
 from nfit.errors import ConfigError, InputError
-from nfit.signals import MODALITIES, image
+from nfit.signals import EXTENSIONS, MODALITIES, image, modality_for
 
 Item = tuple[int, torch.Tensor | None, str | None]
 Warn = Callable[[str], None]
@@ -64,9 +64,8 @@ def scan_folder(root: Path, extensions: tuple[str, ...] = image.READ_EXTENSIONS)
             Path(folder, n) for n in names if not n.startswith(".") and os.path.splitext(n)[1].lower() in wanted
         )
     if not found:
-        named = {tuple(m.extensions): m.name for m in MODALITIES.values()}
-        everything = tuple(e for m in MODALITIES.values() for e in m.extensions)
-        kind = named.get(tuple(extensions)) or ("media" if tuple(extensions) == everything else "matching")
+        named = {tuple(m.extensions): m.name for m in MODALITIES.values()} | {EXTENSIONS: "media"}
+        kind = named.get(tuple(extensions), "matching")
         raise InputError(root, f"no {kind} files found (looked for {', '.join(extensions)})")
     return sorted(found)
 
@@ -81,11 +80,9 @@ def scan_media(root: Path, modality: str | None = None) -> tuple[str, list[Path]
         if modality not in MODALITIES:
             raise ConfigError("--modality", f"unknown modality {modality!r} (known: {', '.join(MODALITIES)})")
         return modality, scan_folder(root, MODALITIES[modality].extensions)
-    files = scan_folder(root, tuple(e for m in MODALITIES.values() for e in m.extensions))
     by_modality: dict[str, list[Path]] = {}
-    for f in files:
-        name = next(m.name for m in MODALITIES.values() if f.suffix.lower() in m.extensions)
-        by_modality.setdefault(name, []).append(f)
+    for f in scan_folder(root, EXTENSIONS):
+        by_modality.setdefault(modality_for(f).name, []).append(f)
     if len(by_modality) > 1:
         counts = ", ".join(f"{len(v)} {k}" for k, v in by_modality.items())
         raise InputError(root, f"holds files of several modalities ({counts}): choose one with --modality")
@@ -249,7 +246,6 @@ class SignalFolder(torch.utils.data.Dataset):
         self.files = [Path(f) for f in files]
         self.opts = opts
         self.modality = MODALITIES[opts.modality]
-        self.shape = self.modality.dataset_shape(opts)
         self.channels = channels
 
     def __len__(self) -> int:

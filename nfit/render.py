@@ -82,10 +82,9 @@ def render_pixels(
 ) -> np.ndarray:
     """Quantised values ``[*shape, C]`` (uint8 or uint16), quantised chunk by chunk."""
     shape = _check_shape(shape, nf)
-    params = _device_params(nf, resolve_device(device))
     out = np.empty((math.prod(shape), nf.channels), dtype=np.uint8 if bit_depth == 8 else np.uint16)
-    for start, stop, values in evaluate_chunks(nf.field, params, shape, chunk=chunk):
-        out[start:stop] = quantize(values[0].float().cpu().numpy(), bit_depth)
+    for start, stop, samples in _quantized_chunks(nf, shape, bit_depth, device, chunk):
+        out[start:stop] = samples
     return out.reshape(*shape, nf.channels)
 
 
@@ -95,10 +94,14 @@ def render_frames(
     """Quantised slices along the first axis (video frames ``[H, W, C]``), one at a time:
     memory holds one frame and one chunk, whatever the length of the render."""
     shape = _check_shape(shape, nf)
+    yield from frames_of(_quantized_chunks(nf, shape, bit_depth, device, chunk), shape, nf.channels)
+
+
+def _quantized_chunks(nf, shape, bit_depth, device, chunk) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(start, stop, samples [stop - start, C])`` of one field on a checked grid, quantised on the CPU."""
     params = _device_params(nf, resolve_device(device))
-    chunks = ((start, stop, quantize(values[0].float().cpu().numpy(), bit_depth))
-              for start, stop, values in evaluate_chunks(nf.field, params, shape, chunk=chunk))
-    yield from frames_of(chunks, shape, nf.channels)
+    for start, stop, values in evaluate_chunks(nf.field, params, shape, chunk=chunk):
+        yield start, stop, quantize(values[0].float().cpu().numpy(), bit_depth)
 
 
 def render_to_file(

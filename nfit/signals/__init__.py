@@ -236,6 +236,7 @@ def _rate(path: Path, rate: float | None) -> float:
 
 
 MODALITIES: dict[str, type] = {m.name: m for m in (ImageModality, AudioModality, VideoModality)}
+EXTENSIONS: tuple[str, ...] = tuple(e for m in MODALITIES.values() for e in m.extensions)  # every file nfit reads
 
 
 def modality_for(path: Path, override: str | None = None):
@@ -247,8 +248,7 @@ def modality_for(path: Path, override: str | None = None):
     for modality in MODALITIES.values():
         if ext in modality.extensions:
             return modality
-    known = ", ".join(e for m in MODALITIES.values() for e in m.extensions)
-    raise InputError(path, f"unsupported file type {ext or '(no extension)'} (nfit reads {known})")
+    raise InputError(path, f"unsupported file type {ext or '(no extension)'} (nfit reads {', '.join(EXTENSIONS)})")
 
 
 def read_signal(path: str | Path, options: SignalOptions | str | None = None) -> Signal:
@@ -283,5 +283,5 @@ def frames_of(chunks: Iterator[tuple[int, int, np.ndarray]], shape: tuple[int, .
                 yield buf.reshape(*shape[1:], channels)
 
 
-__all__ = ["CONVENTION", "MODALITIES", "Signal", "fit_shape", "frames_of", "grid_coords",
+__all__ = ["CONVENTION", "EXTENSIONS", "MODALITIES", "Signal", "fit_shape", "frames_of", "grid_coords",
            "modality_for", "read_signal"]
