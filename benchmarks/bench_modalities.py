@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -331,9 +332,7 @@ def cmd_memory(args) -> None:
         if "error" in r:
             print(f"| {r['modality']} | {r['size']} | - | {r['algo']} | error: {' '.join(r['error'])[:100]} | | |")
             continue
-        pts = 1
-        for s in r["shape"]:
-            pts *= s
+        pts = math.prod(r["shape"])
         print(f"| {r['modality']} | {r['size']} | {pts} | {r['algo']} | {r['step_s_median']} | {_gib(r['peak_bytes'])} | "
               f"{_gib(r['peak_bytes'] - r['idle_bytes'])} |")
 

@@ -69,20 +69,29 @@ def _sync(device) -> None:
 # ------------------------------------------------------------------ children (run in a subprocess)
 
 
-def child_meta(p: dict) -> dict:
+def _child_device(p: dict):
+    """A child's device, set up as ``nfit meta-train`` sets it up (CPU allocator; TF32 when asked)."""
     import torch
 
     from nfit.device import resolve_device, tune_cpu_allocator
-    from nfit.fields import build_field
-    from nfit.flops import meta_step_flops, siren_dims
-    from nfit.meta import build_strategy
-    from nfit.signals import grid_coords
 
     device = resolve_device(p["device"])
     if device.type == "cpu":
         tune_cpu_allocator()
     if p["tf32"] and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
+    return device
+
+
+def child_meta(p: dict) -> dict:
+    import torch
+
+    from nfit.fields import build_field
+    from nfit.flops import meta_step_flops, siren_dims
+    from nfit.meta import build_strategy
+    from nfit.signals import grid_coords
+
+    device = _child_device(p)
     idle = _peak(device)
     field = build_field("siren", {"in_dim": 2, "out_dim": 3})
     theta = {k: v.to(device).requires_grad_(True) for k, v in field.init_params(torch.Generator().manual_seed(0)).items()}
@@ -142,16 +151,11 @@ def child_fit(p: dict) -> dict:
     import torch
 
     from nfit.config import FitConfig
-    from nfit.device import resolve_device, tune_cpu_allocator
     from nfit.fields import build_field
     from nfit.fit import fit_adam
     from nfit.flops import fit_step_flops, siren_dims
 
-    device = resolve_device(p["device"])
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    if p["tf32"] and device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+    device = _child_device(p)
     field = build_field("siren", {"in_dim": 2, "out_dim": 3})
     init = field.init_params(torch.Generator().manual_seed(0))
     res, batch = p["res"], p["batch"]
