@@ -72,7 +72,7 @@ def main() -> None:
                "random_steps_to_match": reach, "step_ratio": None if reach is None else round(reach / 16, 2)}
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if not k.endswith("curve")}), flush=True)
-    print(f"\n| photo | size | default init, 16 SGD steps | random init, 100 Adam steps | Adam steps from random to match | ratio |")
+    print("\n| photo | size | default init, 16 SGD steps | random init, 100 Adam steps | Adam steps from random to match | ratio |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         reach = f">{args.random_steps}" if r["random_steps_to_match"] is None else str(r["random_steps_to_match"])

@@ -180,9 +180,9 @@ def make_crops(photos: list[Path], count: int, size: int, out: Path, seed: int) 
 
 
 def cmd_crops(args) -> None:
+    from nfit.config import AdaptConfig
     from nfit.data import scan_folder
     from nfit.evaluation import evaluate_folder
-    from nfit.config import AdaptConfig
 
     photos = scan_folder(Path(args.data))
     rng = random.Random(args.seed)

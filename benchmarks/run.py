@@ -4,6 +4,7 @@
     python -m benchmarks --quick --device cpu          # ~2 minutes on a small CPU
     python -m benchmarks --device cuda                 # the full sizes, eager
     python -m benchmarks --device cuda --compile       # eager AND --compile meta-steps, side by side
+    python -m benchmarks --device cuda --only meta headroom --gradient-checkpointing   # and with recomputation
     python benchmarks/run.py --device cuda --only meta --res 178 --batch 8   # one part
 
 Measures, each configuration in a fresh subprocess (so its peak memory is its own:
@@ -13,7 +14,12 @@ CUDA's max_memory_allocated, or the process's VmHWM on CPU, see nfit.device):
   for maml (K=4) and gradncp (K=16, gamma 0.25, L=5) against resolution, batch --batch;
   achieved matmul FLOP/s, the FLOPs counted analytically by nfit.flops, and the fraction
   of --peak-tflops (default: a table of known dense TF32 peaks; none for CPUs);
-  with --compile also the nfit.meta.compiled step (torch.compile; TF32 on CUDA);
+  with --compile also the nfit.meta.compiled step (torch.compile; TF32 on CUDA), and with
+  --gradient-checkpointing also the eager step with gradient checkpointing (inner steps and
+  outer loss recomputed in the backward pass);
+* memory headroom: the largest image side, and the longest video clip (frames at a fixed
+  size, SIREN over (t, y, x)), at which one outer step of each algorithm fits at --batch:
+  doubling, then bisection, one subprocess per probe; on a CPU within --memory-limit;
 * fitting: signals per second of Adam fitting (nfit.fit.fit_adam), batch 1 to 64;
 * rendering: megapixels per second of nfit.render.render_pixels (uint8), reusing
   benchmarks/bench_fit.py's bench_render;
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -50,6 +57,10 @@ SIZES = {  # (quick CPU, full)
     "fit_steps": (4, 16),
     "render": ([128, 256], [1024, 4096]),
     "decode": (32, 200),
+    # memory headroom: image side (start, cap, step); video clips of F frames at side res (res, start, cap, step)
+    "headroom_image": ((16, 512, 8), (64, 4096, 32)),
+    "headroom_video": ((16, 2, 256, 2), (128, 4, 512, 2)),
+    "headroom_cpu_budget": (0.5e9, None),  # bytes a CPU step may use (None: a quarter of the machine's memory)
 }
 
 
@@ -83,23 +94,46 @@ def _child_device(p: dict):
     return device
 
 
-def child_meta(p: dict) -> dict:
+def _meta_setup(p: dict):
+    """The pieces of one outer step: device, field, theta (leaves), strategy, coords, targets.
+
+    ``p["shape"]``: the grid, (H, W) for an image or (T, H, W) for a video clip (SIREN
+    over (t, y, x)); targets are photos from --data for images, else uniform noise
+    (memory and time do not depend on the values).
+    """
     import torch
 
     from nfit.fields import build_field
-    from nfit.flops import meta_step_flops, siren_dims
     from nfit.meta import build_strategy
     from nfit.signals import grid_coords
 
     device = _child_device(p)
-    idle = _peak(device)
-    field = build_field("siren", {"in_dim": 2, "out_dim": 3})
+    shape, batch = tuple(p["shape"]), p["batch"]
+    field = build_field("siren", {"in_dim": len(shape), "out_dim": 3})
     theta = {k: v.to(device).requires_grad_(True) for k, v in field.init_params(torch.Generator().manual_seed(0)).items()}
-    strategy = build_strategy(p["algo"], ALGOS[p["algo"]])
-    res, batch = p["res"], p["batch"]
-    targets = _images(p["data"], res, batch).to(device)
-    coords = grid_coords((res, res), device=device)
-    if p["compile"]:
+    strategy = build_strategy(p["algo"], {**ALGOS[p["algo"]], "gradient_checkpointing": p.get("mode") == "checkpoint"})
+    if len(shape) == 2 and shape[0] == shape[1]:
+        targets = _images(p.get("data"), shape[0], batch)
+    else:
+        targets = torch.rand(batch, math.prod(shape), 3, generator=torch.Generator().manual_seed(0))
+    return device, field, theta, strategy, grid_coords(shape, device=device), targets.to(device)
+
+
+def _eager_step(field, theta, strategy, coords, targets):
+    """One eager outer step as nfit.train takes it: the loss and its backward to theta."""
+    loss = strategy.outer_loss(field, theta, coords, targets).loss
+    loss.backward()
+    for v in theta.values():
+        v.grad = None
+    return loss
+
+
+def child_meta(p: dict) -> dict:
+    from nfit.flops import meta_step_flops, siren_dims
+
+    idle = _peak(_child_device(p))
+    device, field, theta, strategy, coords, targets = _meta_setup(p)
+    if p["mode"] == "compiled":
         from nfit.meta.compiled import outer_step
 
         step_fn = outer_step(strategy, field)
@@ -110,11 +144,7 @@ def child_meta(p: dict) -> dict:
             return loss
     else:
         def step():
-            loss = strategy.outer_loss(field, theta, coords, targets).loss
-            loss.backward()
-            for v in theta.values():
-                v.grad = None
-            return loss
+            return _eager_step(field, theta, strategy, coords, targets)
 
     times, first = [], None
     for i in range(p["warmup"] + p["reps"]):
@@ -128,10 +158,73 @@ def child_meta(p: dict) -> dict:
         if i >= p["warmup"]:
             times.append(dt)
     med = statistics.median(times)
-    flops = meta_step_flops(p["algo"], siren_dims(), res * res, batch, strategy.config)
+    flops = meta_step_flops(p["algo"], siren_dims(), coords.shape[0], p["batch"], strategy.config)
     return {"step_s": round(med, 5), "steps_per_s": round(1 / med, 3), "first_step_s": round(first, 3),
             "step_s_all": [round(t, 5) for t in times], "matmul_flops": flops, "tflops_per_s": flops / med / 1e12,
             "peak_bytes": _peak(device), "idle_bytes": idle, **ALGOS[p["algo"]]}
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(err)
+
+
+def child_headroom(p: dict) -> dict:
+    """Does one outer step (loss and backward) at ``p["shape"]`` fit in memory? On CUDA: does it
+    run without running out. On a CPU, which would swap rather than fail: does the step's own
+    peak (resident high-water mark over the set-up's) stay within ``p["memory_limit"]`` bytes."""
+    try:
+        device, field, theta, strategy, coords, targets = _meta_setup(p)
+        if device.type == "cpu":  # a tiny step first: the thread pools' own memory is not the step's
+            _eager_step(field, theta, strategy, *_meta_setup({**p, "shape": [4] * coords.shape[1]})[-2:])
+        base = _peak(device)
+        _eager_step(field, theta, strategy, coords, targets)
+        _sync(device)
+    except Exception as err:  # noqa: BLE001  only running out of memory is an answer; anything else is a failure
+        if not _out_of_memory(err):
+            raise
+        return {"fits": False}
+    peak = _peak(device)
+    fits = device.type != "cpu" or peak - base <= p["memory_limit"]
+    return {"fits": fits, "peak_bytes": peak, "step_bytes": peak - base}
+
+
+def largest_fitting(fits, start: int, cap: int, step: int) -> tuple[int | None, int | None, list[tuple[int, bool]]]:
+    """The largest size up to ``cap`` for which ``fits(size)`` holds, assuming it holds below
+    some threshold: doubling from ``start`` until a size fails, then bisection over the
+    multiples of ``step`` in between.
+
+    Returns (the largest size that fit, or None when ``start`` failed; the smallest that
+    failed, or None when ``cap`` fit; every probe in order). No multiple of ``step`` lies
+    strictly between the two sizes returned.
+    """
+    probes: list[tuple[int, bool]] = []
+
+    def probe(size: int) -> bool:
+        probes.append((size, bool(fits(size))))
+        return probes[-1][1]
+
+    if not probe(start):
+        return None, start, probes
+    good, bad = start, None
+    while bad is None:
+        size = min(good * 2, cap)
+        if size <= good:
+            return good, None, probes
+        if probe(size):
+            good = size
+        else:
+            bad = size
+    while True:
+        first, last = good // step + 1, (bad - 1) // step  # the multiples of step strictly inside
+        if first > last:
+            return good, bad, probes
+        mid = min(max(round((good + bad) / 2 / step), first), last) * step
+        if probe(mid):
+            good = mid
+        else:
+            bad = mid
 
 
 def _images(data: str | None, res: int, batch: int):
@@ -206,7 +299,9 @@ def child_decode(p: dict) -> dict:
             "processes": 1}
 
 
-CHILDREN = {"meta": child_meta, "fit": child_fit, "render": child_render, "decode": child_decode}
+CHILDREN = {"meta": child_meta, "fit": child_fit, "render": child_render, "decode": child_decode,
+            "headroom": child_headroom}
+PARTS = list(CHILDREN)  # what a run without --only measures
 
 
 def run_child(kind: str, params: dict, threads: int) -> dict:
@@ -251,11 +346,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes for a CPU (~2 minutes)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--only", nargs="+", choices=list(CHILDREN), help="run only these parts")
+    ap.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
     ap.add_argument("--res", type=int, nargs="+", help="meta-step resolutions (default: by --quick)")
-    ap.add_argument("--batch", type=int, help="meta-step batch (default: 4 quick, 8 full)")
+    ap.add_argument("--batch", type=int, help="meta-step and headroom batch (default: 4 quick, 8 full)")
     ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
     ap.add_argument("--compile", action="store_true", help="also time the --compile meta-step (TF32 on CUDA)")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="also the meta-step with gradient checkpointing (time, memory and headroom)")
+    ap.add_argument("--signals", nargs="+", default=["image", "video"], choices=["image", "video"],
+                    help="headroom: which signals to grow")
+    ap.add_argument("--memory-limit", type=float, default=None,
+                    help="headroom on a CPU: GB one step may use (default 0.5 quick, else a quarter of the RAM)")
     ap.add_argument("--tf32", action="store_true", help="TF32 matmuls for the eager runs too (CUDA)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 2 quick, 5 full)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the fraction")
@@ -281,21 +382,27 @@ def main(argv=None) -> int:
     peak, peak_source = peak_tflops(args, info.get("gpu", "cpu") if device == "cuda" else "cpu")
     out = args.out or ROOT / "benchmarks" / "results" / f"{time.strftime('%Y-%m-%d')}-{device}{'-quick' if args.quick else ''}"
     out.mkdir(parents=True, exist_ok=True)
-    parts = args.only or list(CHILDREN)
+    parts = args.only or PARTS
     records: list[dict] = []
     common = {"device": device, "data": args.data, "tf32": args.tf32}
     t0 = time.perf_counter()
+    modes = ["eager"] + ["compiled"] * args.compile + ["checkpoint"] * args.gradient_checkpointing
+    batch = args.batch or size["meta_batch"]
     if "meta" in parts:
-        batch = args.batch or size["meta_batch"]
         for res in args.res or size["meta_res"]:
             for algo in args.algos:
-                for compiled in ([False, True] if args.compile else [False]):
-                    print(f"meta-step {algo} {res}x{res} batch {batch}{' compiled' if compiled else ''} ...", flush=True)
-                    r = run_child("meta", {**common, "algo": algo, "res": res, "batch": batch, "compile": compiled,
-                                           "reps": reps, "warmup": 2 if compiled else 1}, args.threads)
+                for mode in modes:
+                    print(f"meta-step {algo} {res}x{res} batch {batch} {mode} ...", flush=True)
+                    r = run_child("meta", {**common, "algo": algo, "shape": [res, res], "res": res, "batch": batch,
+                                           "mode": mode, "reps": reps, "warmup": 2 if mode == "compiled" else 1},
+                                  args.threads)
                     if peak and "tflops_per_s" in r:
                         r["fraction_of_peak"] = r["tflops_per_s"] / peak
                     records.append(r)
+    if "headroom" in parts:
+        budget = args.memory_limit * 1e9 if args.memory_limit else size["headroom_cpu_budget"] or _quarter_ram()
+        records += headroom(common, args.signals, args.algos, [m for m in modes if m != "compiled"], batch, size,
+                            int(budget), args.threads)
     if "fit" in parts:
         for batch in size["fit_batches"]:
             print(f"fitting {size['fit_res']}x{size['fit_res']} x{size['fit_steps']} steps, batch {batch} ...", flush=True)
@@ -319,6 +426,44 @@ def main(argv=None) -> int:
     return 0
 
 
+def _quarter_ram() -> int:  # a doubling probe may need 4x the last that fitted: keep it in memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def headroom(common: dict, signals: list[str], algos: list[str], modes: list[str], batch: int, size: dict,
+             budget: int, threads: int) -> list[dict]:
+    """The largest image side, and the longest video clip at a fixed frame size, that one
+    outer step at ``batch`` fits in memory, per algorithm and mode (one subprocess per probe)."""
+    image_start, image_cap, image_step = size["headroom_image"]
+    video_res, video_start, video_cap, video_step = size["headroom_video"]
+    targets = {  # what grows: (shape of a size, start, cap, step, unit)
+        "image": (lambda n: [n, n], image_start, image_cap, image_step, "side (px)"),
+        "video": (lambda n: [n, video_res, video_res], video_start, video_cap, video_step, f"frames at {video_res}x{video_res}"),
+    }
+    records = []
+    for target in signals:
+        shape, start, cap, step, unit = targets[target]
+        for algo in algos:
+            for mode in modes:
+                peaks = {}
+
+                def fits(n: int) -> bool:
+                    r = run_child("headroom", {**common, "algo": algo, "shape": shape(n), "batch": batch, "mode": mode,
+                                               "memory_limit": budget}, threads)
+                    if "error" in r:
+                        raise RuntimeError(f"headroom probe {target} {n} failed: {r['error']}")
+                    peaks[n] = r.get("peak_bytes")
+                    return r["fits"]
+
+                print(f"headroom {target} {algo} batch {batch} {mode} ...", flush=True)
+                largest, failed, probes = largest_fitting(fits, start, cap, step)
+                records.append({"kind": "headroom", "target": target, "unit": unit, "algo": algo, "mode": mode,
+                                "batch": batch, "largest": largest, "smallest_failing": failed, "cap": cap,
+                                "largest_peak_bytes": peaks.get(largest), "probes": probes,
+                                "budget_bytes": budget if common["device"] == "cpu" else None})
+    return records
+
+
 def _gb(n) -> str:
     return f"{n / 1e9:.2f}" if n else "-"
 
@@ -333,7 +478,7 @@ def markdown(result: dict) -> str:
         lines += ["| algo | res | batch | mode | step (s) | steps/s | first step (s) | matmul GFLOP/step | TFLOP/s | of peak | peak mem (GB) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in meta:
-            mode = ("compiled" if r["compile"] else "eager") + (" tf32" if r["tf32"] else "")
+            mode = r["mode"] + (" tf32" if r["tf32"] else "")
             if "error" in r:
                 lines.append(f"| {r['algo']} | {r['res']} | {r['batch']} | {mode} | error: {r['error'][:80]} |||||||")
                 continue
@@ -351,6 +496,18 @@ def markdown(result: dict) -> str:
                 continue
             lines.append(f"| {r['res']} | {r['steps']} | {r['batch']} | {r['seconds']:.3f} | {r['signals_per_s']:.2f} | "
                          f"{r['tflops_per_s']:.4f} | {_gb(r['peak_bytes'])} |")
+        lines.append("")
+    room = [r for r in recs if r["kind"] == "headroom"]
+    if room:
+        budget = room[0]["budget_bytes"]
+        lines += [f"Memory headroom at batch {room[0]['batch']}: one outer step, loss and backward"
+                  + (f", within {_gb(budget)} GB of CPU memory" if budget else "") + ".", "",
+                  "| signal | algo | mode | largest that fits | smallest that failed | its peak mem (GB) |",
+                  "|---|---|---|---|---|---|"]
+        for r in room:
+            failed = r["smallest_failing"] if r["smallest_failing"] is not None else f"none up to {r['cap']}"
+            lines.append(f"| {r['target']}: {r['unit']} | {r['algo']} | {r['mode']} | {r['largest']} | {failed} | "
+                         f"{_gb(r['largest_peak_bytes'])} |")
         lines.append("")
     for r in recs:
         if r["kind"] == "render" and "renders" in r:
@@ -373,11 +530,11 @@ def plots(result: dict, out: Path) -> None:
     if meta:
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         for algo in ALGOS:
-            for compiled in (False, True):
-                rs = sorted((r for r in meta if r["algo"] == algo and r["compile"] == compiled), key=lambda r: r["res"])
+            for mode in ("eager", "compiled", "checkpoint"):
+                rs = sorted((r for r in meta if r["algo"] == algo and r["mode"] == mode), key=lambda r: r["res"])
                 if not rs:
                     continue
-                label = f"{algo}{' compiled' if compiled else ''}"
+                label = f"{algo} {mode}"
                 x = [r["res"] for r in rs]
                 axes[0].plot(x, [r["step_s"] for r in rs], "o-", label=label)
                 axes[1].plot(x, [r["peak_bytes"] / 1e9 for r in rs], "o-", label=label)

@@ -104,6 +104,12 @@ def _quantized_chunks(nf, shape, bit_depth, device, chunk) -> Iterator[tuple[int
         yield start, stop, quantize(values[0].float().cpu().numpy(), bit_depth)
 
 
+def default_output(nf_path: Path, modality: str) -> Path:
+    """Where ``nfit render X.nf`` writes without -o: beside it, as ``X_render.png`` (.wav,
+    .mp4). Never ``X.png``: that is most often the very file the field was fitted from."""
+    return nf_path.with_name(f"{nf_path.stem}_render{MODALITIES[modality].default_suffix}")
+
+
 def render_to_file(
     nf,
     output: str | Path,

@@ -172,6 +172,8 @@ def _compiled_step(strategy: Strategy, field_: Field, device: torch.device, worl
         raise ConfigError("--compile", f"applies to {' and '.join(COMPILABLE)}, not --algo {strategy.name}")
     if world > 1:
         raise ConfigError("--compile", "runs in one process only (its gradients bypass DistributedDataParallel)")
+    if getattr(strategy.config, "gradient_checkpointing", False):
+        raise ConfigError("--gradient-checkpointing", "applies to the eager step; with --compile, the compiler decides what to keep")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32: ~8x the float32 matmul rate; eager keeps float32
         torch.backends.cudnn.allow_tf32 = True

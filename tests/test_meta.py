@@ -21,6 +21,7 @@ from nfit.fit import fit_sgd, full_pass, random_init
 from nfit.meta import STRATEGIES, GradNCP, GradNCPConfig, Maml, MamlConfig, build_strategy
 from nfit.meta.gradncp import bootstrap_target
 from nfit.meta.inner import (
+    checkpointed_mse,
     context_scores,
     expand_params,
     gather_context,
@@ -472,6 +473,72 @@ def test_gradncp_with_full_context_and_no_bootstrap_is_maml(first_order):
         results.append((r.loss.detach(), grads_of(th)))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-10, atol=0)
     assert_params_close(results[0][1], results[1][1], rtol=1e-8, atol=1e-12)
+
+
+# ---------------------------------------------------------- 6b. checkpointed outer loss
+
+
+def saved_elements(fn):
+    """Run ``fn`` and count the elements of the distinct storages autograd saves for its
+    backward (what its graph holds; a tensor saved twice, or a view, counts once)."""
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes() // t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(storages.values())
+
+
+def test_checkpointed_mse_has_the_same_value_and_gradient_and_keeps_no_activations():
+    field, theta, coords, targets = setup(width=16, depth=3, shape=(9, 7), batch=3)
+    th = leaf(theta)
+    params = Maml(MamlConfig(inner_steps=1)).adapt(field, th, coords, targets)  # [B, ...] with a graph to th
+    plain, plain_saved = saved_elements(lambda: per_signal_mse(field, params, coords, targets))
+    # 5 points x 3 signals a piece: 13 pieces over 63 points, the last one short
+    pieced, pieced_saved = saved_elements(lambda: checkpointed_mse(field, params, coords, targets, chunk=15))
+    torch.testing.assert_close(pieced, plain, rtol=1e-12, atol=0)
+    for a, b in zip(torch.autograd.grad(plain.sum(), list(th.values()), retain_graph=True),
+                    torch.autograd.grad(pieced.sum(), list(th.values()))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+    inputs = sum(v.numel() for v in params.values()) + coords.numel() + targets.numel()
+    assert plain_saved > inputs + 3 * 63 * 16 * 2  # and the activations: two hidden layers' inputs at least
+    assert pieced_saved <= inputs, (pieced_saved, inputs)  # the pieces' inputs only, recomputed from them
+
+
+@pytest.mark.parametrize("name", ["maml", "gradncp"])
+def test_gradient_checkpointing_keeps_parameters_not_activations(name):
+    """What a checkpointed meta-step keeps for its backward: each step's parameters and
+    inputs, none of the activations of the second-order inner steps or of the outer loss."""
+    field, theta, coords, targets = setup(width=32, depth=3, shape=(12, 12), batch=3)
+    options = {"inner_steps": 3} | ({"gamma": 0.25, "boot_steps": 0} if name == "gradncp" else {})
+    saved = {}
+    for checkpoint in (False, True):
+        strategy = build_strategy(name, {**options, "gradient_checkpointing": checkpoint})
+        _, saved[checkpoint] = saved_elements(lambda: strategy.outer_loss(field, leaf(theta), coords, targets))
+    per_step = 3 * sum(v.numel() for v in theta.values()) + coords.numel() + targets.numel()
+    assert saved[True] <= (3 + 1) * per_step < saved[False] / 4, (saved, per_step)
+
+
+@pytest.mark.parametrize("name", ["maml", "gradncp"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_gradient_checkpointing_gives_the_same_outer_loss_and_meta_gradient(name, first_order):
+    field, theta, coords, targets = setup(width=16, depth=3, shape=(8, 8), batch=3)
+    base = {"inner_steps": 3, "inner_lr": 3e-2, "first_order": first_order}
+    if name == "gradncp":
+        base |= {"gamma": 0.25, "boot_steps": 2, "lam": 10.0, "chunk": 24}  # pieces of 8 points
+    results = []
+    for checkpoint in (False, True):
+        th = leaf(theta)
+        r = build_strategy(name, {**base, "gradient_checkpointing": checkpoint}).outer_loss(field, th, coords, targets)
+        r.loss.backward()
+        results.append((r.loss.detach(), r.mse, grads_of(th)))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-12, atol=0)
+    assert_params_close(results[1][2], results[0][2], rtol=1e-9, atol=1e-13)
 
 
 # ---------------------------------------------------------- 7. Algorithm 2: fit_sgd

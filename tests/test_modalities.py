@@ -81,10 +81,12 @@ def test_audio_cli_fit_info_render(tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["info", str(tmp_path / "clip.nf")])
     assert r.exit_code == 0 and "8000 Hz" in r.output and "audio" in r.output
-    clip.unlink()
+    source = clip.read_bytes()
     r = runner.invoke(app, ["render", str(tmp_path / "clip.nf"), "--sample-rate", "4000"])
     assert r.exit_code == 0, r.output
-    assert sf.info(str(clip)).samplerate == 4000  # default output: beside the .nf, as WAV
+    # default output: beside the .nf, as clip_render.wav; never the source clip.wav it was fitted from
+    assert sf.info(str(tmp_path / "clip_render.wav")).samplerate == 4000
+    assert clip.read_bytes() == source
 
 
 def test_audio_meta_train_eval_and_fit_resamples_to_the_init(tmp_path):

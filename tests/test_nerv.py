@@ -244,3 +244,25 @@ def test_full_pass_over_frames():
     expected = torch.autograd.grad(plain.sum(), list(params.values()))
     for name, g, e in zip(params, grads, expected):
         torch.testing.assert_close(g, e, msg=name)
+
+
+def test_checkpointed_outer_loss_over_frames():
+    """--gradient-checkpointing recomputes NeRV frames piece by piece: same loss, same meta-gradient."""
+    from nfit.meta import build_strategy
+
+    field = _field()
+    shape = (6, 8, 12)
+    theta = {k: v[0].clone() for k, v in _batch(field, b=1).items()}
+    values = torch.rand(2, *shape, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    coords, targets = field.unit_coords(shape).double(), field.to_units(values)
+    results = []
+    for checkpoint in (False, True):
+        th = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
+        strategy = build_strategy("gradncp", {"inner_steps": 2, "gamma": 0.5, "boot_steps": 1, "chunk": 4,
+                                              "gradient_checkpointing": checkpoint})
+        r = strategy.outer_loss(field, th, coords, targets)
+        r.loss.backward()
+        results.append((r.loss.detach(), {k: v.grad for k, v in th.items()}))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for name in theta:
+        torch.testing.assert_close(results[1][1][name], results[0][1][name], msg=name)

@@ -27,7 +27,7 @@ def test_no_unpickling_in_the_package():
 
 
 def test_metadata_paths_are_never_written(tmp_path):
-    """The source name in a .nf is for people: rendering without -o writes beside the .nf."""
+    """The source name in a .nf is for people: rendering without -o writes beside the .nf, as x_render.png."""
     target = tmp_path / "elsewhere" / "owned.png"
     target.parent.mkdir()
     work = tmp_path / "work"
@@ -37,8 +37,8 @@ def test_metadata_paths_are_never_written(tmp_path):
                      edit_meta=lambda m: m["signal"].update(source=source))
         r = runner.invoke(app, ["render", str(nf)])
         assert r.exit_code == 0, r.output
-        assert (work / "x.png").exists() and not target.exists()
-        (work / "x.png").unlink()
+        assert (work / "x_render.png").exists() and not target.exists()
+        (work / "x_render.png").unlink()
         r = runner.invoke(app, ["info", str(nf)])
         assert r.exit_code == 0 and "\x1b]0;" not in r.stdout  # shown as text: no terminal control codes
     assert sorted(p.name for p in work.iterdir()) == ["x.nf"]

@@ -109,6 +109,21 @@ def test_micro_batches_give_the_same_step(tmp_path, faces):
     assert_same(params_of(tmp_path / "whole"), params_of(tmp_path / "micro"), exact=False)
 
 
+def test_gradient_checkpointing_gives_the_same_run(tmp_path, faces):
+    """meta-train --gradient-checkpointing takes the same outer steps, and the run records the setting."""
+    args = ["meta-train", str(faces), "--res", str(RES), "--steps", "2", "--width", "16", "--depth", "3",
+            "--batch-size", "4", "--workers", "0", "--val-fraction", "0", "--inner-steps", "2", "--device", "cpu"]
+    for name, extra in (("plain", []), ("ckpt", ["--gradient-checkpointing"])):
+        r = runner.invoke(app, [*args, *extra, "-o", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+    assert load_init(tmp_path / "ckpt").algo["config"]["gradient_checkpointing"] is True
+    assert load_init(tmp_path / "plain").algo["config"]["gradient_checkpointing"] is False
+    assert_same(params_of(tmp_path / "plain"), params_of(tmp_path / "ckpt"), exact=False)
+    r = runner.invoke(app, [*args, "--gradient-checkpointing", "--compile", "-o", str(tmp_path / "both")])
+    assert r.exit_code == 2 and "--gradient-checkpointing" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "both" / "init.safetensors").exists()
+
+
 def test_two_processes_equal_one(tmp_path, faces):
     """torchrun with 2 CPU processes (gloo) on the same global batch gives the single-process result."""
     args = ["meta-train", str(faces), "--res", str(RES), "--steps", "3", "--width", "16", "--depth", "3",

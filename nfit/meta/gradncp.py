@@ -21,14 +21,14 @@ from nfit.errors import ConfigError
 from nfit.fields import Field, Params
 from nfit.meta.base import OuterResult, check_positive, register_strategy
 from nfit.meta.inner import (
+    checkpointed_mse,
     context_scores,
     context_size,
     expand_params,
     gather_context,
-    inner_grads,
+    inner_step,
     param_distance,
     per_signal_mse,
-    sgd_step,
     top_context,
 )
 
@@ -48,6 +48,9 @@ class GradNCPConfig:
     # None: as many as one pruned inner step, so these passes never hold more
     # activations at once than a step already keeps in its graph.
     chunk: int | None = None
+    # Gradient checkpointing: keep no activations of the inner steps or of the outer loss, and
+    # recompute them in the backward pass (nfit.meta.inner): same step, a fraction of the memory.
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         check_positive(inner_steps=self.inner_steps, inner_lr=self.inner_lr, boot_lr=self.boot_lr)
@@ -98,15 +101,18 @@ class GradNCP:
         for _ in range(c.inner_steps):
             index = top_context(context_scores(field, params, coords, targets, chunk), c.gamma)  # [B, k]
             sub_coords, sub_targets = gather_context(coords, targets, index)  # [B, k, d], [B, k, C]
-            loss = per_signal_mse(field, params, sub_coords, sub_targets)  # [B]
-            params = sgd_step(params, inner_grads(loss, params, not c.first_order), c.inner_lr)
+            params = inner_step(field, params, sub_coords, sub_targets, c.inner_lr, not c.first_order,
+                                c.gradient_checkpointing)
         return params
 
     def outer_loss(self, field: Field, theta: Params, coords: Tensor, targets: Tensor) -> OuterResult:
         c = self.config
         chunk = self._chunk(field, targets)
         params = self.adapt(field, theta, coords, targets)
-        mse = per_signal_mse(field, params, coords, targets)  # [B], the memory floor: one full forward in the graph
+        if c.gradient_checkpointing:
+            mse = checkpointed_mse(field, params, coords, targets, chunk)  # [B]
+        else:
+            mse = per_signal_mse(field, params, coords, targets)  # [B], the memory floor: one full forward in the graph
         loss = mse
         if c.lam > 0 and c.boot_steps > 0:
             with torch.enable_grad():

@@ -12,8 +12,11 @@ import math
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from nfit.fields import Field, Params
+
+CHECKPOINT_CHUNK = 1 << 16  # grid samples x signals per recomputed piece of a checkpointed loss (maml)
 
 
 def expand_params(theta: Params, batch: int) -> Params:
@@ -29,6 +32,49 @@ def expand_params(theta: Params, batch: int) -> Params:
 def per_signal_mse(field: Field, params: Params, coords: Tensor, targets: Tensor) -> Tensor:
     """coords [N, d] or [B, N, d], targets [B, N, C] -> mean squared error per signal [B]."""
     return (field(params, coords) - targets).pow(2).mean(dim=(1, 2))
+
+
+def checkpointed_mse(field: Field, params: Params, coords: Tensor, targets: Tensor, chunk: int) -> Tensor:
+    """:func:`per_signal_mse` that keeps no activations: [B].
+
+    The context is split into pieces of about ``chunk`` grid samples x signals, and each
+    piece's forward is recomputed in the backward pass (torch.utils.checkpoint) instead
+    of kept. A full-context loss then holds one piece's activations, not the whole
+    signal's, for the price of one more forward. Same value and gradient.
+    """
+    batch, n, channels = targets.shape
+    step = max(1, chunk // (batch * field.samples_per_unit))
+    names = list(params)
+
+    def sse(c: Tensor, t: Tensor, *values: Tensor) -> Tensor:  # params as arguments: checkpoint saves only its inputs
+        return (field(dict(zip(names, values)), c) - t).pow(2).sum(dim=(1, 2))
+
+    total = sum(
+        checkpoint(sse, coords[lo : lo + step] if coords.dim() == 2 else coords[:, lo : lo + step],
+                   targets[:, lo : lo + step], *params.values(), use_reentrant=False)
+        for lo in range(0, n, step)
+    )
+    return total / (n * channels)
+
+
+def inner_step(field: Field, params: Params, coords: Tensor, targets: Tensor, lr: float, second_order: bool,
+               recompute: bool = False) -> Params:
+    """One SGD step of every signal on its MSE over ``coords``, ``targets`` [B, k, C].
+
+    ``recompute`` (second order only) keeps none of the step's graph: its forward and
+    backward are run again when the outer backward reaches them (torch.utils.checkpoint;
+    autograd.grad inside the region is supported by the non-reentrant variant). A
+    meta-step of K steps then holds K parameter sets and one step's activations instead
+    of K steps' activations, for one more forward and backward per step. Same result.
+    """
+    if not (recompute and second_order):  # a first-order step keeps no activations anyway
+        return sgd_step(params, inner_grads(per_signal_mse(field, params, coords, targets), params, second_order), lr)
+    names = list(params)
+
+    def step(c: Tensor, t: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
+        return tuple(inner_step(field, dict(zip(names, values)), c, t, lr, True).values())
+
+    return dict(zip(names, checkpoint(step, coords, targets, *params.values(), use_reentrant=False)))
 
 
 def _per_signal(lr: float | Tensor, like: Tensor) -> float | Tensor:

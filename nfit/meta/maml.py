@@ -9,7 +9,7 @@ from torch import Tensor
 
 from nfit.fields import Field, Params
 from nfit.meta.base import OuterResult, check_positive, register_strategy
-from nfit.meta.inner import expand_params, inner_grads, per_signal_mse, sgd_step
+from nfit.meta.inner import CHECKPOINT_CHUNK, checkpointed_mse, expand_params, inner_step, per_signal_mse
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,8 @@ class MamlConfig:
     inner_steps: int = 4  # K (GradNCP's baseline; Learnit and Meta-SparseINR use 2)
     inner_lr: float = 1e-2  # alpha
     first_order: bool = False
+    # Recompute activations in the backward pass instead of keeping them (see GradNCPConfig).
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         check_positive(inner_steps=self.inner_steps, inner_lr=self.inner_lr)
@@ -35,10 +37,13 @@ class Maml:
         c = self.config
         params = expand_params(theta, targets.shape[0])
         for _ in range(c.inner_steps):
-            loss = per_signal_mse(field, params, coords, targets)  # [B]
-            params = sgd_step(params, inner_grads(loss, params, not c.first_order), c.inner_lr)
+            params = inner_step(field, params, coords, targets, c.inner_lr, not c.first_order, c.gradient_checkpointing)
         return params
 
     def outer_loss(self, field: Field, theta: Params, coords: Tensor, targets: Tensor) -> OuterResult:
-        mse = per_signal_mse(field, self.adapt(field, theta, coords, targets), coords, targets)  # [B]
+        params = self.adapt(field, theta, coords, targets)
+        if self.config.gradient_checkpointing:
+            mse = checkpointed_mse(field, params, coords, targets, CHECKPOINT_CHUNK)  # [B]
+        else:
+            mse = per_signal_mse(field, params, coords, targets)  # [B]
         return OuterResult(mse.mean(), mse.detach())

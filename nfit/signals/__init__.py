@@ -66,6 +66,7 @@ class ImageModality:
     axes: ClassVar[tuple[str, ...]] = ("y", "x")
     extensions: ClassVar[tuple[str, ...]] = image.READ_EXTENSIONS
     streams: ClassVar[bool] = False  # written from one array, not frame by frame
+    default_suffix: ClassVar[str] = ".png"  # what `nfit render` writes without -o
 
     @staticmethod
     def read(path: Path, opts: SignalOptions) -> Signal:
@@ -120,6 +121,7 @@ class AudioModality:
     axes: ClassVar[tuple[str, ...]] = ("t",)
     extensions: ClassVar[tuple[str, ...]] = audio.READ_EXTENSIONS
     streams: ClassVar[bool] = False
+    default_suffix: ClassVar[str] = ".wav"  # what `nfit render` writes without -o
     # GradNCP's audio field: SIREN with time scaled by 50 (a second holds thousands of periods)
     COORD_SCALE: ClassVar[float] = 50.0
 
@@ -179,6 +181,7 @@ class VideoModality:
     axes: ClassVar[tuple[str, ...]] = ("t", "y", "x")
     extensions: ClassVar[tuple[str, ...]] = video.READ_EXTENSIONS
     streams: ClassVar[bool] = True  # rendered and written frame by frame: memory is one frame
+    default_suffix: ClassVar[str] = ".mp4"  # what `nfit render` writes without -o
 
     @staticmethod
     def read(path: Path, opts: SignalOptions) -> Signal:
