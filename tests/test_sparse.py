@@ -127,6 +127,25 @@ def test_masked_field_has_zero_gradient_on_pruned_weights():
     torch.testing.assert_close(masked({k: v.unsqueeze(0) for k, v in theta.items()}, coords), field(zeroed, coords))
 
 
+def test_gradient_checkpointing_passes_to_the_inner_strategy_on_a_masked_field():
+    from nfit.meta import build_strategy
+
+    field = build_field("siren", {"in_dim": 2, "out_dim": 3, "width": 8, "depth": 3})
+    theta = random_init(field, 0)
+    masked = Masked(field, prune(full_mask(theta), {k: theta[k].abs() for k in prunable(theta)}, 60))
+    coords = torch.rand(20, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    targets = torch.rand(2, 20, 3, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for checkpoint in (False, True):
+        strategy = build_strategy("sparse", {"inner_steps": 2, "gradient_checkpointing": checkpoint})
+        assert strategy.inner.config.gradient_checkpointing is checkpoint
+        th = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
+        strategy.outer_loss(masked, th, coords, targets).loss.backward()
+        grads.append({k: v.grad for k, v in th.items()})
+    for k in theta:
+        torch.testing.assert_close(grads[1][k], grads[0][k], msg=k)
+
+
 def test_pack_unpack_mask_round_trip():
     shapes = {"a.weight": (3, 5), "b.weight": (7,)}
     g = torch.Generator().manual_seed(2)
