@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The GPU-performance suite: one command for every measurement of issue 6.
 
-    python -m benchmarks --quick --device cpu          # ~2 minutes on a small CPU
+    python -m benchmarks --quick --device cpu          # ~3 minutes on a small CPU
     python -m benchmarks --device cuda                 # the full sizes, eager
     python -m benchmarks --device cuda --compile       # eager AND --compile meta-steps, side by side
     python -m benchmarks --device cuda --only meta headroom --gradient-checkpointing   # and with recomputation
@@ -344,7 +344,7 @@ def machine(device: str) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small sizes for a CPU (~2 minutes)")
+    ap.add_argument("--quick", action="store_true", help="small sizes for a CPU (~3 minutes)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
     ap.add_argument("--res", type=int, nargs="+", help="meta-step resolutions (default: by --quick)")
