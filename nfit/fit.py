@@ -19,7 +19,7 @@ from torch import Tensor
 
 from nfit.config import AdaptConfig, FitConfig
 from nfit.fields import Field, Params, batch_params
-from nfit.meta.inner import gather_context, global_norm, sgd_step, top_context
+from nfit.meta.inner import context_pieces, gather_context, global_norm, sgd_step, top_context
 from nfit.metrics import psnr_from_mse
 
 
@@ -129,27 +129,24 @@ def full_pass(
     ``grads=False`` only the forward runs, without a graph, and the gradient list is empty.
     """
     batch, n, channels = targets.shape
-    step = max(1, chunk // (batch * field.samples_per_unit))  # chunk counts grid samples x signals
     names = list(params)
     total = [torch.zeros_like(params[k]) for k in names] if grads else []
     sse = targets.new_zeros(batch)
     sse_clamped = targets.new_zeros(batch)
     score = targets.new_empty(batch, n) if scores else None
-    for lo in range(0, n, step):
-        hi = min(lo + step, n)
-        c = coords[lo:hi] if coords.dim() == 2 else coords[:, lo:hi]
+    for units, c, t in context_pieces(field, coords, targets, chunk):  # chunk counts grid samples x signals
         with torch.set_grad_enabled(grads):
             pred, h = field(params, c, features=True)  # [B, n, C], [B, n, width]
-            err = pred - targets[:, lo:hi]
+            err = pred - t
             per_signal = err.pow(2).sum(dim=(1, 2))  # [B]
         if grads:
             for g, part in zip(total, torch.autograd.grad(per_signal.sum() / (n * channels), [params[k] for k in names])):
                 g += part
         with torch.no_grad():
             sse += per_signal
-            sse_clamped += (pred.clamp(0.0, 1.0) - targets[:, lo:hi]).pow(2).sum(dim=(1, 2))
+            sse_clamped += (pred.clamp(0.0, 1.0) - t).pow(2).sum(dim=(1, 2))
             if score is not None:
-                score[:, lo:hi] = field.unit_scores(err, h)
+                score[:, units] = field.unit_scores(err, h)
     return total, sse.detach() / (n * channels), sse_clamped / (n * channels), score
 
 

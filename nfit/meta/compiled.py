@@ -25,7 +25,15 @@ from torch.func import grad, grad_and_value
 
 from nfit.errors import ConfigError
 from nfit.fields import Field, Params
-from nfit.meta.inner import context_scores, expand_params, gather_context, param_distance, per_signal_mse, top_context
+from nfit.meta.inner import (
+    context_pieces,
+    context_scores,
+    expand_params,
+    gather_context,
+    param_distance,
+    per_signal_mse,
+    top_context,
+)
 
 COMPILABLE = ("maml", "gradncp")
 StepFn = Callable[[Params, Tensor, Tensor], tuple[dict[str, Tensor], tuple[Tensor, Tensor]]]
@@ -68,12 +76,10 @@ def functional_outer_loss(strategy, field: Field) -> Callable[[Params, Tensor, T
             if c.lam > 0 and c.boot_steps > 0:
                 boot = {k: v.detach() for k, v in params.items()}
                 n = targets.shape[1]
-                step = max(1, chunk // (targets.shape[0] * field.samples_per_unit))
+                pieces = context_pieces(field, coords, targets, chunk)
                 for _ in range(c.boot_steps):  # first order, over chunks of points like nfit.fit.full_pass
                     total = {k: torch.zeros_like(v) for k, v in boot.items()}
-                    for lo in range(0, n, step):
-                        part = coords[lo : lo + step] if coords.dim() == 2 else coords[:, lo : lo + step]
-                        sub = targets[:, lo : lo + step]
+                    for _units, part, sub in pieces:
 
                         def sse(p, part=part, sub=sub):
                             return (field(p, part) - sub).pow(2).sum() / (n * sub.shape[2])

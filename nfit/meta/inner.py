@@ -34,26 +34,32 @@ def per_signal_mse(field: Field, params: Params, coords: Tensor, targets: Tensor
     return (field(params, coords) - targets).pow(2).mean(dim=(1, 2))
 
 
+def context_pieces(field: Field, coords: Tensor, targets: Tensor, chunk: int) -> list[tuple[slice, Tensor, Tensor]]:
+    """The context in pieces of about ``chunk`` grid samples x signals, so that a pass over
+    it holds one piece's activations at a time: (units, coords [n, d] or [B, n, d],
+    targets [B, n, C]) for each piece, in order."""
+    batch, n, _ = targets.shape
+    step = max(1, chunk // (batch * field.samples_per_unit))
+    units = (slice(lo, min(lo + step, n)) for lo in range(0, n, step))
+    return [(u, coords[u] if coords.dim() == 2 else coords[:, u], targets[:, u]) for u in units]
+
+
 def checkpointed_mse(field: Field, params: Params, coords: Tensor, targets: Tensor, chunk: int) -> Tensor:
     """:func:`per_signal_mse` that keeps no activations: [B].
 
-    The context is split into pieces of about ``chunk`` grid samples x signals, and each
-    piece's forward is recomputed in the backward pass (torch.utils.checkpoint) instead
-    of kept. A full-context loss then holds one piece's activations, not the whole
-    signal's, for the price of one more forward. Same value and gradient.
+    Each piece of the context (:func:`context_pieces`) has its forward recomputed in the
+    backward pass (torch.utils.checkpoint) instead of kept. A full-context loss then holds
+    one piece's activations, not the whole signal's, for the price of one more forward.
+    Same value and gradient.
     """
     batch, n, channels = targets.shape
-    step = max(1, chunk // (batch * field.samples_per_unit))
     names = list(params)
 
     def sse(c: Tensor, t: Tensor, *values: Tensor) -> Tensor:  # params as arguments: checkpoint saves only its inputs
         return (field(dict(zip(names, values)), c) - t).pow(2).sum(dim=(1, 2))
 
-    total = sum(
-        checkpoint(sse, coords[lo : lo + step] if coords.dim() == 2 else coords[:, lo : lo + step],
-                   targets[:, lo : lo + step], *params.values(), use_reentrant=False)
-        for lo in range(0, n, step)
-    )
+    pieces = context_pieces(field, coords, targets, chunk)
+    total = sum(checkpoint(sse, c, t, *params.values(), use_reentrant=False) for _, c, t in pieces)
     return total / (n * channels)
 
 
@@ -120,13 +126,10 @@ def context_scores(field: Field, params: Params, coords: Tensor, targets: Tensor
     coords [N, d] or [B, N, d], targets [B, N, C] -> scores [B, N]. Evaluated over
     chunks of ``chunk`` grid samples x signals, so its memory stays below the graph it prunes.
     """
-    batch, n, _ = targets.shape
-    step = max(1, chunk // (batch * field.samples_per_unit))
-    scores = targets.new_empty(batch, n)
-    for lo in range(0, n, step):
-        hi = min(lo + step, n)
-        pred, h = field(params, coords[lo:hi] if coords.dim() == 2 else coords[:, lo:hi], features=True)
-        scores[:, lo:hi] = field.unit_scores(pred - targets[:, lo:hi], h)
+    scores = targets.new_empty(targets.shape[:2])
+    for units, c, t in context_pieces(field, coords, targets, chunk):
+        pred, h = field(params, c, features=True)
+        scores[:, units] = field.unit_scores(pred - t, h)
     return scores
 
 
