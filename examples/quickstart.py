@@ -1,6 +1,6 @@
 """Fit the bundled photo and render it at 4x: the main job of nfit, end to end.
 
-    python examples/quickstart.py            # 300 steps (about 1-2 minutes on 2 CPU cores)
+    python examples/quickstart.py            # 300 steps (about 2 minutes on 2 idle CPU cores)
     python examples/quickstart.py --quick    # a few steps, to check that everything runs
 """
 

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,16 +22,17 @@ import numpy as np
 import torch
 
 from nfit import metrics
-from nfit.atomic import check_writable
-from nfit.config import AdaptConfig, FieldOptions, FitConfig, RenderConfig, SignalOptions, StoreConfig
-from nfit.device import resolve_device
-from nfit.errors import ConfigError, NfitError
+from nfit.atomic import guard_output
+from nfit.config import INIT_SIZE_TOLERANCE, AdaptConfig, FieldOptions, FitConfig, RenderConfig, SignalOptions, StoreConfig
+from nfit.device import flush_denormals, resolve_device
+from nfit.errors import ConfigError, NfitError, NfitWarning, OutputError
 from nfit.evaluation import EvalReport, evaluate_folder
 from nfit.fieldfile import (
     INIT_FORMAT,
     MetaInit,
     NeuralField,
     find_init,
+    is_field_file,
     load_field,
     load_init,
     read_field_header,
@@ -47,6 +50,7 @@ ProgressFactory = Callable[[str, int], Callable[[StepInfo], None]]
 """Called once per batch with a label and its number of steps; returns the per-step callback."""
 
 
+@flush_denormals()
 def fit_signals(
     signals: Sequence[Signal],
     config: FitConfig | None = None,
@@ -94,6 +98,7 @@ def fit_signals(
         else:
             field_name, field_config, net, start = init.field_name, init.field_config, init.field, init.params
             batch_size = adapt.batch_size
+            _warn_init_size(init, modality, shape)
             init_meta = {"name": f"default:{modality}" if default else "meta", "algo": init.algo.get("name"),
                          "sha256": init.sha256}
             if default and channels != trained_channels(modality):
@@ -122,6 +127,7 @@ def fit_signals(
                     channels=channels,
                     bit_depth=signals[i].bit_depth,
                     source=signals[i].source.name,
+                    source_bytes=_file_size(signals[i].source),
                     rate=signals[i].rate,
                     summary={
                         **method[b],
@@ -137,6 +143,25 @@ def fit_signals(
                     standalone=store.standalone,
                 )
     return fitted  # type: ignore[return-value]
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:  # a Signal built in memory
+        return None
+
+
+def _warn_init_size(init: MetaInit, modality: str, shape: tuple[int, ...]) -> None:
+    """A learned initialisation used far from the grid size it was trained at: say so, and how to match it."""
+    ratio = math.prod(shape) / math.prod(init.shape)
+    if 1 / INIT_SIZE_TOLERANCE <= ratio <= INIT_SIZE_TOLERANCE:
+        return
+    hint = f"--res {max(init.shape[-2:])}" if modality in ("image", "video") else f"--duration {init.shape[0] / (init.rate or 1):g}"
+    warnings.warn(NfitWarning(
+        f"fitting {modality} of {'x'.join(map(str, shape))} from an initialisation trained at "
+        f"{'x'.join(map(str, init.shape))} ({ratio:.2g}x the samples): it helps at the size it was trained at and "
+        f"may lose to fitting from scratch here; give {hint}, or fit without --init"), stacklevel=3)
 
 
 def _check_init_fits(init: MetaInit, signal: Signal) -> None:
@@ -264,13 +289,16 @@ def fit_files(
     skip_existing: bool = False,
     on_outcome: Callable[[FileOutcome], None] | None = None,
     options: SignalOptions | None = None,
+    force: bool = False,
 ) -> list[FileOutcome]:
     """Fit ``inputs[i]`` into ``outputs[i]``, streaming: files are decoded as they are
     needed, fitted in batches of equal shape, and each output is written (atomically)
     as soon as its batch is done, so memory does not grow with the number of files and
     an interruption loses at most the batch in progress.
 
-    Outputs are checked first (duplicates, writable), before any work. A file that
+    Outputs are checked first, before any work: each must end in ``.nf``, be none of the
+    inputs (not even through a link), and be new or a .nf file that nfit wrote (else
+    ``force``), and be writable. A file that
     cannot be read, fitted or written raises at once, or with ``keep_going`` becomes a
     "failed" outcome while the others carry on. ``skip_existing`` leaves inputs whose
     output exists alone, so an interrupted folder can be finished by running again.
@@ -284,7 +312,10 @@ def fit_files(
         if out in seen:
             raise ConfigError(None, f"two inputs would write the same output {out}")
         seen.add(out)
-        check_writable(out)
+        if out.suffix.lower() != ".nf":
+            raise OutputError(out, "a fitted field is written as a .nf file: give an output name ending in .nf")
+        if not (skip_existing and out.exists()):
+            guard_output(out, inputs, ours=is_field_file, force=force)
     meta = init if init is None or init == DEFAULT or isinstance(init, MetaInit) else load_init(init)
     opts = reading_options(options, meta)
     config = config or FitConfig()
@@ -353,6 +384,7 @@ def fit_files(
     return outcomes  # type: ignore[return-value]
 
 
+@flush_denormals()
 def save_context_maps(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -434,10 +466,10 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
                                 if hasattr(init.field.config, "width") else None}
         return data
     if isinstance(nf, NeuralField):
-        version, storage = nf.metadata()["format_version"], nf.storage()
+        version, storage, writer = nf.metadata()["format_version"], nf.storage(), nf.metadata()["nfit_version"]
     else:
         nf, header = read_field_header(path)
-        version, storage = header["format_version"], header["storage"]
+        version, storage, writer = header["format_version"], header["storage"], header["nfit_version"]
     samples = int(np.prod(nf.shape))
     nbytes = path.stat().st_size if path is not None else None
     sparse = storage["sparse"]
@@ -445,6 +477,7 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
         "file": None if path is None else str(path),
         "kind": "field",
         "format_version": version,
+        "nfit_version": writer,  # the nfit that wrote the file (None: older than 0.1.0's metadata)
         "modality": nf.modality,
         "shape": list(nf.shape),
         "channels": nf.channels,
@@ -452,6 +485,9 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
         "duration": None if nf.rate is None else round(nf.shape[0] / nf.rate, 6),
         "bit_depth": nf.bit_depth,
         "source": nf.source,
+        "source_bytes": nf.source_bytes,
+        # the samples as the source holds them, uncompressed: the size to beat
+        "raw_bytes": samples * nf.channels * max(1, nf.bit_depth // 8),
         "field": {"name": nf.field_name, "config": field_config_dict(nf.field)},
         "parameters": nf.n_params,
         "values": sparse["values"] if sparse else nf.n_params,

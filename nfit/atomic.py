@@ -11,7 +11,7 @@ import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +22,38 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file: equal after resolving symlinks, or one inode (a hard link)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def guard_output(path: Path, inputs: Iterable[str | Path] = (), *, ours: Callable[[Path], bool] | None = None,
+                 force: bool = False) -> None:
+    """Refuse an output that would destroy something: any of ``inputs`` (the same file through a
+    symlink or a hard link), or an existing file that nfit did not write (``ours`` tells) unless
+    ``force``. Then the usual checks of :func:`check_writable`."""
+    for src in inputs:
+        if same_file(path, src):
+            raise OutputError(path, f"is the input {str(src)!r}: writing it would destroy it (choose another output)")
+    if path.is_file() and not force and (ours is None or not ours(path)):
+        raise OutputError(path, "exists and was not written by nfit: give --force to replace it, or another output")
+    check_writable(path)
+
+
+def make_dirs(path: Path) -> None:
+    """``mkdir -p`` whose failures (read-only, not a folder) are one OutputError naming the folder."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(path, f"cannot create folder ({err.strerror or err})") from None
 
 
 def check_writable(path: Path) -> None:

@@ -10,7 +10,12 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
+import time
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,7 +37,8 @@ from nfit.config import (
     StoreConfig,
     TrainConfig,
 )
-from nfit.errors import ConfigError, NfitError
+from nfit.device import flush_denormals
+from nfit.errors import ConfigError, NfitError, NfitWarning
 from nfit.fields import FIELDS, SirenConfig
 from nfit.meta.sparse import SparseConfig
 
@@ -45,7 +51,7 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "warned": set()}
 
 FIELD_HELP = f"Field: {', '.join(sorted(FIELDS))}."
 FIELD_CONFIG_HELP = """Other options of the field's config as JSON, e.g. '{"strides": [2, 2], "channels": [32, 16]}' for nerv."""
@@ -81,14 +87,35 @@ def _main(
     _state["debug"] = debug
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (nfit.errors.NfitWarning and others) as one line each, each said once."""
+    text = str(message)
+    if text not in _state["warned"]:
+        _state["warned"].add(text)
+        err.print(f"nfit: warning: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _run(job: Callable[[], Any]) -> Any:
-    """Run a library call; turn nfit errors (and Ctrl-C) into one line and an exit code."""
+    """Run a library call; turn nfit errors (and Ctrl-C) into one line and an exit code.
+
+    An OSError that names a file (a read-only folder, a path through a file) is about a
+    path the user gave: one line and exit code 2, like every other bad path."""
     try:
-        return job()
+        with warnings.catch_warnings(), flush_denormals():
+            warnings.simplefilter("always", NfitWarning)
+            warnings.showwarning = _show_warning
+            return job()
     except NfitError as e:
         if _state["debug"]:
             raise
         err.print(f"nfit: error: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except OSError as e:
+        if _state["debug"]:
+            raise
+        if e.filename is None:
+            _internal_error(e)
+        err.print(f"nfit: error: {e.filename}: {e.strerror or e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
         err.print("nfit: interrupted", markup=False)
@@ -96,27 +123,186 @@ def _run(job: Callable[[], Any]) -> Any:
     except Exception as e:  # a bug, not bad input: still one line unless --debug
         if _state["debug"]:
             raise
-        err.print(f"nfit: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
-                  markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _internal_error(e)
+
+
+def _internal_error(e: Exception) -> None:
+    err.print(f"nfit: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+              markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1) from None
+
+
+# ---------------------------------------------------------------------------- progress
+
+PLAIN_INTERVAL = 30.0  # seconds between progress lines when stderr is not a terminal (a log file, nohup)
+RATE_SMOOTHING = 0.1  # weight of the newest step in the smoothed seconds per step
+RENDER_BAR_AFTER = 1.0  # seconds a render runs before it shows a bar
+
+
+def _duration(seconds: float | None) -> str:
+    """42 s, 3 min 05 s, 2 h 04 min, 9 d 12 h."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600:02d} h"
+
+
+def _rate_text(seconds_per_step: float | None, unit: str = "step") -> str:
+    """Steps per second at 1/s and above, else seconds per step: never "0.0 step/s"."""
+    if not seconds_per_step or not math.isfinite(seconds_per_step):
+        return ""
+    per_second = 1.0 / seconds_per_step
+    if per_second >= 1:
+        return f"{per_second:.1f} {unit}/s" if per_second < 100 else f"{per_second:.0f} {unit}/s"
+    return f"{seconds_per_step:.2f} s/{unit}" if seconds_per_step < 100 else f"{seconds_per_step:.0f} s/{unit}"
+
+
+class _Rate:
+    """Seconds per step, smoothed exponentially over steps (so one slow step, a validation,
+    moves it a little), and the time left at that rate."""
+
+    def __init__(self, done: int = 0):
+        self.time, self.done, self.per_step = time.monotonic(), done, None
+
+    def add(self, done: int, seconds: float | None = None) -> None:
+        """``done`` steps completed; ``seconds`` the last step's own time, else wall time since the last call."""
+        now = time.monotonic()
+        steps = done - self.done
+        if steps <= 0:
+            return
+        per = seconds if seconds is not None else (now - self.time) / steps
+        weight = 1 - (1 - RATE_SMOOTHING) ** steps
+        self.per_step = per if self.per_step is None else self.per_step + weight * (per - self.per_step)
+        self.time, self.done = now, done
+
+    def left(self, total: int | None) -> str:
+        if total is None or self.per_step is None:
+            return "-"
+        return _duration(max(0, total - self.done) * self.per_step)
+
+
+@dataclass
+class _LineTask:
+    """What rich's TextColumn templates read of a task."""
+
+    description: str
+    total: float | None
+    completed: float
+    visible: bool
+    fields: dict[str, Any]
+    start: float = dataclass_field(default_factory=time.monotonic)
+    reported: bool = False  # its end was printed
+
+    @property
+    def percentage(self) -> float:
+        return 100.0 * self.completed / self.total if self.total else 0.0
+
+
+class _Lines:
+    """The part of rich's Progress that nfit uses, as plain lines at most every PLAIN_INTERVAL
+    seconds (and at each task's end): what a log file or nohup.out gets instead of a bar."""
+
+    def __init__(self, *columns, console: Console):
+        self.columns, self.console = columns, console
+        self.tasks: dict[int, Any] = {}
+        self.last = time.monotonic()
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        # a heartbeat: a step (or a validation) may take longer than the interval
+        self.beat = threading.Thread(target=self._heartbeat, daemon=True)
+
+    def __enter__(self):
+        self.beat.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.beat.join()
+        return False
+
+    def _heartbeat(self) -> None:
+        while not self.stop.wait(min(1.0, max(0.1, PLAIN_INTERVAL))):
+            with self.lock:
+                if time.monotonic() - self.last < PLAIN_INTERVAL:
+                    continue
+                self.last = time.monotonic()
+                for t in list(self.tasks.values()):
+                    if t.visible and not t.reported:
+                        self._print(t)
+
+    def _print(self, t) -> None:
+        self.console.print(self._line(t), markup=False, highlight=False, soft_wrap=True)
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, visible: bool = True,
+                 **fields) -> int:
+        task = len(self.tasks)
+        self.tasks[task] = _LineTask(description, total, completed, visible, fields)
+        return task
+
+    def update(self, task: int, *, completed: float | None = None, advance: float | None = None,
+               description: str | None = None, visible: bool | None = None, **fields) -> None:
+        t = self.tasks[task]
+        if completed is not None:
+            t.completed = completed
+        if advance is not None:
+            t.completed += advance
+        if description is not None:
+            t.description = description
+        if visible is not None:
+            t.visible = visible
+        t.fields.update(fields)
+        with self.lock:
+            now = time.monotonic()
+            finished = t.total is not None and t.completed >= t.total
+            if t.visible and (now - self.last >= PLAIN_INTERVAL or finished and not t.reported):
+                self.last = now
+                t.reported = finished
+                self._print(t)
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        self.update(task, advance=advance)
+
+    def _line(self, t) -> str:
+        parts = []
+        for column in self.columns:
+            if isinstance(column, TextColumn):
+                text = Text.from_markup(column.text_format.format(task=t)).plain.strip()
+                parts.append(text)
+            elif isinstance(column, MofNCompleteColumn):
+                parts.append(f"{t.completed:g}/{t.total:g}" if t.total is not None else f"{t.completed:g}")
+        parts.append(f"elapsed {_duration(time.monotonic() - t.start)}")
+        return "  ".join(p for p in parts if p)
+
+
+def _progress(*columns, enabled: bool = True):
+    """A rich Progress on a terminal, plain periodic lines elsewhere (or nothing when disabled)."""
+    if enabled and not err.is_terminal:
+        return _Lines(*columns, console=err)
+    return Progress(*columns, TimeElapsedColumn(), console=err, disable=not enabled)
 
 
 class _FitProgress:
-    """A rich progress bar per batch (step, loss, PSNR, speed), and one over the files when many."""
+    """A bar per batch (step, loss, PSNR, speed, time left), and one over the files when many."""
 
     def __init__(self, enabled: bool, files: int = 0):
         self.last = None
-        self.progress = Progress(
+        self.progress = _progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"),
             TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            console=err,
-            disable=not enabled,
+            TextColumn("left {task.fields[left]}"),
+            enabled=enabled,
         )
-        self.files = self.progress.add_task("files", total=files, stats="", rate="", visible=files > 0)
+        self.files = self.progress.add_task("files", total=files, stats="", rate="", left="-", visible=files > 0)
+        self.file_rate = _Rate()
 
     def __enter__(self):
         self.progress.__enter__()
@@ -126,18 +312,21 @@ class _FitProgress:
         return self.progress.__exit__(*exc)
 
     def file_done(self, outcome) -> None:
-        self.progress.advance(self.files)
+        done = self.progress.tasks[self.files].completed + 1
+        self.file_rate.add(done)
+        self.progress.update(self.files, completed=done, rate=_rate_text(self.file_rate.per_step, "file"),
+                             left=self.file_rate.left(self.progress.tasks[self.files].total))
 
     def __call__(self, label: str, steps: int):
         if self.last is not None:  # a folder of thousands: show the batch at work, not every batch so far
             self.progress.update(self.last, visible=False)
-        task = self.last = self.progress.add_task(label, total=steps, stats="", rate="")
+        task = self.last = self.progress.add_task(label, total=steps, stats="", rate="", left="-")
+        rate = _Rate()
 
         def on_step(info) -> None:
-            elapsed = self.progress.tasks[task].elapsed or 0.0
-            rate = f"{info.step / elapsed:6.1f} step/s" if elapsed > 0 else ""
+            rate.add(info.step)
             self.progress.update(task, completed=info.step, stats=f"loss {info.loss:.2e}  PSNR {info.psnr:6.2f} dB",
-                                 rate=rate)
+                                 rate=_rate_text(rate.per_step), left=rate.left(steps))
 
         return on_step
 
@@ -159,6 +348,7 @@ def _fit_plan(given: list[Path], output: Optional[Path], out_dir: Optional[Path]
               modality: Optional[str] = None) -> tuple[list[Path], list[Path]]:
     """Inputs (folders expanded, recursively: their media files, or those of ``modality``) and
     their outputs: ``-o``, ``-O DIR`` (a folder's subfolders mirrored inside DIR) or beside each input."""
+    from nfit.atomic import make_dirs
     from nfit.data import scan_folder
     from nfit.signals import EXTENSIONS, MODALITIES
 
@@ -182,7 +372,7 @@ def _fit_plan(given: list[Path], output: Optional[Path], out_dir: Optional[Path]
             raise ConfigError(out_dir, "is not a directory")
         outputs = [out_dir / rel for _, rel in pairs]
         for parent in sorted({o.parent for o in outputs}):
-            parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(parent)
         return inputs, outputs
     return inputs, [src.with_suffix(".nf") for src in inputs]
 
@@ -221,12 +411,14 @@ def fit(
     frames: Optional[int] = typer.Option(None, help="Video: keep this many frames [default: all]."),
     stride: int = typer.Option(SignalOptions.stride, help="Video: keep every N-th frame."),
     res: Optional[int] = typer.Option(
-        None, help="Video: centre square crop resized to RES x RES [default: native; NeRV init: its size]."),
+        None, help="Images: resized to longest side RES (aspect kept); video: centre square crop resized to RES x RES "
+        "[default: native; NeRV init: its size]."),
     seed: int = typer.Option(FitConfig.seed, help="Seed of the random initialisation."),
     target_psnr: Optional[float] = typer.Option(None, help="Stop a file once its PSNR (dB) reaches this."),
     batch_size: int = typer.Option(FitConfig.batch_size, help="Files of equal shape fitted together."),
     device: str = typer.Option(FitConfig.device, help="auto, cpu or cuda."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave inputs whose output exists alone."),
+    force: bool = typer.Option(False, "--force", help="Replace existing outputs that nfit did not write."),
     save_context_maps: Optional[Path] = typer.Option(
         None, help="From an initialisation: draw GradNCP's selected context at each step into this folder (PNG, GIF)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -281,14 +473,16 @@ def fit(
         with _FitProgress(enabled=not as_json, files=len(files) if many else 0) as progress:
             return fit_files(files, outputs, config, _field_options(field, width, depth, w0, field_config), progress, init=meta,
                              adapt=adapt, store=store, keep_going=many, skip_existing=skip_existing,
-                             on_outcome=progress.file_done, options=options)
+                             on_outcome=progress.file_done, options=options, force=force)
 
     rows = [_fit_row(o) for o in _run(job)]
     failures = [r for r in rows if r["status"] == "failed"]
     if as_json:
         print(json.dumps(rows if many else rows[0], indent=2))
     else:
-        table = Table(title="nfit fit", title_justify="left")
+        table = Table(title="nfit fit", title_justify="left", caption_justify="left",
+                      caption="PSNR, SSIM and steps are of what is stored: each file's best iterate (Adam), which the "
+                              "bar's last PSNR, of the latest iterate, may differ from.")
         for col in ("output", "PSNR dB", "SSIM", "steps", "seconds", "bytes", "bits/sample"):
             table.add_column(col, justify="left" if col == "output" else "right")
         for r in rows:
@@ -330,6 +524,31 @@ def _fit_row(o) -> dict[str, Any]:
     return row
 
 
+class _RenderProgress:
+    """A bar over the grid samples, shown only once a render has run RENDER_BAR_AFTER seconds."""
+
+    def __init__(self):
+        self.start, self.progress, self.task = time.monotonic(), None, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc) if self.progress is not None else False
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.progress is None:
+            if time.monotonic() - self.start < RENDER_BAR_AFTER:
+                return
+            self.progress = _progress(TextColumn("[bold]render"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                                      TextColumn("left {task.fields[left]}"))
+            self.progress.__enter__()
+            self.task = self.progress.add_task("render", total=total, left="-")
+            self.rate = _Rate()
+        self.rate.add(done)
+        self.progress.update(self.task, completed=done, left=self.rate.left(total))
+
+
 @app.command()
 def render(
     file: Path = typer.Argument(..., help="A .nf file.", show_default=False),
@@ -346,6 +565,7 @@ def render(
     init: Optional[Path] = typer.Option(
         None, help="Sparse fields: the initialisation holding the mask (file, or run directory searched by hash)."),
     device: str = typer.Option(RenderConfig.device, help="auto, cpu or cuda."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output that nfit did not render."),
 ) -> None:
     """Decode a .nf file at its native size or any other: `nfit render photo.nf --res 1024 -o big.png`.
 
@@ -361,13 +581,15 @@ def render(
         target = output if output is not None else default_output(file, nf.modality)
         config = RenderConfig(res=res, width=width, height=height, sample_rate=sample_rate, fps=fps,
                               bit_depth=bit_depth, quality=quality, device=device)
-        return render_to_file(nf, target, config), nf.modality
+        protect = [file] + ([init] if init is not None and init.is_file() else [])
+        with _RenderProgress() as progress:
+            return render_to_file(nf, target, config, protect=protect, force=force, on_progress=progress), nf.modality
 
     (path, shape), modality = _run(job)
     size = f"{shape[0]:,} samples" if modality == "audio" else " x ".join(map(str, reversed(shape[-2:])))
     if modality == "video":
         size += f", {shape[0]} frames"
-    err.print(f"wrote {path} ({size})", highlight=False)
+    err.print(f"wrote {path} ({size})", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -413,7 +635,7 @@ def info(
     fit_ = data["fit"]
     rows = [
         ("file", data["file"]),
-        ("format version", str(data["format_version"])),
+        ("format version", f"{data['format_version']}, written by nfit {data['nfit_version'] or '(unknown)'}"),
         ("modality", data["modality"]),
         ("shape", " x ".join(map(str, data["shape"])) + f", {data['channels']} channel(s), {data['bit_depth']}-bit source"
          + ("" if data["rate"] is None else f", {data['rate']:g} {'Hz' if data['modality'] == 'audio' else 'fps'}, "
@@ -423,13 +645,23 @@ def info(
         ("parameters", f"{data['parameters']:,}"),
         ("stored values", f"{data['values']:,} {data['dtype']} (density {data['density']:.4f}"
          + (f", mask {'embedded' if data['mask'] == 'embedded' else 'in the initialisation'})" if data["mask"] else ")")),
-        ("bytes", f"{data['bytes']:,} ({data['bits_per_sample']:.2f} bits per {'pixel' if data['modality'] == 'image' else 'sample'})"),
+        ("bytes", _size_row(data)),
         ("init", json.dumps(data["init"])),
         ("fit", ", ".join(f"{k}={v}" for k, v in fit_.items())),
     ]
     for k, v in rows:
         table.add_row(k, _plain(v))
     out.print(table)
+
+
+def _size_row(data: dict[str, Any]) -> str:
+    """Bytes, bits per sample, and against what the source takes: raw, and as its file was."""
+    unit = "pixel" if data["modality"] == "image" else "sample"
+    text = f"{data['bytes']:,} ({data['bits_per_sample']:.2f} bits per {unit}; {data['bytes'] / data['raw_bytes']:.2f}x the raw " \
+        f"{data['bit_depth']}-bit samples"
+    if data.get("source_bytes"):
+        text += f", {data['bytes'] / data['source_bytes']:.2f}x the source file's {data['source_bytes']:,} bytes"
+    return text + ")"
 
 
 def _plain(text: str) -> Text:
@@ -443,22 +675,22 @@ def _gb(nbytes: int) -> str:
 
 
 class _TrainProgress:
-    """One bar over outer steps: loss, train PSNR, speed, peak memory, last validation PSNR."""
+    """One bar over outer steps (updated every step): loss, train PSNR, speed, time left, peak
+    memory, last validation PSNR; one line each for the memory plan and the time estimate."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.progress = Progress(
+        self.progress = _progress(
             TextColumn("[bold]meta-train"),
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}  train {task.fields[psnr]} dB  val {task.fields[val]} dB"),
-            TextColumn("{task.fields[rate]}  mem {task.fields[mem]}"),
-            TimeElapsedColumn(),
-            console=err,
-            disable=not enabled,
+            TextColumn("{task.fields[rate]}  left {task.fields[left]}  mem {task.fields[mem]}"),
+            enabled=enabled,
         )
         self.task = None
+        self.rate = _Rate()
 
     def __enter__(self):
         self.progress.__enter__()
@@ -467,28 +699,47 @@ class _TrainProgress:
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
 
+    def _say(self, text: str) -> None:
+        self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
     def __call__(self, event) -> None:
         v = event.values
         if event.kind == "start":
             d = v["data"]
             grid = "x".join(map(str, d["shape"])) + (f" at {d['rate']:g} Hz" if d.get("rate") else "")
-            self.progress.console.print(
+            self._say(
                 f"{d['root']}: {d['train']} training and {d['val']} validation {d['modality']} files on a {grid} grid, "
                 f"{d['channels']} channel(s); {v['params']:,} parameters on {v['device']}"
-                + (f", {v['processes']} processes" if v["processes"] > 1 else ""), highlight=False)
+                + (f", {v['processes']} processes" if v["processes"] > 1 else ""))
+            self.rate = _Rate(event.step)
             self.task = self.progress.add_task("", total=event.steps, completed=event.step, loss="-", psnr="-",
-                                               val="-", rate="", mem="-")
-        elif event.kind == "step":
+                                               val="-", rate="", left="-", mem="-")
+        elif event.kind == "memory":
+            m, b = v["micro_batch"], v["batch"]
+            how = ("the whole batch at once" if m >= b else f"micro-batch {m} (the same step, {m} of {b} signals at a time)")
+            why = "chosen to fit" if v["chosen"] else "as given"
+            self._say(f"memory: one outer step needs about {_gb(v['fixed'])} + {_gb(v['per_signal'])} per signal; "
+                      f"{_gb(v['available'])} may be used: {how}, {why}")
+            if not v["chosen"] and v["need"] > v["available"]:
+                self._say(f"nfit: warning: --micro-batch {m} needs about {_gb(v['need'])}, more than the "
+                          f"{_gb(v['available'])} that may be used; at most {v['fits']} fit")
+        elif event.kind == "tick":
+            self.rate.add(event.step, v["seconds"])
             self.progress.update(self.task, completed=event.step, loss=f"{v['loss']:.3e}", psnr=f"{v['train_psnr']:.2f}",
-                                 rate=f"{v['steps_per_s']:.2f} step/s", mem=_gb(v["peak_memory"]))
+                                 mem=_gb(v["peak_memory"]), rate=_rate_text(self.rate.per_step),
+                                 left=self.rate.left(event.steps))
+        elif event.kind == "estimate":
+            self._say(f"about {_rate_text(v['seconds_per_step'])}: {_duration(v['remaining_s'])} for the "
+                      f"{event.steps - event.step:,} steps left (measured over {v['measured_steps']} step(s))")
+        elif event.kind == "validating":
+            self.progress.update(self.task, description="validating")
         elif event.kind == "val":
-            self.progress.update(self.task, val=f"{v['val_psnr']:.2f}")
+            self.progress.update(self.task, val=f"{v['val_psnr']:.2f}", description="")
         elif event.kind == "round":
             self.progress.update(self.task, description=f"round {v['level']}/{v['rounds']} density {v['density']:.3f}")
-            self.progress.console.print(f"round {v['level']}/{v['rounds']}: pruned to density {v['density']:.4f} "
-                                        f"({v['alive']:,} weights)", highlight=False)
+            self._say(f"round {v['level']}/{v['rounds']}: pruned to density {v['density']:.4f} ({v['alive']:,} weights)")
         elif event.kind == "warning":
-            self.progress.console.print(f"nfit: warning: {v['message']}", markup=False, highlight=False)
+            self._say(f"nfit: warning: {v['message']}")
 
 
 @app.command("meta-train")
@@ -551,6 +802,8 @@ def meta_train(
     device: str = typer.Option(TrainConfig.device, help="auto, cpu or cuda."),
     compile_: bool = typer.Option(
         False, "--compile", help="torch.compile the whole outer step (maml, gradncp; one process); on CUDA also TF32 matmuls."),
+    force: bool = typer.Option(
+        False, "--force", help="Write into a folder that holds files of a run's names but no run (they are replaced)."),
     gradient_checkpointing: bool = typer.Option(
         False, "--gradient-checkpointing", help="Keep no activations of the inner steps and outer loss; recompute "
         "them in the backward pass: the same steps in a fraction of the memory, about a third more time."),
@@ -601,19 +854,19 @@ def meta_train(
                    "prune_fraction": prune_fraction, "steps_per_round": steps_per_round, "prune": prune, "inner": inner}
         with _TrainProgress(enabled=main_rank) as progress:
             return train_(data, output, train, data_config, _field_options(field, width, depth, w0, field_config), options,
-                          val_dir=val, init_from=init_from, on_event=progress)
+                          val_dir=val, init_from=init_from, on_event=progress, force=force)
 
     result = _run(job)
     if not main_rank:
         return
     if result.interrupted:
         err.print(f"nfit: interrupted at step {result.step}; checkpoint saved. Continue with: nfit meta-train --resume {result.run}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(130)
     val_ = "-" if result.val_psnr is None else f"{result.val_psnr:.2f} dB"
     bad = f", {result.bad_files} unreadable file(s) skipped" if result.bad_files else ""
     bad += f", {result.skipped_steps} non-finite step(s) skipped" if result.skipped_steps else ""
-    err.print(f"wrote {result.init} (step {result.step}, validation PSNR {val_}{bad})", highlight=False)
+    err.print(f"wrote {result.init} (step {result.step}, validation PSNR {val_}{bad})", highlight=False, soft_wrap=True)
 
 
 @app.command("eval")
@@ -658,8 +911,8 @@ def eval_(
         config = _adapt_config({}, steps, lr, gamma, False, optimizer, batch_size, device)
         warn = lambda m: err.print(f"nfit: warning: {m}", markup=False, highlight=False)  # noqa: E731
         reports = []
-        with Progress(TextColumn("[bold]eval {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err, disable=as_json) as bar:
+        with _progress(TextColumn("[bold]eval {task.description}"), BarColumn(), MofNCompleteColumn(),
+                       enabled=not as_json) as bar:
             for init in inits:
                 task = bar.add_task(init, total=None)
                 reports.append(evaluate(

@@ -25,6 +25,16 @@ DEFAULT_FRAMES = 16  # frames per clip (GradNCP: 128x128x16)
 
 NAN_POLICIES = ("stop", "skip")
 
+# Meta-training picks the micro-batch whose measured step needs at most this share of
+# the memory free when it starts: the rest is headroom for the CPU heap's fragmentation
+# (up to ~36% measured, BENCHMARKS.md), decoding workers and other programs.
+MEMORY_FRACTION = 0.7
+
+# Fitting from an initialisation at a size this many times (or this fraction of) the grid
+# it was trained on is warned about: a learned initialisation helps signals of its own
+# size, and measured at 128 px from a 32 px one it lost 2.5 dB to fitting from random.
+INIT_SIZE_TOLERANCE = 2.0
+
 
 @dataclass
 class FitConfig:
@@ -106,7 +116,7 @@ class SignalOptions:
     duration: float | None = None  # audio: crop or pad (with silence) to this many seconds
     frames: int | None = None  # video: keep this many frames (after --stride)
     stride: int = 1  # video: keep every stride-th frame
-    res: int | None = None  # video: centre square crop, resized to res x res
+    res: int | None = None  # images: resized to this longest side; video: centre square crop, resized to res x res
 
     def __post_init__(self):
         from nfit.errors import ConfigError
@@ -214,7 +224,8 @@ class TrainConfig:
     batch_size: int = 8  # global: split over torchrun processes
     # Signals per forward/backward within a process: the outer loss is a mean of
     # independent per-signal terms, so accumulating their gradients in micro-batches
-    # gives the same step with the memory of the micro-batch. None: all at once.
+    # gives the same step with the memory of the micro-batch. None: the largest that
+    # fits the free memory (measured before the first step; nfit.memory), at most all.
     micro_batch: int | None = None
     lr: float = 1e-5
     clip: float = 1.0  # gradient-norm clipping of the outer step

@@ -39,3 +39,8 @@ class ConfigError(NfitError):
 
 class TrainingError(NfitError):
     """A run that cannot go on, such as a non-finite loss; its last checkpoint is kept."""
+
+
+class NfitWarning(UserWarning):
+    """Something the user should know, that does not stop the job: a file upscaled to a
+    larger grid, an initialisation used at a size far from the one it was trained at."""

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from nfit import metrics
 from nfit.config import AdaptConfig, FitConfig
+from nfit.device import flush_denormals
 from nfit.fields import Field, Params
 from nfit.fit import fit_adam, fit_sgd, split_batches
 from nfit.render import evaluate
@@ -113,6 +114,7 @@ class EvalReport:
         return dataclasses.asdict(self)
 
 
+@flush_denormals()
 def evaluate_folder(
     init: str | Path,
     data: str | Path,

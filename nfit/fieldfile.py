@@ -79,6 +79,7 @@ class NeuralField:
     channels: int
     bit_depth: int = 8
     source: str | None = None  # the fitted file's name, for people; never used as a path
+    source_bytes: int | None = None  # the fitted file's size, so `nfit info` can compare
     rate: float | None = None  # audio: samples per second; video: frames per second
     summary: dict[str, Any] = field(default_factory=dict)
     init: dict[str, Any] = field(default_factory=lambda: {"name": "random", "sha256": None})
@@ -123,6 +124,7 @@ class NeuralField:
                 "value_range": list(self.value_range),
                 "bit_depth": self.bit_depth,
                 "source": self.source,
+                "source_bytes": self.source_bytes,
                 "rate": self.rate,
             },
             "coords": self.coords,
@@ -241,6 +243,11 @@ def read_format(path: Path) -> str | None:
         return json.loads(_read_metadata(path)).get("format")
     except Exception:  # any failure: let the full loader report it properly
         return None
+
+
+def is_field_file(path: Path) -> bool:
+    """Whether ``path`` is a .nf file that nfit wrote (its metadata says so), which a new fit may replace."""
+    return read_format(path) == FORMAT
 
 
 def check_params(
@@ -383,6 +390,7 @@ def _field_header(path: Path, meta: dict) -> tuple[NeuralField, Field, dict[str,
         channels=channels,
         bit_depth=bit_depth if bit_depth in (1, 8, 16, 32) else 8,
         source=signal.get("source") if isinstance(signal.get("source"), str) else None,
+        source_bytes=signal.get("source_bytes") if type(signal.get("source_bytes")) is int else None,
         rate=rate,
         summary=meta.get("fit") if isinstance(meta.get("fit"), dict) else {},
         init=init,
@@ -404,7 +412,9 @@ def read_field_header(path: str | Path) -> tuple[NeuralField, dict[str, Any]]:
         _read_values(path, nf, field_, tensors, storage, None)  # everything is in the file: validate all of it
     else:
         _check_sparse_values(path, field_, tensors, storage["sparse"])
-    return nf, {"format_version": meta["format_version"], "storage": storage}
+    version = meta.get("nfit_version")
+    return nf, {"format_version": meta["format_version"], "storage": storage,
+                "nfit_version": version if isinstance(version, str) else None}
 
 
 def _check_sparse_values(path: Path, field_: Field, tensors: dict[str, Tensor], sparse: dict[str, Any]) -> None:

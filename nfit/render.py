@@ -9,16 +9,16 @@ chunk's activations.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from nfit.atomic import atomic_frames_dir, atomic_output, check_writable
+from nfit.atomic import atomic_frames_dir, atomic_output, guard_output
 from nfit.config import RenderConfig
-from nfit.device import resolve_device
+from nfit.device import flush_denormals, resolve_device
 from nfit.errors import ConfigError
 from nfit.fields import Field, Params
 from nfit.signals import MODALITIES, frames_of
@@ -65,6 +65,7 @@ def _check_shape(shape: tuple[int, ...], nf) -> tuple[int, ...]:
     return shape
 
 
+@flush_denormals()
 def render_values(
     nf, shape: tuple[int, ...] | None = None, *, device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK
 ) -> Tensor:
@@ -78,30 +79,36 @@ def render_values(
 
 
 def render_pixels(
-    nf, shape: tuple[int, ...], bit_depth: int = 8, *, device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK
+    nf, shape: tuple[int, ...], bit_depth: int = 8, *, device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Quantised values ``[*shape, C]`` (uint8 or uint16), quantised chunk by chunk."""
     shape = _check_shape(shape, nf)
     out = np.empty((math.prod(shape), nf.channels), dtype=np.uint8 if bit_depth == 8 else np.uint16)
-    for start, stop, samples in _quantized_chunks(nf, shape, bit_depth, device, chunk):
+    for start, stop, samples in _quantized_chunks(nf, shape, bit_depth, device, chunk, on_progress):
         out[start:stop] = samples
     return out.reshape(*shape, nf.channels)
 
 
 def render_frames(
-    nf, shape: tuple[int, ...], bit_depth: int = 8, *, device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK
+    nf, shape: tuple[int, ...], bit_depth: int = 8, *, device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[np.ndarray]:
     """Quantised slices along the first axis (video frames ``[H, W, C]``), one at a time:
     memory holds one frame and one chunk, whatever the length of the render."""
     shape = _check_shape(shape, nf)
-    yield from frames_of(_quantized_chunks(nf, shape, bit_depth, device, chunk), shape, nf.channels)
+    yield from frames_of(_quantized_chunks(nf, shape, bit_depth, device, chunk, on_progress), shape, nf.channels)
 
 
-def _quantized_chunks(nf, shape, bit_depth, device, chunk) -> Iterator[tuple[int, int, np.ndarray]]:
-    """``(start, stop, samples [stop - start, C])`` of one field on a checked grid, quantised on the CPU."""
+def _quantized_chunks(nf, shape, bit_depth, device, chunk, on_progress=None) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(start, stop, samples [stop - start, C])`` of one field on a checked grid, quantised on the CPU;
+    ``on_progress(stop, total)`` after each chunk."""
     params = _device_params(nf, resolve_device(device))
+    total = math.prod(shape)
     for start, stop, values in evaluate_chunks(nf.field, params, shape, chunk=chunk):
         yield start, stop, quantize(values[0].float().cpu().numpy(), bit_depth)
+        if on_progress is not None:
+            on_progress(stop, total)
 
 
 def default_output(nf_path: Path, modality: str) -> Path:
@@ -110,25 +117,34 @@ def default_output(nf_path: Path, modality: str) -> Path:
     return nf_path.with_name(f"{nf_path.stem}_render{MODALITIES[modality].default_suffix}")
 
 
+@flush_denormals()
 def render_to_file(
     nf,
     output: str | Path,
     config: RenderConfig | None = None,
     *,
     chunk: int = DEFAULT_CHUNK,
+    protect: Iterable[str | Path] = (),
+    force: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
     **options,
 ) -> tuple[Path, tuple[int, ...]]:
     """Render ``nf`` into a media file chosen by ``output``'s extension (a folder of PNG
     frames for video given a path without one). ``config`` (or its fields as keywords:
     res, width, height, sample_rate, fps, bit_depth, quality, device) sets the grid.
-    Returns the path and grid."""
+    Returns the path and grid.
+
+    ``output`` must not be any file in ``protect`` (the .nf and its initialisation), and
+    an existing file there is replaced only when nfit rendered it (the mark every render
+    carries) or with ``force``. ``on_progress(done, total)`` follows the grid samples
+    rendered."""
     output = Path(output)
     cfg = config or RenderConfig(**options)
     modality = MODALITIES[nf.modality]
     fmt = modality.output_format(output)
     folder = fmt == "frames"  # video as a folder of PNG frames
-    if not folder:
-        check_writable(output)  # before the (possibly long) render
+    if not folder:  # before the (possibly long) render; a frames folder must be new or empty anyway
+        guard_output(output, protect, ours=modality.written_by_nfit, force=force)
     bit_depth = cfg.bit_depth
     if bit_depth is None:
         bit_depth = 16 if nf.bit_depth >= 16 and fmt in ("png", "wav", "flac") else 8
@@ -138,11 +154,11 @@ def render_to_file(
         raise ConfigError("--bit-depth", f"16-bit output needs PNG, WAV or FLAC, not {output.suffix or 'frames'}")
     shape, rate = modality.target_shape(nf.shape, nf.rate, cfg)
     if modality.streams:
-        frames = render_frames(nf, shape, bit_depth, device=cfg.device, chunk=chunk)
+        frames = render_frames(nf, shape, bit_depth, device=cfg.device, chunk=chunk, on_progress=on_progress)
         with (atomic_frames_dir if folder else atomic_output)(output) as tmp:
             modality.write(tmp, frames, fmt, rate, quality=cfg.quality)
     else:
-        samples = render_pixels(nf, shape, bit_depth, device=cfg.device, chunk=chunk)
+        samples = render_pixels(nf, shape, bit_depth, device=cfg.device, chunk=chunk, on_progress=on_progress)
         with atomic_output(output) as tmp:
             modality.write(tmp, samples, fmt, rate, quality=cfg.quality)
     return output, shape

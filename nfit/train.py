@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,10 +48,10 @@ import torch
 from torch import Tensor, nn
 
 from nfit._version import __version__
-from nfit.atomic import atomic_output, stale_temporaries
-from nfit.config import AdaptConfig, DataConfig, FieldOptions, TrainConfig
+from nfit.atomic import atomic_output, make_dirs, same_file, stale_temporaries
+from nfit.config import AdaptConfig, DataConfig, FieldOptions, SignalOptions, TrainConfig
 from nfit.data import BatchStream, DataSummary, SignalFolder, guess_channels, load_all, scan_media, split_files
-from nfit.device import peak_memory, resolve_device, tune_cpu_allocator
+from nfit.device import flush_denormals, peak_memory, resolve_device, tune_cpu_allocator
 from nfit.errors import ConfigError, FieldFileError, OutputError, TrainingError
 from nfit.evaluation import adaptation_curves
 from nfit.fieldfile import (
@@ -67,6 +68,7 @@ from nfit.fieldfile import (
 from nfit.fields import Field, Params, build_field, field_config_dict
 from nfit.fit import random_init
 from nfit.meta import Strategy, build_strategy, strategy_config_dict
+from nfit.memory import gib, measure_step
 from nfit.meta.sparse import Mask, Masked, Sparse, density, full_mask, mask_size
 from nfit.signals import CONVENTION, MODALITIES
 
@@ -81,7 +83,11 @@ PREVIEW_SIGNALS = 8
 
 @dataclass
 class TrainEvent:
-    """What a progress display needs: kind is "start", "step", "val", "checkpoint" or "warning"."""
+    """What a progress display needs. kind: "start"; "memory" (the step's measured memory and the
+    micro-batch); "tick" (every step: its loss and seconds); "step" (every log_every steps: the
+    logged values); "estimate" (once: the time for the steps left); "validating" (one begins);
+    "val" (its result); "round"; "checkpoint";
+    "warning"."""
 
     kind: str
     step: int  # outer steps completed
@@ -401,6 +407,21 @@ def _prepare_data(spec: _RunSpec):
     return train_files, val_files, channels, opts, summary
 
 
+UPSCALE_CHECKED = 16  # files whose headers are read to tell whether the grid is larger than the data
+
+
+def _warn_upscaling(files: list[Path], opts: SignalOptions, warn: Callable[[str], None]) -> None:
+    """One warning when the first files are smaller than the grid they are conformed to:
+    upscaled signals teach the initialisation blur, and cost memory for nothing."""
+    modality = MODALITIES[opts.modality]
+    found = [u for u in (modality.upscale(f, opts) for f in sorted(files)[:UPSCALE_CHECKED]) if u is not None]
+    upscaled = [(scale, hint) for scale, hint in found if scale > 1.01]
+    if upscaled:
+        scale, hint = max(upscaled)
+        warn(f"{len(upscaled)} of the first {len(found)} files are smaller than the grid and are upscaled to it "
+             f"(up to {scale:.2f}x); to train at their own size give {hint}")
+
+
 def _from_dense(spec: _RunSpec, path: str | Path) -> None:
     """--algo sparse: take the field, grid, channels and (unless given) the inner algorithm and
     its hyperparameters from the dense initialisation, and fix the total steps to the schedule."""
@@ -424,6 +445,113 @@ def _from_dense(spec: _RunSpec, path: str | Path) -> None:
     spec.train = dataclasses.replace(spec.train, steps=strategy.config.steps)
 
 
+# The time estimate is printed once, after this many steps or this many seconds of them.
+ESTIMATE_STEPS, ESTIMATE_SECONDS = 3, 60.0
+
+
+class _Estimate:
+    """Once: the expected time for the steps left, from the first steps' median (the very
+    first, which warms caches up, only when it is all there is)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self.done = False
+
+    def add(self, seconds: float, step: int, steps: int, emit: Callable[[TrainEvent], None]) -> None:
+        if self.done or step >= steps:  # nothing left to estimate
+            return
+        self.times.append(seconds)
+        if len(self.times) < ESTIMATE_STEPS and sum(self.times) < ESTIMATE_SECONDS:
+            return
+        self.done = True
+        per_step = statistics.median(self.times[1:] or self.times)
+        emit(TrainEvent("estimate", step, steps, {"seconds_per_step": per_step, "remaining_s": per_step * (steps - step),
+                                                  "measured_steps": len(self.times)}))
+
+
+def _choose_micro_batch(model: _Outer, field_: Field, coords: Tensor, shape: tuple[int, ...], channels: int,
+                        cfg: TrainConfig, world: int, device: torch.device, preferred: int | None,
+                        emit: Callable[[TrainEvent], None], modality: str) -> int | None:
+    """The micro-batch to run (None: the whole batch at once), from the measured memory of one step.
+
+    ``cfg.micro_batch`` is kept as given (with a warning when it will not fit); otherwise the
+    largest that fits, or ``preferred`` (a resumed run's own) while it still fits, so a resumed
+    run takes the same steps. A grid on which not even one signal fits is a ConfigError that
+    says which size would.
+    """
+    local = cfg.batch_size // world
+    targets = field_.to_units(torch.zeros(1, *shape, channels)).to(device)  # [1, units, out]: values do not matter
+
+    def probe(n: int) -> None:
+        loss, _ = model(coords[:n], targets[:, :n])
+        loss.backward()
+        for p in model.params:
+            p.grad = None
+
+    memory = measure_step(probe, coords.shape[0], device)
+    if memory is None:
+        return cfg.micro_batch
+    fits = memory.largest_fitting(local)
+    if fits == 0:
+        scale = memory.units_fitting(coords.shape[0]) / coords.shape[0]
+        hint = GRID_HINTS[modality](shape, scale)
+        checkpoint = "" if getattr(getattr(model.strategy, "config", None), "gradient_checkpointing", False) \
+            else ", or --gradient-checkpointing"
+        raise ConfigError("--res" if modality != "audio" else "--duration", (
+            f"one signal on the {'x'.join(map(str, shape))} grid needs about {gib(memory.need(1))} per outer step and "
+            f"{gib(memory.available)} is free for it: {hint} would fit{checkpoint}"))
+    if cfg.micro_batch is not None:
+        chosen = cfg.micro_batch
+    elif preferred is not None and 0 < preferred <= fits:
+        chosen = preferred
+    else:
+        chosen = fits
+    emit(TrainEvent("memory", 0, cfg.steps, {
+        "fixed": memory.fixed, "per_signal": memory.per_signal, "available": memory.available, "batch": local,
+        "micro_batch": min(chosen, local), "chosen": cfg.micro_batch is None, "fits": fits,
+        "need": memory.need(min(chosen, local))}))
+    return None if chosen >= local else chosen
+
+
+def _side_hint(shape: tuple[int, ...], scale: float) -> str:
+    return f"--res {max(1, math.floor(shape[-1] * math.sqrt(scale)))}"
+
+
+# What to ask for instead when one signal does not fit: a grid with ``scale`` times the units.
+GRID_HINTS: dict[str, Callable[[tuple[int, ...], float], str]] = {
+    "image": _side_hint,
+    "video": _side_hint,
+    "audio": lambda shape, scale: f"about {scale * 100:.0f}% of the clip length (--duration)",
+}
+
+
+_RUN_NAMES = (RUN_FILE, CHECKPOINT, CHECKPOINT_JSON, INIT_FILE, LOG_FILE, PREVIEW, LEVELS_DIR, "tb")
+
+
+def _check_run_dir(run: Path, inputs: list[str | Path | None], force: bool) -> bool:
+    """Refuse a run directory that would harm what is there; returns whether it holds a run that
+    stopped before its first checkpoint (nothing to lose: it starts again)."""
+    if run.exists() and not run.is_dir():
+        raise ConfigError(run, "exists and is not a directory")
+    existing = next(p for p in (run, *run.absolute().parents) if p.exists())  # checked now, created later
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise OutputError(run, f"cannot create folder ({existing} is not a writable folder)")
+    for folder in (Path(f) for f in inputs if f is not None):
+        if same_file(run, folder) or folder.resolve() in run.resolve().parents:
+            raise ConfigError(run, f"is inside the data folder {str(folder)!r}: its files (preview.png) would become "
+                                   "training data; choose a run directory elsewhere")
+    if (run / RUN_FILE).exists():
+        if (run / CHECKPOINT).exists():
+            raise ConfigError(run, "already holds a run: continue it with --resume, or choose another -o")
+        return True
+    taken = [name for name in _RUN_NAMES if (run / name).exists()]
+    if taken and not force:
+        raise ConfigError(run, f"holds files that are not an nfit run ({', '.join(taken)}), which a run would replace: "
+                               "choose another -o, or give --force")
+    return False
+
+
+@flush_denormals()
 def meta_train(
     data: str | Path | None,
     run: str | Path,
@@ -437,6 +565,7 @@ def meta_train(
     init_from: str | Path | None = None,
     nan_policy: str | None = None,
     on_event: Callable[[TrainEvent], None] | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Learn an initialisation over a folder of signals; returns where the result is.
 
@@ -446,13 +575,21 @@ def meta_train(
 
     With ``resume``, the run's own configuration (run.json) is used and training
     continues from its checkpoint, bit for bit as if never stopped; ``train.steps``,
-    when given, may extend it, and ``nan_policy`` may replace the run's.
+    when given, sets a new target (kept in run.json, so later resumes keep it), and
+    ``nan_policy`` may replace the run's.
+
+    The run directory may not be, or lie inside, the data folder, and files of other
+    programs are never replaced (a folder holding files of the names a run writes is
+    refused unless ``force``). A run that stopped before its first checkpoint is
+    started again by the same call. ``train.micro_batch=None`` measures the memory of
+    a step first (nfit.memory) and takes the largest micro-batch that fits.
 
     Raises :class:`TrainingError` when a step's loss or gradient is not finite under
     ``nan_policy="stop"``: nothing is written after the last checkpoint, which stays
     the run's result and the point ``resume`` continues from.
     """
     run = Path(run)
+    restarted = False
     if resume:
         spec = read_run(run)
         if train is not None and spec.train.algo == "sparse":
@@ -464,14 +601,12 @@ def meta_train(
         if data is not None:
             spec.data = str(data)
         if not (run / CHECKPOINT).is_file():
-            raise ConfigError(run, f"nothing to resume (no {CHECKPOINT})")
+            raise ConfigError(run, f"nothing to resume: the run stopped before its first checkpoint; start it again "
+                                   f"with the command that began it (nfit meta-train {spec.data} -o {run})")
     else:
         if data is None:
             raise ConfigError(None, "give a data folder (or --resume RUN)")
-        if (run / RUN_FILE).exists():
-            raise ConfigError(run, "already holds a run: use --resume, or another -o")
-        if run.exists() and not run.is_dir():
-            raise ConfigError(run, "exists and is not a directory")
+        restarted = _check_run_dir(run, [data, val_dir], force)
         train = train or TrainConfig()
         if nan_policy is not None:
             train = dataclasses.replace(train, nan_policy=nan_policy)
@@ -497,6 +632,8 @@ def meta_train(
 
     train_files, val_files, channels, opts, summary = _prepare_data(spec)
     modality, shape = opts.modality, tuple(summary.shape)
+    if dist_.main and not resume:
+        _warn_upscaling(train_files, opts, warn)
     if cfg.batch_size % dist_.world:
         raise ConfigError("--batch-size", f"global batch {cfg.batch_size} is not divisible by {dist_.world} processes")
     field_ = build_field(spec.field.name, spec.field.field_config(modality, shape, channels))
@@ -512,17 +649,28 @@ def meta_train(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start_step = 0
     if dist_.main:
-        run.mkdir(parents=True, exist_ok=True)
-    skipped = 0
+        make_dirs(run)
+    skipped, seconds, meta = 0, 0.0, {}
     if resume:
         meta = _load_checkpoint(run, model, opt, mask)
         start_step, skipped = int(meta["step"]), int(meta.get("skipped_steps", 0))
+        seconds = float(meta.get("seconds", 0.0))  # training time accumulates over resumes
         if meta.get("train_files") != _files_digest(train_files, Path(spec.data)):
             raise ConfigError(spec.data, "the data folder changed since this run started; cannot resume exactly")
+        if start_step >= cfg.steps:
+            raise ConfigError(run, f"is complete at step {start_step} of {cfg.steps}: give --steps N "
+                                   f"(more than {start_step}) to extend it")
         if dist_.main:
             _remove_stale_temporaries(run)
             _repair_checkpoint_json(run, meta)
+            if train is not None:  # the new target outlives this session: a later --resume keeps it
+                _write_json(run / RUN_FILE, spec.to_json())
     elif dist_.main:
+        if restarted:
+            warn(f"{run} stopped before its first checkpoint: starting it again")
+            for name in (LOG_FILE, PREVIEW, INIT_FILE):
+                (run / name).unlink(missing_ok=True)
+            _remove_stale_temporaries(run)
         _write_json(run / RUN_FILE, spec.to_json())
     outer: nn.Module = model
     if dist_.world > 1:
@@ -542,12 +690,13 @@ def meta_train(
                        gamma=getattr(inner.config, "gamma", AdaptConfig.gamma), batch_size=cfg.batch_size)
     log = _Log(run, start_step) if dist_.main else None
     spr = sparse.config.steps_per_round if sparse else 1
-    state = {"step": start_step, "val_psnr": None, "seconds": 0.0, "skipped": skipped,
+    state = {"step": start_step, "val_psnr": None, "seconds": seconds, "skipped": skipped,
              "checkpoint": start_step if resume else None, "level": -(-start_step // spr)}  # level: rounds begun
 
     def validate(step: int) -> None:
         if val_targets is None:
             return
+        emit(TrainEvent("validating", step, cfg.steps))
         curves = adaptation_curves(field_, {k: v.detach() for k, v in model.theta().items()}, val_targets,
                                    test, device, with_ssim=False)
         psnr = curves.psnr.mean(dim=1)  # [K + 1]
@@ -586,7 +735,7 @@ def meta_train(
             return
         summary.bad = len(stream.bad)
         extra = {"train_files": _files_digest(train_files, Path(spec.data)), "seconds": round(state["seconds"], 3),
-                 "skipped_steps": state["skipped"]}
+                 "skipped_steps": state["skipped"], "micro_batch": micro}
         _save_checkpoint(run, step, model, opt, extra, mask)
         save_init(current_init(step), run / INIT_FILE)
         state["checkpoint"] = step
@@ -595,7 +744,7 @@ def meta_train(
     def save_level(step: int) -> None:
         """--algo sparse: keep the initialisation as it is at the end of a round (or before the first)."""
         if dist_.main:
-            (run / LEVELS_DIR).mkdir(exist_ok=True)
+            make_dirs(run / LEVELS_DIR)
             save_init(current_init(step), run / LEVELS_DIR / f"level-{state['level']:02d}.safetensors")
 
     def begin_round(step: int) -> None:
@@ -613,11 +762,15 @@ def meta_train(
 
     emit(TrainEvent("start", start_step, cfg.steps, {"data": summary.to_json(), "device": str(device),
                                                        "processes": dist_.world, "params": sum(p.numel() for p in model.params)}))
+    # before validation: the probes measure from a heap that nothing larger has used yet
+    micro = _choose_micro_batch(model, field_, coords, shape, channels, cfg, dist_.world, device,
+                                meta.get("micro_batch"), emit, modality)
     if dist_.main and start_step == 0:
         validate(0)  # the untrained initialisation: the random-init baseline of every curve
         if sparse:
             save_level(0)  # the dense starting point, so every density down from 1 can be fitted
     interrupted = False
+    estimate = _Estimate()
     window = time.perf_counter()
     window_steps = 0
     try:
@@ -628,7 +781,7 @@ def meta_train(
             opt.zero_grad(set_to_none=True)
             if step_fn is not None:
                 try:
-                    loss, mse = _accumulate_compiled(model, step_fn, coords, targets, cfg.micro_batch)
+                    loss, mse = _accumulate_compiled(model, step_fn, coords, targets, micro)
                 except Exception as err:  # noqa: BLE001  torch.compile unavailable (no compiler, unsupported op)
                     if state["step"] > start_step:
                         raise
@@ -637,7 +790,7 @@ def meta_train(
                     step_fn = None
                     opt.zero_grad(set_to_none=True)
             if step_fn is None:
-                loss, mse = _accumulate(outer, coords, targets, cfg.micro_batch)
+                loss, mse = _accumulate(outer, coords, targets, micro)
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             if _finite(loss, grad_norm, dist_.world):
                 opt.step()
@@ -653,8 +806,12 @@ def meta_train(
                     f"non-finite loss ({loss.item():.3g}) or gradient norm ({grad_norm.item():.3g}) at step {step + 1};"
                     f" stopped, {kept} (resume with a lower --lr, or --nan-policy skip)"))
             state["step"] = done = step + 1
-            state["seconds"] += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            state["seconds"] += took
             window_steps += 1
+            emit(TrainEvent("tick", done, cfg.steps, {"loss": loss.item(), "seconds": took, "peak_memory": peak_memory(device),
+                                                      "train_psnr": (-10 * torch.log10(mse.clamp_min(1e-10))).mean().item()}))
+            estimate.add(took, done, cfg.steps, emit)
             if done % cfg.log_every == 0 or done == cfg.steps:
                 stats = torch.stack([loss.detach(), (-10 * torch.log10(mse.clamp_min(1e-10))).mean()])
                 if dist_.world > 1:

@@ -70,8 +70,17 @@ class ImageModality:
 
     @staticmethod
     def read(path: Path, opts: SignalOptions) -> Signal:
+        """The whole image; with ``opts.res`` resized to that longest side, aspect kept."""
         values, bits = image.read_image(path)
+        if opts.res is not None:
+            values = image.resize(values, fit_shape(values.shape[:2], opts.res))
         return Signal("image", values, bits, path)
+
+    @staticmethod
+    def upscale(path: Path, opts: SignalOptions) -> tuple[float, str] | None:
+        """How much conforming ``path`` to a dataset grid enlarges it, and the option that would not."""
+        size = image.header_size(path)
+        return None if size is None else (opts.res / min(size), f"--res {min(size)}")
 
     @staticmethod
     def dataset_shape(opts: SignalOptions) -> tuple[int, ...]:
@@ -110,6 +119,8 @@ class ImageModality:
     def write(path: Path, samples: np.ndarray, fmt: str, rate: float | None, *, quality: int = 95) -> None:
         image.write_image(path, samples, fmt, quality=quality)
 
+    written_by_nfit = staticmethod(image.written_by_nfit)  # a render of ours, which a new render may replace
+
     @staticmethod
     def picture(values: np.ndarray) -> np.ndarray:
         """One picture [H, W, C] of a signal [*shape, C], for previews."""
@@ -133,6 +144,11 @@ class AudioModality:
         if opts.duration is not None:
             values = audio.fit_length(values, round(opts.duration * rate))
         return Signal("audio", values, bits, path, float(rate))
+
+    @staticmethod
+    def upscale(path: Path, opts: SignalOptions) -> tuple[float, str] | None:
+        rate = audio.header_rate(path)
+        return None if rate is None else (opts.sample_rate / rate, f"--sample-rate {rate}")
 
     @staticmethod
     def dataset_shape(opts: SignalOptions) -> tuple[int, ...]:
@@ -171,6 +187,8 @@ class AudioModality:
         bits = 16 if samples.dtype == np.uint16 else 8
         audio.write_audio(path, samples, fmt, round(_rate(path, rate)), bit_depth=bits)
 
+    written_by_nfit = staticmethod(audio.written_by_nfit)
+
     @staticmethod
     def picture(values: np.ndarray) -> None:
         return None
@@ -187,6 +205,15 @@ class VideoModality:
     def read(path: Path, opts: SignalOptions) -> Signal:
         values, fps = video.read_video(path, frames=opts.frames, stride=opts.stride, res=opts.res)
         return Signal("video", values, 8, path, float(fps))
+
+    @staticmethod
+    def upscale(path: Path, opts: SignalOptions) -> tuple[float, str] | None:
+        try:
+            info = video.probe_video(path)
+        except InputError:
+            return None  # reported when the clip is loaded
+        side = min(info.height, info.width)
+        return opts.res / side, f"--res {side}"
 
     @staticmethod
     def dataset_shape(opts: SignalOptions) -> tuple[int, ...]:
@@ -226,6 +253,8 @@ class VideoModality:
     @staticmethod
     def write(path: Path, frames: Iterable[np.ndarray], fmt: str, rate: float | None, *, quality: int = 95) -> None:
         video.write_video(path, frames, fmt, _rate(path, rate), quality=quality)
+
+    written_by_nfit = staticmethod(video.written_by_nfit)
 
     @staticmethod
     def picture(values: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nfit._version import SOFTWARE, SOFTWARE_NAME
 from nfit.config import MAX_AUDIO_SAMPLES
 from nfit.errors import ConfigError, InputError, OutputError
 from nfit.signals.reading import decoding
@@ -217,7 +218,9 @@ def write_audio(path: Path, samples: np.ndarray, fmt: str, sample_rate: int, bit
     pcm = (samples.astype(np.int32) - (1 << (bit_depth - 1))) << (16 - bit_depth)
     subtype = "PCM_16" if bit_depth == 16 else ("PCM_U8" if fmt == "wav" else "PCM_S8")  # 8-bit WAV is unsigned
     try:
-        sf.write(path, pcm.astype(np.int16), sample_rate, subtype=subtype, format=fmt.upper())
+        with sf.SoundFile(path, "w", sample_rate, pcm.shape[1], subtype=subtype, format=fmt.upper()) as f:
+            f.software = SOFTWARE  # the mark a later render looks for before replacing this file
+            f.write(pcm.astype(np.int16))
     except RuntimeError as err:
         # libsndfile says only "System error" for a full disk or a missing folder; C's errno says which.
         code = getattr(getattr(sf, "_ffi", None), "errno", 0) if getattr(err, "code", None) == 2 else 0
@@ -255,3 +258,24 @@ def load_clip(path: Path, sample_rate: int, duration: float | None, channels: in
     else:
         values = resample(values, rate, sample_rate)
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+
+
+def written_by_nfit(path: Path) -> bool:
+    """Whether an audio file carries the mark nfit's renders get (libsndfile's "software" string)."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(path) as f:
+            return (f.software or "").startswith(SOFTWARE_NAME)
+    except Exception:  # noqa: BLE001  unreadable: not a render of ours
+        return False
+
+
+def header_rate(path: Path) -> int | None:
+    """The sample rate a file declares, or None when libsndfile cannot tell (the decoder reports it later)."""
+    import soundfile as sf
+
+    try:
+        return int(sf.info(str(path)).samplerate)
+    except Exception:  # noqa: BLE001
+        return None

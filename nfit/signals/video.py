@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nfit._version import SOFTWARE, SOFTWARE_NAME
 from nfit.atomic import atomic_frames_dir
 from nfit.config import MAX_IMAGE_PIXELS, MAX_VIDEO_VALUES
 from nfit.errors import ConfigError, InputError, NfitError, OutputError
@@ -286,6 +287,7 @@ class _Encoder:
         # faststart puts the index first so players can start before the whole file arrives
         options = {"movflags": "+faststart"} if self.fmt == "mp4" else {}
         self.container = av.open(_url(self.path), "w", format=container_format, container_options=options)
+        self.container.metadata["comment"] = SOFTWARE  # the mark a later render looks for before replacing this file
         stream = self.container.add_stream(codec, rate=self.rate)
         stream.width, stream.height = width, height
         # 4:2:0 (chroma at half resolution) is what every player decodes. libx264 refuses it
@@ -391,3 +393,14 @@ def write_video(
             sink.abort()
 
 
+
+
+def written_by_nfit(path: Path) -> bool:
+    """Whether a video file carries the mark nfit's renders get (the container's comment)."""
+    import av
+
+    try:
+        with av.open(_url(path), metadata_errors="replace") as container:
+            return str(container.metadata.get("comment", "")).startswith(SOFTWARE_NAME)
+    except Exception:  # noqa: BLE001  unreadable: not a render of ours
+        return False
