@@ -95,7 +95,7 @@ def _step(spec: dict) -> dict:
     import torch
 
     from nfit.device import peak_memory, resolve_device, tune_cpu_allocator
-    from nfit.fields import build_field
+    from nfit.fields import build_field, field_config
     from nfit.meta import build_strategy
     from nfit.signals import MODALITIES
 
@@ -108,7 +108,7 @@ def _step(spec: dict) -> dict:
     modality = spec["modality"]
     shape = MODALITIES[modality].dataset_shape(dcfg.signal_options(modality))
     channels = spec.get("channels") or (1 if modality == "audio" else 3)
-    field = build_field(spec.get("field", "siren"), _field_options(spec).field_config(modality, shape, channels))
+    field = build_field(spec.get("field", "siren"), field_config(_field_options(spec), modality, shape, channels))
     gen = torch.Generator().manual_seed(0)
     theta = {k: v.to(device).requires_grad_(True) for k, v in field.init_params(gen).items()}
     strategy = build_strategy(spec["algo"], ALGOS[spec["algo"]])

@@ -37,8 +37,8 @@ DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "dev" / "meta_faces"
 from nfit.config import AdaptConfig, DataConfig, FieldOptions, TrainConfig  # noqa: E402
 from nfit.data import scan_folder, split_files  # noqa: E402
 from nfit.evaluation import evaluate_folder  # noqa: E402
-from nfit.fieldfile import LEVELS_DIR, load_init  # noqa: E402
-from nfit.meta.sparse import narrow_width  # noqa: E402
+from nfit.runs import LEVELS_DIR, load_init  # noqa: E402
+from nfit.fields.masked import narrow_width  # noqa: E402
 from nfit.train import meta_train  # noqa: E402
 
 MAML = {"inner_steps": 2}  # Meta-SparseINR: 2 second-order inner steps

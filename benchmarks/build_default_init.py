@@ -28,7 +28,8 @@ from bench_meta import make_crops  # noqa: E402
 
 from nfit.config import DataConfig, TrainConfig  # noqa: E402
 from nfit.data import scan_folder  # noqa: E402
-from nfit.fieldfile import load_init, save_init  # noqa: E402
+from nfit.fieldfile import save_init  # noqa: E402
+from nfit.runs import load_init  # noqa: E402
 from nfit.train import meta_train  # noqa: E402
 
 

@@ -10,7 +10,8 @@ from nfit._version import __version__
 from nfit.api import evaluate, fit, fit_files, fit_signals, info, load, meta_train, render, render_to_file, save
 from nfit.config import AdaptConfig, DataConfig, FieldOptions, FitConfig, RenderConfig, TrainConfig
 from nfit.errors import ConfigError, FieldFileError, InputError, NfitError, OutputError, TrainingError
-from nfit.fieldfile import MetaInit, NeuralField, load_init
+from nfit.fieldfile import MetaInit, NeuralField
+from nfit.runs import load_init
 from nfit.signals import Signal, read_signal
 
 __all__ = [

@@ -31,17 +31,16 @@ from nfit.fieldfile import (
     INIT_FORMAT,
     MetaInit,
     NeuralField,
-    find_init,
     is_field_file,
     load_field,
-    load_init,
     read_field_header,
     read_format,
     save_field,
 )
-from nfit.fields import build_field, count_params, field_config_dict, unbatch_params
+from nfit.fields import build_field, count_params, field_config, field_config_dict, unbatch_params
 from nfit.fit import StepInfo, fit_adam, fit_sgd, random_init, split_batches
 from nfit.inits import DEFAULT, default_init, trained_channels
+from nfit.runs import find_init, load_init
 from nfit.render import evaluate as evaluate_grid
 from nfit.render import render_to_file, render_values
 from nfit.signals import Signal, read_signal
@@ -91,12 +90,12 @@ def fit_signals(
     for (modality, shape, channels), members in groups.items():
         init = default_init(modality, channels) if default else given
         if init is None:
-            field_name, field_config = field.name, field.field_config(modality, shape, channels)
-            net = build_field(field_name, field_config)
+            field_name, config_dict = field.name, field_config(field, modality, shape, channels)
+            net = build_field(field_name, config_dict)
             start, batch_size = random_init(net, config.seed), config.batch_size
             init_meta = {"name": "random", "seed": config.seed, "sha256": None}
         else:
-            field_name, field_config, net, start = init.field_name, init.field_config, init.field, init.params
+            field_name, config_dict, net, start = init.field_name, init.field_config, init.field, init.params
             batch_size = adapt.batch_size
             _warn_init_size(init, modality, shape)
             init_meta = {"name": f"default:{modality}" if default else "meta", "algo": init.algo.get("name"),
@@ -120,7 +119,7 @@ def fit_signals(
             for b, i in enumerate(idx):
                 fitted[i] = NeuralField(
                     field_name=field_name,
-                    field_config=field_config,
+                    field_config=config_dict,
                     params={k: v.cpu() for k, v in unbatch_params(params, b).items()},
                     modality=modality,
                     shape=shape,
@@ -452,7 +451,7 @@ def render(
 def info(nf: NeuralField | str | Path) -> dict[str, Any]:
     """What a .nf (or init) file holds, as plain JSON-ready data. Needs no initialisation,
     even for a sparse field: sizes come from the file itself."""
-    from nfit.meta.sparse import narrow_width
+    from nfit.fields.masked import narrow_width
 
     path = None if isinstance(nf, NeuralField) else Path(nf)
     if path is not None and (path.is_dir() or read_format(path) == INIT_FORMAT):

@@ -100,6 +100,7 @@ def _run(job: Callable[[], Any]) -> Any:
 
     An OSError that names a file (a read-only folder, a path through a file) is about a
     path the user gave: one line and exit code 2, like every other bad path."""
+    _state["warned"] = set()  # each warning once per command
     try:
         with warnings.catch_warnings(), flush_denormals():
             warnings.simplefilter("always", NfitWarning)
@@ -437,7 +438,7 @@ def fit(
     """
     from nfit.api import fit_files
     from nfit.api import save_context_maps as save_maps
-    from nfit.fieldfile import load_init
+    from nfit.runs import load_init
     from nfit.inits import DEFAULT
 
     many = len(inputs) > 1 or any(p.is_dir() for p in inputs)
@@ -937,7 +938,7 @@ def eval_(
 
 def _is_sparse_run(init: str) -> bool:
     """--density applies to the sparse runs among the compared initialisations, not to dense baselines."""
-    from nfit.fieldfile import level_files
+    from nfit.runs import level_files
 
     return init != "random" and Path(init).is_dir() and bool(level_files(Path(init)))
 

@@ -1,8 +1,15 @@
-"""Every user-facing default, written once. The CLI and the Python API both read these."""
+"""Every user-facing default, written once. The CLI and the Python API both read these.
+
+A leaf: it imports nothing of nfit but its errors, so every layer may read it.
+"""
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
+
+from nfit.errors import ConfigError
 
 # Limits on what an input file may declare, checked before anything is allocated:
 # a few bytes of header must never be able to ask for gigabytes of memory.
@@ -51,8 +58,6 @@ class FitConfig:
     device: str = "auto"
 
     def __post_init__(self):
-        from nfit.errors import ConfigError
-
         if self.steps < 0:
             raise ConfigError("--steps", "must be >= 0")
         if not self.lr > 0:
@@ -79,8 +84,6 @@ class AdaptConfig:
     device: str = "auto"
 
     def __post_init__(self):
-        from nfit.errors import ConfigError
-
         if self.steps < 0 or self.adam_steps < 0:
             raise ConfigError("--steps", "must be >= 0")
         if not self.lr > 0 or not self.adam_lr > 0:
@@ -101,8 +104,6 @@ class StoreConfig:
     standalone: bool = False  # sparse fields: embed the packed mask instead of naming the initialisation that holds it
 
     def __post_init__(self):
-        from nfit.errors import ConfigError
-
         if self.dtype not in ("float32", "float16"):
             raise ConfigError("--dtype", f"must be float32 or float16, not {self.dtype!r}")
 
@@ -119,8 +120,6 @@ class SignalOptions:
     res: int | None = None  # images: resized to this longest side; video: centre square crop, resized to res x res
 
     def __post_init__(self):
-        from nfit.errors import ConfigError
-
         if self.sample_rate is not None and self.sample_rate < 1:
             raise ConfigError("--sample-rate", "must be >= 1")
         if self.duration is not None and not 0 < self.duration < float("inf"):
@@ -143,34 +142,6 @@ class FieldOptions:
     w0: float | None = None  # SIREN only
     extra: dict | None = None  # any other options of the field's config, e.g. NeRV's {"strides": [2, 2]}
 
-    def field_config(self, modality: str, shape: tuple[int, ...], channels: int) -> dict:
-        """The config dict of this field for signals of a modality, grid and channels, validated."""
-        import dataclasses
-
-        from nfit.errors import ConfigError
-        from nfit.fields import FIELDS, build_field
-        from nfit.signals import MODALITIES
-
-        if self.name not in FIELDS:
-            raise ConfigError("--field", f"unknown field {self.name!r} (known: {', '.join(sorted(FIELDS))})")
-        names = {f.name for f in dataclasses.fields(FIELDS[self.name].Config)}
-        config = {"in_dim": len(shape), "out_dim": channels}
-        config.update(MODALITIES[modality].field_defaults(self.name, shape))
-        config = {k: v for k, v in config.items() if k in names}
-        for key, value in (self.extra or {}).items():
-            if key not in names:
-                raise ConfigError("--field-config", f"the {self.name!r} field has no option {key!r}")
-            config[key] = value
-        for key in ("width", "depth", "w0"):
-            value = getattr(self, key)
-            if value is None:
-                continue
-            if key not in names:
-                raise ConfigError(f"--{key}", f"the {self.name!r} field has no {key}")
-            config[key] = value
-        build_field(self.name, config)  # validate now, before any work
-        return config
-
 
 @dataclass
 class DataConfig:
@@ -189,8 +160,6 @@ class DataConfig:
     strict: bool = False  # stop at the first unreadable file instead of warning
 
     def __post_init__(self):
-        from nfit.errors import ConfigError
-
         if self.res is not None and self.res < 1:
             raise ConfigError("--res", "must be >= 1")
         if self.channels is not None and not 1 <= self.channels <= 4:
@@ -210,8 +179,6 @@ class DataConfig:
                              self.res or DEFAULT_RES.get(modality))
 
     def decoding_workers(self) -> int:
-        import os
-
         return self.workers if self.workers is not None else min(4, os.cpu_count() or 1)
 
 
@@ -246,8 +213,6 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self):
-        from nfit.errors import ConfigError
-
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError("--nan-policy", f"must be {' or '.join(NAN_POLICIES)}, not {self.nan_policy!r}")
         for name in ("steps", "batch_size", "log_every", "val_every", "ckpt_every"):
@@ -275,8 +240,6 @@ class RenderConfig:
     device: str = "auto"
 
     def __post_init__(self):
-        from nfit.errors import ConfigError
-
         for name in ("res", "width", "height", "sample_rate", "fps"):
             value = getattr(self, name)
             if value is not None and not 0 < value < float("inf"):

@@ -143,8 +143,8 @@ def evaluate_folder(
     from nfit.data import SignalFolder, guess_channels, load_all, scan_media
     from nfit.device import resolve_device
     from nfit.errors import ConfigError
-    from nfit.fieldfile import load_init
-    from nfit.fields import build_field, count_params
+    from nfit.runs import load_init
+    from nfit.fields import build_field, count_params, field_config
     from nfit.fit import random_init
     from nfit.signals import MODALITIES
 
@@ -164,7 +164,7 @@ def evaluate_folder(
         opts = dcfg.signal_options(modality)
         shape = MODALITIES[modality].dataset_shape(opts)
         fopts = field_options or FieldOptions()
-        field_ = build_field(fopts.name, fopts.field_config(modality, shape, channels))
+        field_ = build_field(fopts.name, field_config(fopts, modality, shape, channels))
         params, sha = random_init(field_, seed), None
     else:
         opts = MODALITIES[modality].grid_options(meta.shape, meta.rate)

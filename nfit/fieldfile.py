@@ -52,7 +52,7 @@ from nfit.atomic import atomic_output
 from nfit.config import MAX_FIELD_SIZE, MAX_GRID_SAMPLES, MAX_HEADER_BYTES, MAX_METADATA_BYTES
 from nfit.errors import ConfigError, FieldFileError, OutputError
 from nfit.fields import Field, Params, build_field, count_params
-from nfit.meta.sparse import Mask, Masked, density, pack_mask, prunable, stored_values, unpack_mask
+from nfit.fields.masked import Mask, Masked, density, pack_mask, prunable, stored_values, unpack_mask
 from nfit.signals import CONVENTION, MODALITIES
 
 FORMAT = "nfit-field"
@@ -64,7 +64,6 @@ META_KEY = "nfit"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 MASK_PREFIX = "mask/"
-LEVELS_DIR = "levels"  # a sparse run's levels: levels/level-KK.safetensors
 
 
 @dataclass
@@ -240,7 +239,7 @@ def _r(value: Any) -> str:
 def read_format(path: Path) -> str | None:
     """The ``format`` a file declares (without loading its tensors), or None when unreadable."""
     try:
-        return json.loads(_read_metadata(path)).get("format")
+        return json.loads(read_metadata(path)).get("format")
     except Exception:  # any failure: let the full loader report it properly
         return None
 
@@ -555,14 +554,9 @@ def _init_mask(path: Path, field_: Field, tensors: dict[str, Tensor], meta: dict
     return {k: found[k] for k in prunable(shapes)}
 
 
-def load_init(path: str | Path, density: float | None = None) -> MetaInit:
-    """Read and validate an init file. A run directory stands for its result, or with
-    ``density``, for the level of a sparse run whose density is nearest to it."""
+def read_init(path: str | Path) -> MetaInit:
+    """Read and validate an init file (run directories: :func:`nfit.runs.load_init`)."""
     path = Path(path)
-    if density is not None:
-        path = _level_path(path, density)
-    elif path.is_dir() and (path / "init.safetensors").is_file():
-        path = path / "init.safetensors"
     tensors, meta = read_safetensors(path)
     _check_kind(meta, path, INIT_FORMAT)
     modality, shape, channels, rate = _signal_meta(meta, path)
@@ -596,19 +590,7 @@ def load_init(path: str | Path, density: float | None = None) -> MetaInit:
     return init
 
 
-def level_files(run: Path) -> list[tuple[float, Path]]:
-    """(density, file) of every level of a sparse run, densest first."""
-    levels = []
-    for f in sorted((Path(run) / LEVELS_DIR).glob("level-*.safetensors")):
-        try:
-            sparsity = json.loads(_read_metadata(f)).get("sparsity") or {}
-            levels.append((float(sparsity["density"]), f))
-        except (KeyError, TypeError, ValueError):
-            raise FieldFileError(f, "not a level of a sparse run (no readable 'sparsity' metadata)") from None
-    return sorted(levels, key=lambda t: -t[0])
-
-
-def _read_metadata(path: Path) -> str:
+def read_metadata(path: Path) -> str:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -616,27 +598,3 @@ def _read_metadata(path: Path) -> str:
             return (f.metadata() or {}).get(META_KEY, "{}")
     except (SafetensorError, OSError) as err:
         raise FieldFileError(path, f"corrupt safetensors data ({_short(err)})") from None
-
-
-def _level_path(run: Path, wanted: float) -> Path:
-    """The level of a sparse run whose density is nearest to ``wanted`` (on a log scale: 0.1 is as far from 0.2 as from 0.05)."""
-    if not 0 < wanted <= 1:
-        raise ConfigError("--density", "must be in (0, 1]")
-    if not run.is_dir():
-        raise ConfigError("--density", f"{run} is a file: give a sparse run directory to choose a level from")
-    levels = level_files(run)
-    if not levels:
-        raise ConfigError("--density", f"{run} is not a sparse run (no {LEVELS_DIR}/): train one with --algo sparse")
-    return min(levels, key=lambda t: abs(math.log(t[0] / wanted)))[1]
-
-
-def find_init(path: str | Path, sha256: str) -> MetaInit:
-    """The initialisation with this SHA-256: the file ``path``, or any level (or the result) of the run ``path``."""
-    path = Path(path)
-    if path.is_dir():
-        candidates = [path / "init.safetensors", *(f for _, f in level_files(path))]
-        for f in candidates:
-            if f.is_file() and file_sha256(f) == sha256:
-                return load_init(f)
-        raise FieldFileError(path, f"no initialisation in this run has sha256 {sha256}")
-    return load_init(path)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from nfit.config import AdaptConfig, FitConfig
 from nfit.fields import Field, Params, batch_params
-from nfit.meta.inner import context_pieces, gather_context, global_norm, sgd_step, top_context
+from nfit.meta.inner import full_pass, gather_context, global_norm, sgd_step, top_context
 from nfit.metrics import psnr_from_mse
 
 
@@ -111,45 +111,6 @@ def fit_adam(
     return FitResult(kept, best_step.tolist(), time.perf_counter() - start, history)
 
 
-def full_pass(
-    field: Field,
-    params: Params,
-    coords: Tensor,
-    targets: Tensor,
-    chunk: int,
-    *,
-    grads: bool = True,
-    scores: bool = False,
-) -> tuple[list[Tensor], Tensor, Tensor, Tensor | None]:
-    """Gradient of the per-signal MSE over a whole context, accumulated over chunks of points.
-
-    params: leaf tensors [B, ...]; coords [N, d] or [B, N, d]; targets [B, N, C] (N units).
-    Returns (per-signal gradients, MSE [B], MSE of clamped predictions [B], and with
-    ``scores`` GradNCP's per-unit score [B, N] from the same forward pass). With
-    ``grads=False`` only the forward runs, without a graph, and the gradient list is empty.
-    """
-    batch, n, channels = targets.shape
-    names = list(params)
-    total = [torch.zeros_like(params[k]) for k in names] if grads else []
-    sse = targets.new_zeros(batch)
-    sse_clamped = targets.new_zeros(batch)
-    score = targets.new_empty(batch, n) if scores else None
-    for units, c, t in context_pieces(field, coords, targets, chunk):  # chunk counts grid samples x signals
-        with torch.set_grad_enabled(grads):
-            pred, h = field(params, c, features=True)  # [B, n, C], [B, n, width]
-            err = pred - t
-            per_signal = err.pow(2).sum(dim=(1, 2))  # [B]
-        if grads:
-            for g, part in zip(total, torch.autograd.grad(per_signal.sum() / (n * channels), [params[k] for k in names])):
-                g += part
-        with torch.no_grad():
-            sse += per_signal
-            sse_clamped += (pred.clamp(0.0, 1.0) - t).pow(2).sum(dim=(1, 2))
-            if score is not None:
-                score[:, units] = field.unit_scores(err, h)
-    return total, sse.detach() / (n * channels), sse_clamped / (n * channels), score
-
-
 @dataclass
 class AdaptResult:
     params: Params  # batched [B, ...], detached: the parameters after the last step
@@ -225,4 +186,4 @@ def split_batches(n: int, batch_size: int) -> list[range]:
     return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
-__all__ = ["AdaptResult", "FitResult", "StepInfo", "fit_adam", "fit_sgd", "full_pass", "random_init", "split_batches"]
+__all__ = ["AdaptResult", "FitResult", "StepInfo", "fit_adam", "fit_sgd", "random_init", "split_batches"]

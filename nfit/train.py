@@ -1,40 +1,26 @@
 """Meta-training: the outer loop, the same for every strategy.
 
-    RUN/
-      run.json                  the configuration (resuming reads it back)
-      metrics.jsonl             one JSON object per logged step and per validation
-      checkpoint.safetensors    theta_0, Adam's moments, RNG state; metadata: step, ...
-      checkpoint.json           the same metadata and the SHA-256 of checkpoint.safetensors, for people
-      init.safetensors          the result: the learned initialisation (see nfit.fieldfile)
-      levels/level-KK.safetensors   --algo sparse: the initialisation after round KK (its own mask)
-      preview.png               validation signals (top) and their reconstructions after K_test steps
-      tb/                       TensorBoard events, when tensorboard is installed
-
-Meta-SparseINR (``--algo sparse``) starts from a dense run's result and prunes at
-the start of every round (see :mod:`nfit.meta.sparse`); the field, grid and
-channels are the dense initialisation's.
+Each outer step takes a batch of signals conformed to one grid, asks the strategy
+(nfit.meta) for the outer loss of the shared initialisation theta_0 on it, and
+takes an Adam step on theta_0. Strategies that change the field as they train
+(Meta-SparseINR's pruning rounds) do so through the hooks of
+:class:`nfit.meta.base.Phases`; the loop has no case for any one of them. The run
+directory, its files and their formats belong to :mod:`nfit.runs`.
 
 Data-parallel under torchrun: every process takes a contiguous slice of the global
 batch, DistributedDataParallel averages the gradients (so the step equals a single
 process on the whole batch), and only rank 0 validates and writes files.
 
-Faults. Every file is written atomically (nfit.atomic), so a kill at any instant
-leaves each file whole: the new version or the previous one. Resuming reads only
-checkpoint.safetensors, which carries its own metadata; checkpoint.json is a copy
-that a kill between the two renames can leave one checkpoint behind, so it records
-the SHA-256 of the checkpoint it describes and resuming rewrites it when it does
-not match. A non-finite loss or gradient norm never reaches the parameters: the
-run stops with its last checkpoint as the result, or (``nan_policy="skip"``) the
-step's update is dropped and counted. A failed write (a full disk) is an
-OutputError naming the file, and the files written before it stay as they were.
+Faults. A non-finite loss or gradient norm never reaches the parameters: the run
+stops with its last checkpoint as the result, or (``nan_policy="skip"``) the step's
+update is dropped and counted. A failed write (a full disk) is an OutputError
+naming the file, and the files written before it stay as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import statistics
@@ -47,37 +33,38 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nfit._version import __version__
-from nfit.atomic import atomic_output, make_dirs, same_file, stale_temporaries
+from nfit.atomic import make_dirs
 from nfit.config import AdaptConfig, DataConfig, FieldOptions, SignalOptions, TrainConfig
 from nfit.data import BatchStream, DataSummary, SignalFolder, guess_channels, load_all, scan_media, split_files
 from nfit.device import flush_denormals, peak_memory, resolve_device, tune_cpu_allocator
-from nfit.errors import ConfigError, FieldFileError, OutputError, TrainingError
+from nfit.errors import ConfigError, FieldFileError, TrainingError
 from nfit.evaluation import adaptation_curves
-from nfit.fieldfile import (
-    LEVELS_DIR,
-    MASK_PREFIX,
-    META_KEY,
-    MetaInit,
-    file_sha256,
-    load_init,
-    read_safetensors,
-    save_init,
-    save_tensors,
-)
-from nfit.fields import Field, Params, build_field, field_config_dict
+from nfit.fieldfile import MetaInit, save_init
+from nfit.fields import Field, Params, build_field, field_config, field_config_dict
 from nfit.fit import random_init
-from nfit.meta import Strategy, build_strategy, strategy_config_dict
 from nfit.memory import gib, measure_step
-from nfit.meta.sparse import Mask, Masked, Sparse, density, full_mask, mask_size
+from nfit.meta import Strategy, build_strategy, strategy_config_dict
+from nfit.runs import (
+    CHECKPOINT,
+    INIT_FILE,
+    LOG_FILE,
+    PREVIEW,
+    MetricsLog,
+    RunSpec,
+    check_run_dir,
+    files_digest,
+    level_file,
+    load_checkpoint,
+    load_init,
+    read_run,
+    remove_stale_temporaries,
+    repair_checkpoint_json,
+    save_checkpoint,
+    write_preview,
+    write_run,
+)
 from nfit.signals import CONVENTION, MODALITIES
 
-RUN_FILE = "run.json"
-CHECKPOINT = "checkpoint.safetensors"
-CHECKPOINT_JSON = "checkpoint.json"
-INIT_FILE = "init.safetensors"
-LOG_FILE = "metrics.jsonl"
-PREVIEW = "preview.png"
 PREVIEW_SIGNALS = 8
 
 
@@ -122,7 +109,7 @@ def _setup_distributed(device_name: str) -> tuple[_Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return _Dist(), resolve_device(device_name)
-    import torch.distributed as dist
+    import torch.distributed as dist  # here: only torchrun runs need it
 
     d = _Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     device = resolve_device(device_name)
@@ -172,7 +159,7 @@ def _accumulate(outer: nn.Module, coords: Tensor, targets: Tensor, micro: int | 
 
 def _compiled_step(strategy: Strategy, field_: Field, device: torch.device, world: int):
     """--compile: the outer step of nfit.meta.compiled, compiled lazily at its first call; on CUDA, TF32 matmuls."""
-    from nfit.meta.compiled import COMPILABLE, outer_step
+    from nfit.meta.compiled import COMPILABLE, outer_step  # here: importing torch.compile's machinery takes seconds
 
     if strategy.name not in COMPILABLE:
         raise ConfigError("--compile", f"applies to {' and '.join(COMPILABLE)}, not --algo {strategy.name}")
@@ -205,191 +192,26 @@ def _accumulate_compiled(model: _Outer, step_fn, coords: Tensor, targets: Tensor
     return total, torch.cat(mses)
 
 
-def _files_digest(files: list[Path], root: Path) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(root)).encode() + b"\0")
-    return h.hexdigest()[:16]
-
-
 @dataclass
-class _RunSpec:
-    """Everything that defines a run; written to run.json and read back by --resume."""
+class _Data:
+    """A run's files and the grid they are conformed to."""
 
-    data: str
-    val_dir: str | None
-    train: TrainConfig
-    data_config: DataConfig
-    field: FieldOptions
-    algo_options: dict[str, Any]
-    init_from: dict[str, str] | None = None  # --algo sparse: {"path", "sha256"} of the dense initialisation
+    train_files: list[Path]
+    val_files: list[Path]
+    channels: int
+    opts: SignalOptions  # how each file is read and conformed
+    summary: DataSummary
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "nfit_version": __version__,
-            "data": self.data,
-            "val_dir": self.val_dir,
-            "train": dataclasses.asdict(self.train),
-            "data_config": dataclasses.asdict(self.data_config),
-            "field": dataclasses.asdict(self.field),
-            "algo_options": self.algo_options,
-            "from": self.init_from,
-        }
+    @property
+    def modality(self) -> str:
+        return self.opts.modality
 
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> _RunSpec:
-        return cls(
-            raw["data"],
-            raw.get("val_dir"),
-            TrainConfig(**raw["train"]),
-            DataConfig(**raw["data_config"]),
-            FieldOptions(**raw["field"]),
-            raw.get("algo_options") or {},
-            raw.get("from"),
-        )
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.summary.shape)
 
 
-def read_run(run: Path) -> _RunSpec:
-    """The configuration of an existing run directory (for --resume)."""
-    path = Path(run) / RUN_FILE
-    if not path.is_file():
-        raise ConfigError(run, f"not an nfit run directory (no {RUN_FILE})")
-    try:
-        return _RunSpec.from_json(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ConfigError(path, f"unreadable run configuration ({err})") from None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    _write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-class _Log:
-    """metrics.jsonl (and TensorBoard when installed), written by rank 0 only."""
-
-    def __init__(self, run: Path, start_step: int):
-        self.path = run / LOG_FILE
-        if self.path.exists():  # resuming: drop what was logged after the checkpoint
-            kept = [ln for ln in self.path.read_text().splitlines() if _logged_step(ln) <= start_step]
-            _write_text(self.path, "".join(ln + "\n" for ln in kept))
-        self.file = open(self.path, "a")
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run / "tb"), purge_step=start_step or None)
-        except ImportError:
-            pass
-
-    def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        try:
-            self.file.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
-            self.file.flush()
-        except OSError as err:  # a full disk: say which file, like every other write
-            raise OutputError(self.path, f"cannot write ({err.strerror or err})") from None
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{kind}/{k}", v, step)
-
-    def close(self) -> None:
-        try:
-            self.file.close()
-        except OSError:  # the buffer was flushed after every line; a failure was reported then
-            pass
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _logged_step(line: str) -> float:
-    """The step of a metrics.jsonl line; a line cut short by a kill counts as after any checkpoint."""
-    try:
-        return json.loads(line).get("step", 0)
-    except (ValueError, AttributeError):
-        return math.inf
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
-
-
-def _save_checkpoint(run: Path, step: int, model: _Outer, opt: torch.optim.Adam, extra: dict[str, Any],
-                     mask: Mask | None) -> None:
-    tensors: dict[str, Tensor] = {MASK_PREFIX + k: m.cpu() for k, m in (mask or {}).items()}
-    for name, p in zip(model.names, model.params):
-        tensors[f"theta/{name}"] = p.detach().cpu().contiguous()
-        state = opt.state.get(p, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                tensors[f"adam/{name}/{key}"] = state[key].detach().cpu().contiguous()
-        if "step" in state:
-            tensors[f"adam/{name}/step"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1).cpu()
-    tensors["rng/cpu"] = torch.get_rng_state()
-    meta = {"format": "nfit-checkpoint", "step": step, "nfit_version": __version__, **extra}
-    with atomic_output(run / CHECKPOINT) as tmp:
-        save_tensors(run / CHECKPOINT, tmp, tensors, {META_KEY: json.dumps(meta)})
-    _write_json(run / CHECKPOINT_JSON, {**meta, "sha256": file_sha256(run / CHECKPOINT)})
-
-
-def _repair_checkpoint_json(run: Path, meta: dict[str, Any]) -> None:
-    """Rewrite checkpoint.json when a kill between the two renames left it describing an older checkpoint."""
-    sha = file_sha256(run / CHECKPOINT)
-    try:
-        current = json.loads((run / CHECKPOINT_JSON).read_text()).get("sha256")
-    except (OSError, ValueError, AttributeError):
-        current = None
-    if current != sha:
-        _write_json(run / CHECKPOINT_JSON, {**meta, "sha256": sha})
-
-
-def _remove_stale_temporaries(run: Path) -> None:
-    """Temporaries a killed run left (see nfit.atomic.stale_temporaries); only ours, by exact name."""
-    for name in (CHECKPOINT, CHECKPOINT_JSON, INIT_FILE, RUN_FILE, LOG_FILE, PREVIEW):
-        for tmp in stale_temporaries(run / name):
-            tmp.unlink(missing_ok=True)
-
-
-def _load_checkpoint(run: Path, model: _Outer, opt: torch.optim.Adam, mask: Mask | None) -> dict[str, Any]:
-    path = run / CHECKPOINT
-    tensors, meta = read_safetensors(path)
-    if meta.get("format") != "nfit-checkpoint":
-        raise FieldFileError(path, "not an nfit checkpoint")
-    try:
-        with torch.no_grad():
-            for name, p in zip(model.names, model.params):
-                p.copy_(tensors[f"theta/{name}"])
-                if f"adam/{name}/exp_avg" in tensors:
-                    opt.state[p] = {
-                        "step": tensors[f"adam/{name}/step"].reshape(()).clone(),
-                        "exp_avg": tensors[f"adam/{name}/exp_avg"].to(p.device),
-                        "exp_avg_sq": tensors[f"adam/{name}/exp_avg_sq"].to(p.device),
-                    }
-        torch.set_rng_state(tensors["rng/cpu"])
-        for k, m in (mask or {}).items():
-            m.copy_(tensors[MASK_PREFIX + k])
-    except (KeyError, RuntimeError) as err:
-        raise FieldFileError(path, f"checkpoint does not match this run ({err})") from None
-    return meta
-
-
-def _preview(path: Path, modality: str, targets: Tensor, recon: Tensor) -> None:
-    """Targets on the top row, reconstructions below: [n, *shape, C] each -> one PNG of one
-    picture per signal (an image, a video's middle frame); nothing for audio."""
-    from nfit.signals import MODALITIES
-    from nfit.signals.image import quantize, write_image
-
-    picture = MODALITIES[modality].picture
-    if picture(targets[0].numpy()) is None:
-        return
-    top = [torch.as_tensor(picture(t.numpy())) for t in targets]  # [H, W, C] each
-    bottom = [torch.as_tensor(picture(r.numpy())) for r in recon]
-    grid = torch.cat([torch.cat(top, dim=1), torch.cat(bottom, dim=1)], dim=0)  # [2H, nW, C]
-    with atomic_output(path) as tmp:
-        write_image(tmp, quantize(grid.numpy(), 8), "png")
-
-
-def _prepare_data(spec: _RunSpec):
+def _prepare_data(spec: RunSpec) -> _Data:
     cfg = spec.data_config
     root = Path(spec.data)
     modality, files = scan_media(root, cfg.modality)
@@ -404,7 +226,7 @@ def _prepare_data(spec: _RunSpec):
     shape = MODALITIES[modality].dataset_shape(opts)
     summary = DataSummary(str(root), len(files), len(train_files), len(val_files), opts.res, channels, 0,
                           modality, list(shape), opts.sample_rate if modality == "audio" else None)
-    return train_files, val_files, channels, opts, summary
+    return _Data(train_files, val_files, channels, opts, summary)
 
 
 UPSCALE_CHECKED = 16  # files whose headers are read to tell whether the grid is larger than the data
@@ -422,7 +244,7 @@ def _warn_upscaling(files: list[Path], opts: SignalOptions, warn: Callable[[str]
              f"(up to {scale:.2f}x); to train at their own size give {hint}")
 
 
-def _from_dense(spec: _RunSpec, path: str | Path) -> None:
+def _from_dense(spec: RunSpec, path: str | Path) -> None:
     """--algo sparse: take the field, grid, channels and (unless given) the inner algorithm and
     its hyperparameters from the dense initialisation, and fix the total steps to the schedule."""
     dense = load_init(path)
@@ -525,30 +347,50 @@ GRID_HINTS: dict[str, Callable[[tuple[int, ...], float], str]] = {
 }
 
 
-_RUN_NAMES = (RUN_FILE, CHECKPOINT, CHECKPOINT_JSON, INIT_FILE, LOG_FILE, PREVIEW, LEVELS_DIR, "tb")
+def _finite(loss: Tensor, grad_norm: Tensor, world: int) -> bool:
+    """Whether the step may be applied. Under DDP every process must agree, and the
+    gradient norm (of the averaged gradient) is the same everywhere but each loss is local."""
+    ok = torch.isfinite(loss) & torch.isfinite(grad_norm)
+    if world > 1:
+        flag = ok.to(torch.int32).reshape(1)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+    return bool(ok)
 
 
-def _check_run_dir(run: Path, inputs: list[str | Path | None], force: bool) -> bool:
-    """Refuse a run directory that would harm what is there; returns whether it holds a run that
-    stopped before its first checkpoint (nothing to lose: it starts again)."""
-    if run.exists() and not run.is_dir():
-        raise ConfigError(run, "exists and is not a directory")
-    existing = next(p for p in (run, *run.absolute().parents) if p.exists())  # checked now, created later
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise OutputError(run, f"cannot create folder ({existing} is not a writable folder)")
-    for folder in (Path(f) for f in inputs if f is not None):
-        if same_file(run, folder) or folder.resolve() in run.resolve().parents:
-            raise ConfigError(run, f"is inside the data folder {str(folder)!r}: its files (preview.png) would become "
-                                   "training data; choose a run directory elsewhere")
-    if (run / RUN_FILE).exists():
-        if (run / CHECKPOINT).exists():
-            raise ConfigError(run, "already holds a run: continue it with --resume, or choose another -o")
-        return True
-    taken = [name for name in _RUN_NAMES if (run / name).exists()]
-    if taken and not force:
-        raise ConfigError(run, f"holds files that are not an nfit run ({', '.join(taken)}), which a run would replace: "
-                               "choose another -o, or give --force")
-    return False
+def _spec_for(data, run: Path, train: TrainConfig | None, data_config, field_options, algo_options, val_dir, resume: bool,
+              init_from, nan_policy, force: bool) -> tuple[RunSpec, bool]:
+    """The run's configuration: run.json's when resuming (with a new target or NaN policy), else a new one;
+    and whether ``run`` holds a run that stopped before its first checkpoint (it starts again)."""
+    if resume:
+        spec = read_run(run)
+        if train is not None and spec.train.algo == "sparse":
+            raise ConfigError("--steps", "a sparse run's length is --rounds x --steps-per-round; it cannot be extended")
+        if train is not None:
+            spec.train = dataclasses.replace(spec.train, steps=train.steps)
+        if nan_policy is not None:
+            spec.train = dataclasses.replace(spec.train, nan_policy=nan_policy)
+        if data is not None:
+            spec.data = str(data)
+        if not (run / CHECKPOINT).is_file():
+            raise ConfigError(run, f"nothing to resume: the run stopped before its first checkpoint; start it again "
+                                   f"with the command that began it (nfit meta-train {spec.data} -o {run})")
+        return spec, False
+    if data is None:
+        raise ConfigError(None, "give a data folder (or --resume RUN)")
+    restarted = check_run_dir(run, [data, val_dir], force)
+    train = train or TrainConfig()
+    if nan_policy is not None:
+        train = dataclasses.replace(train, nan_policy=nan_policy)
+    spec = RunSpec(str(data), None if val_dir is None else str(val_dir), train,
+                   data_config or DataConfig(), field_options or FieldOptions(), dict(algo_options or {}))
+    if spec.train.algo == "sparse":
+        if init_from is None:
+            raise ConfigError("--from", "--algo sparse starts from a dense initialisation: give --from DENSE_RUN")
+        _from_dense(spec, init_from)
+    elif init_from is not None:
+        raise ConfigError("--from", "applies to --algo sparse only")
+    return spec, restarted
 
 
 @flush_denormals()
@@ -589,275 +431,305 @@ def meta_train(
     the run's result and the point ``resume`` continues from.
     """
     run = Path(run)
-    restarted = False
-    if resume:
-        spec = read_run(run)
-        if train is not None and spec.train.algo == "sparse":
-            raise ConfigError("--steps", "a sparse run's length is --rounds x --steps-per-round; it cannot be extended")
-        if train is not None:
-            spec.train = dataclasses.replace(spec.train, steps=train.steps)
-        if nan_policy is not None:
-            spec.train = dataclasses.replace(spec.train, nan_policy=nan_policy)
-        if data is not None:
-            spec.data = str(data)
-        if not (run / CHECKPOINT).is_file():
-            raise ConfigError(run, f"nothing to resume: the run stopped before its first checkpoint; start it again "
-                                   f"with the command that began it (nfit meta-train {spec.data} -o {run})")
-    else:
-        if data is None:
-            raise ConfigError(None, "give a data folder (or --resume RUN)")
-        restarted = _check_run_dir(run, [data, val_dir], force)
-        train = train or TrainConfig()
-        if nan_policy is not None:
-            train = dataclasses.replace(train, nan_policy=nan_policy)
-        spec = _RunSpec(str(data), None if val_dir is None else str(val_dir), train,
-                        data_config or DataConfig(), field_options or FieldOptions(), dict(algo_options or {}))
-        if spec.train.algo == "sparse":
-            if init_from is None:
-                raise ConfigError("--from", "--algo sparse starts from a dense initialisation: give --from DENSE_RUN")
-            _from_dense(spec, init_from)
-        elif init_from is not None:
-            raise ConfigError("--from", "applies to --algo sparse only")
-    cfg, dcfg = spec.train, spec.data_config
-    strategy = build_strategy(cfg.algo, spec.algo_options)
-    sparse = strategy if isinstance(strategy, Sparse) else None
-    inner = sparse.inner if sparse else strategy
-    dist_, device = _setup_distributed(cfg.device)
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    emit = on_event if on_event is not None and dist_.main else (lambda e: None)  # rank 0 speaks for all
+    spec, restarted = _spec_for(data, run, train, data_config, field_options, algo_options, val_dir, resume, init_from,
+                                nan_policy, force)
+    trainer = _Trainer(spec, run, resume, on_event)
+    trainer.open(restarted, new_target=resume and train is not None)
+    return trainer.train()
 
-    def warn(message: str) -> None:
-        emit(TrainEvent("warning", 0, cfg.steps, {"message": message}))
 
-    train_files, val_files, channels, opts, summary = _prepare_data(spec)
-    modality, shape = opts.modality, tuple(summary.shape)
-    if dist_.main and not resume:
-        _warn_upscaling(train_files, opts, warn)
-    if cfg.batch_size % dist_.world:
-        raise ConfigError("--batch-size", f"global batch {cfg.batch_size} is not divisible by {dist_.world} processes")
-    field_ = build_field(spec.field.name, spec.field.field_config(modality, shape, channels))
-    if sparse:
-        theta = load_init(spec.init_from["path"]).params if not resume else random_init(field_, cfg.seed)  # resume: the checkpoint's
-        mask: Mask | None = {k: m.to(device) for k, m in full_mask(theta).items()}
-        field_ = Masked(field_, mask)
-    else:
-        theta, mask = random_init(field_, cfg.seed), None
-    theta = {k: v.to(device) for k, v in theta.items()}
-    step_fn = _compiled_step(strategy, field_, device, dist_.world) if cfg.compile else None
-    model = _Outer(field_, strategy, theta).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start_step = 0
-    if dist_.main:
-        make_dirs(run)
-    skipped, seconds, meta = 0, 0.0, {}
-    if resume:
-        meta = _load_checkpoint(run, model, opt, mask)
-        start_step, skipped = int(meta["step"]), int(meta.get("skipped_steps", 0))
-        seconds = float(meta.get("seconds", 0.0))  # training time accumulates over resumes
-        if meta.get("train_files") != _files_digest(train_files, Path(spec.data)):
-            raise ConfigError(spec.data, "the data folder changed since this run started; cannot resume exactly")
-        if start_step >= cfg.steps:
-            raise ConfigError(run, f"is complete at step {start_step} of {cfg.steps}: give --steps N "
-                                   f"(more than {start_step}) to extend it")
-        if dist_.main:
-            _remove_stale_temporaries(run)
-            _repair_checkpoint_json(run, meta)
-            if train is not None:  # the new target outlives this session: a later --resume keeps it
-                _write_json(run / RUN_FILE, spec.to_json())
-    elif dist_.main:
-        if restarted:
-            warn(f"{run} stopped before its first checkpoint: starting it again")
-            for name in (LOG_FILE, PREVIEW, INIT_FILE):
-                (run / name).unlink(missing_ok=True)
-            _remove_stale_temporaries(run)
-        _write_json(run / RUN_FILE, spec.to_json())
-    outer: nn.Module = model
-    if dist_.world > 1:
-        outer = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+class _Trainer:
+    """One run of the outer loop. What changes as it trains (step, time, last validation,
+    the sparse level) are its attributes; each method is one part of a step."""
 
-    coords = field_.unit_coords(shape, device=device)  # [N, d]: points, or NeRV's frames
-    stream = BatchStream(
-        SignalFolder(train_files, opts, channels), cfg.batch_size, cfg.seed, start_step, cfg.steps,
-        rank=dist_.rank, world=dist_.world, workers=dcfg.decoding_workers(), pin=device.type == "cuda",
-        strict=dcfg.strict, warn=warn,
-    )
-    val_targets = None
-    if dist_.main and val_files:
-        val_set = SignalFolder(val_files[: dcfg.val_limit], opts, channels)
-        _, val_targets = load_all(val_set, list(range(len(val_set))), dcfg.strict, warn)
-    test = AdaptConfig(steps=cfg.test_steps, lr=inner.config.inner_lr,
-                       gamma=getattr(inner.config, "gamma", AdaptConfig.gamma), batch_size=cfg.batch_size)
-    log = _Log(run, start_step) if dist_.main else None
-    spr = sparse.config.steps_per_round if sparse else 1
-    state = {"step": start_step, "val_psnr": None, "seconds": seconds, "skipped": skipped,
-             "checkpoint": start_step if resume else None, "level": -(-start_step // spr)}  # level: rounds begun
+    def __init__(self, spec: RunSpec, run: Path, resume: bool, on_event: Callable[[TrainEvent], None] | None):
+        self.spec, self.run, self.resume, self.cfg = spec, run, resume, spec.train
+        self.strategy = build_strategy(self.cfg.algo, spec.algo_options)
+        self.dist, self.device = _setup_distributed(self.cfg.device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
+        self.on_event = on_event if on_event is not None and self.dist.main else None  # rank 0 speaks for all
+        self.data = _prepare_data(spec)
+        if self.dist.main and not resume:
+            _warn_upscaling(self.data.train_files, self.data.opts, self.warn)
+        if self.cfg.batch_size % self.dist.world:
+            raise ConfigError("--batch-size", f"global batch {self.cfg.batch_size} is not divisible by {self.dist.world} processes")
+        self._build_model()
+        self.step = self.start_step = 0
+        self.seconds, self.skipped, self.val_psnr, self.checkpoint_step = 0.0, 0, None, None
+        self.micro, self.log, self.val_targets = None, None, None
 
-    def validate(step: int) -> None:
-        if val_targets is None:
+    # ---------------------------------------------------------------- set-up
+
+    def _build_model(self) -> None:
+        spec, d = self.spec, self.data
+        field_ = build_field(spec.field.name, field_config(spec.field, d.modality, d.shape, d.channels))
+        if spec.init_from is not None and not self.resume:
+            theta = load_init(spec.init_from["path"]).params  # --algo sparse starts from the dense result
+        else:
+            theta = random_init(field_, self.cfg.seed)  # resuming: the checkpoint's values replace these
+        theta = {k: v.to(self.device) for k, v in theta.items()}
+        self.field, self.mask = self.strategy.prepare(field_, theta)
+        self.step_fn = _compiled_step(self.strategy, self.field, self.device, self.dist.world) if self.cfg.compile else None
+        self.model = _Outer(self.field, self.strategy, theta).to(self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
+        self.outer: nn.Module = self.model
+        if self.dist.world > 1:
+            self.outer = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.coords = self.field.unit_coords(d.shape, device=self.device)  # [N, d]: points, or NeRV's frames
+        dense = self.strategy.dense.config
+        self.test = AdaptConfig(steps=self.cfg.test_steps, lr=dense.inner_lr,
+                                gamma=getattr(dense, "gamma", AdaptConfig.gamma), batch_size=self.cfg.batch_size)
+
+    def open(self, restarted: bool, new_target: bool) -> None:
+        """Create or continue the run directory: the checkpoint's state when resuming, run.json when new."""
+        run, main = self.run, self.dist.main
+        if main:
+            make_dirs(run)
+        meta: dict[str, Any] = {}
+        if self.resume:
+            meta = self._restore()
+            if main:
+                remove_stale_temporaries(run)
+                repair_checkpoint_json(run, meta)
+                if new_target:  # the new target outlives this session: a later --resume keeps it
+                    write_run(run, self.spec)
+        elif main:
+            if restarted:
+                self.warn(f"{run} stopped before its first checkpoint: starting it again")
+                for name in (LOG_FILE, PREVIEW, INIT_FILE):
+                    (run / name).unlink(missing_ok=True)
+                remove_stale_temporaries(run)
+            write_run(run, self.spec)
+        self.level = self.strategy.level_at(self.start_step)
+        self.preferred_micro = meta.get("micro_batch")
+        self._open_data()
+
+    def _restore(self) -> dict[str, Any]:
+        """theta, Adam's state, the RNG and the mask from the checkpoint; returns its metadata."""
+        model, cfg = self.model, self.cfg
+        ckpt = load_checkpoint(self.run, model.names, list(self.mask or {}))
+        try:
+            with torch.no_grad():
+                for name, p in zip(model.names, model.params):
+                    p.copy_(ckpt.theta[name])
+                    if name in ckpt.adam:
+                        self.opt.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in ckpt.adam[name].items()}
+            torch.set_rng_state(ckpt.rng)
+            for k, m in (self.mask or {}).items():
+                m.copy_(ckpt.mask[k])
+        except RuntimeError as err:
+            raise FieldFileError(self.run / CHECKPOINT, f"checkpoint does not match this run ({err})") from None
+        meta = ckpt.meta
+        self.start_step = self.step = int(meta["step"])
+        self.checkpoint_step = self.start_step
+        self.skipped, self.seconds = int(meta.get("skipped_steps", 0)), float(meta.get("seconds", 0.0))
+        if meta.get("train_files") != files_digest(self.data.train_files, Path(self.spec.data)):
+            raise ConfigError(self.spec.data, "the data folder changed since this run started; cannot resume exactly")
+        if self.start_step >= cfg.steps:
+            raise ConfigError(self.run, f"is complete at step {self.start_step} of {cfg.steps}: give --steps N "
+                                        f"(more than {self.start_step}) to extend it")
+        return meta
+
+    def _open_data(self) -> None:
+        d, cfg, dcfg = self.data, self.cfg, self.spec.data_config
+        self.stream = BatchStream(
+            SignalFolder(d.train_files, d.opts, d.channels), cfg.batch_size, cfg.seed, self.start_step, cfg.steps,
+            rank=self.dist.rank, world=self.dist.world, workers=dcfg.decoding_workers(), pin=self.device.type == "cuda",
+            strict=dcfg.strict, warn=self.warn,
+        )
+        if self.dist.main and d.val_files:
+            val_set = SignalFolder(d.val_files[: dcfg.val_limit], d.opts, d.channels)
+            self.val_targets = load_all(val_set, list(range(len(val_set))), dcfg.strict, self.warn)[1]
+        self.log = MetricsLog(self.run, self.start_step) if self.dist.main else None
+
+    # ---------------------------------------------------------------- events, validation, files
+
+    def emit(self, kind: str, step: int, values: dict[str, Any] | None = None) -> None:
+        if self.on_event is not None:
+            self.on_event(TrainEvent(kind, step, self.cfg.steps, values or {}))
+
+    def warn(self, message: str, step: int = 0) -> None:
+        self.emit("warning", step, {"message": message})
+
+    def theta(self) -> Params:
+        return {k: v.detach() for k, v in self.model.theta().items()}
+
+    def validate(self, step: int) -> None:
+        """Fit the validation signals from theta_0 (K_test re-scaled steps): PSNR at step 0 and K, and the preview."""
+        if self.val_targets is None:
             return
-        emit(TrainEvent("validating", step, cfg.steps))
-        curves = adaptation_curves(field_, {k: v.detach() for k, v in model.theta().items()}, val_targets,
-                                   test, device, with_ssim=False)
+        self.emit("validating", step)
+        curves = adaptation_curves(self.field, self.theta(), self.val_targets, self.test, self.device, with_ssim=False)
         psnr = curves.psnr.mean(dim=1)  # [K + 1]
-        state["val_psnr"] = round(psnr[-1].item(), 4)
-        values = {"val_psnr": state["val_psnr"], "val_psnr_step0": round(psnr[0].item(), 4)}
-        log.write("val", step, values)
-        n = min(PREVIEW_SIGNALS, len(val_targets))
-        _preview(run / PREVIEW, modality, val_targets[:n], curves.last[:n])
-        emit(TrainEvent("val", step, cfg.steps, values))
+        self.val_psnr = round(psnr[-1].item(), 4)
+        values = {"val_psnr": self.val_psnr, "val_psnr_step0": round(psnr[0].item(), 4)}
+        self.log.write("val", step, values)
+        n = min(PREVIEW_SIGNALS, len(self.val_targets))
+        write_preview(self.run / PREVIEW, self.data.modality, self.val_targets[:n], curves.last[:n])
+        self.emit("val", step, values)
 
-    def current_init(step: int) -> MetaInit:
-        sparsity = None
-        if sparse:
-            alive, total = mask_size(mask)
-            c = sparse.config
-            sparsity = {"level": state["level"], "rounds": c.rounds, "density": round(alive / total, 6), "alive": alive,
-                        "weights": total, "prune": c.prune, "prune_fraction": c.prune_fraction,
-                        "steps_per_round": c.steps_per_round, "val_psnr": state["val_psnr"], "from": spec.init_from}
+    def current_init(self, step: int) -> MetaInit:
+        spec, d, cfg = self.spec, self.data, self.cfg
+        phase = self.strategy.describe(self.mask, self.level)
         return MetaInit(
-            field_name=spec.field.name, field_config=field_config_dict(field_),
-            params={k: v.detach().cpu() for k, v in model.theta().items()},
-            modality=modality, shape=shape, channels=channels, rate=summary.rate,
-            algo={"name": cfg.algo, "config": strategy_config_dict(strategy)},
-            test={"steps": test.steps, "lr": test.lr, "gamma": test.gamma},
-            data=summary.to_json(),
+            field_name=spec.field.name, field_config=field_config_dict(self.field),
+            params={k: v.cpu() for k, v in self.theta().items()},
+            modality=d.modality, shape=d.shape, channels=d.channels, rate=d.summary.rate,
+            algo={"name": cfg.algo, "config": strategy_config_dict(self.strategy)},
+            test={"steps": self.test.steps, "lr": self.test.lr, "gamma": self.test.gamma},
+            data=d.summary.to_json(),
             train={"steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "clip": cfg.clip, "seed": cfg.seed,
-                   "processes": dist_.world, "val_psnr": state["val_psnr"], "seconds": round(state["seconds"], 3),
-                   "skipped_steps": state["skipped"]},
+                   "processes": self.dist.world, "val_psnr": self.val_psnr, "seconds": round(self.seconds, 3),
+                   "skipped_steps": self.skipped},
             coords=dict(CONVENTION),
-            mask=None if mask is None else {k: m.cpu() for k, m in mask.items()},
-            sparsity=sparsity,
+            mask=None if self.mask is None else {k: m.cpu() for k, m in self.mask.items()},
+            sparsity=None if phase is None else {**phase, "val_psnr": self.val_psnr, "from": spec.init_from},
         )
 
-    def save(step: int) -> None:
-        if not dist_.main:
+    def save(self, step: int) -> None:
+        """A checkpoint and the result (init.safetensors) as of ``step``."""
+        if not self.dist.main:
             return
-        summary.bad = len(stream.bad)
-        extra = {"train_files": _files_digest(train_files, Path(spec.data)), "seconds": round(state["seconds"], 3),
-                 "skipped_steps": state["skipped"], "micro_batch": micro}
-        _save_checkpoint(run, step, model, opt, extra, mask)
-        save_init(current_init(step), run / INIT_FILE)
-        state["checkpoint"] = step
-        emit(TrainEvent("checkpoint", step, cfg.steps, {"path": str(run / CHECKPOINT)}))
+        self.data.summary.bad = len(self.stream.bad)
+        extra = {"train_files": files_digest(self.data.train_files, Path(self.spec.data)),
+                 "seconds": round(self.seconds, 3), "skipped_steps": self.skipped, "micro_batch": self.micro}
+        adam = {name: self.opt.state.get(p, {}) for name, p in zip(self.model.names, self.model.params)}
+        save_checkpoint(self.run, step, self.theta(), adam, extra, self.mask)
+        save_init(self.current_init(step), self.run / INIT_FILE)
+        self.checkpoint_step = step
+        self.emit("checkpoint", step, {"path": str(self.run / CHECKPOINT)})
 
-    def save_level(step: int) -> None:
-        """--algo sparse: keep the initialisation as it is at the end of a round (or before the first)."""
-        if dist_.main:
-            make_dirs(run / LEVELS_DIR)
-            save_init(current_init(step), run / LEVELS_DIR / f"level-{state['level']:02d}.safetensors")
+    def save_level(self, step: int) -> None:
+        """The initialisation at the end of a phase (or before the first), for strategies that keep levels."""
+        if self.dist.main:
+            path = level_file(self.run, self.level)
+            make_dirs(path.parent)
+            save_init(self.current_init(step), path)
 
-    def begin_round(step: int) -> None:
-        level = sparse.round_starts(step) if sparse else None
-        if level is None:
-            return
-        adam = {name: opt.state.get(p, {}) for name, p in zip(model.names, model.params)}
-        sparse.begin_round(level, model.theta(), mask, adam, cfg.seed)
-        state["level"] = level
-        values = {"level": level, "rounds": sparse.config.rounds, "density": round(density(mask), 6),
-                  "alive": mask_size(mask)[0]}
-        if dist_.main:
-            log.write("round", step, values)
-        emit(TrainEvent("round", step, cfg.steps, values))
+    # ---------------------------------------------------------------- the loop
 
-    emit(TrainEvent("start", start_step, cfg.steps, {"data": summary.to_json(), "device": str(device),
-                                                       "processes": dist_.world, "params": sum(p.numel() for p in model.params)}))
-    # before validation: the probes measure from a heap that nothing larger has used yet
-    micro = _choose_micro_batch(model, field_, coords, shape, channels, cfg, dist_.world, device,
-                                meta.get("micro_batch"), emit, modality)
-    if dist_.main and start_step == 0:
-        validate(0)  # the untrained initialisation: the random-init baseline of every curve
-        if sparse:
-            save_level(0)  # the dense starting point, so every density down from 1 can be fitted
-    interrupted = False
-    estimate = _Estimate()
-    window = time.perf_counter()
-    window_steps = 0
-    try:
-        for step, batch in stream:  # step: 0-based index of the outer step about to run
-            begin_round(step)
-            t0 = time.perf_counter()
-            targets = field_.to_units(batch.to(device, non_blocking=True))  # [b, N, out]
-            opt.zero_grad(set_to_none=True)
-            if step_fn is not None:
-                try:
-                    loss, mse = _accumulate_compiled(model, step_fn, coords, targets, micro)
-                except Exception as err:  # noqa: BLE001  torch.compile unavailable (no compiler, unsupported op)
-                    if state["step"] > start_step:
-                        raise
-                    first = (str(err).strip().splitlines() or [""])[0][:200]
-                    warn(f"--compile: torch.compile failed ({type(err).__name__}: {first}); running eager")
-                    step_fn = None
-                    opt.zero_grad(set_to_none=True)
-            if step_fn is None:
-                loss, mse = _accumulate(outer, coords, targets, micro)
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            if _finite(loss, grad_norm, dist_.world):
-                opt.step()
-            elif cfg.nan_policy == "skip":  # theta and Adam's moments stay as they were
-                state["skipped"] += 1
-                emit(TrainEvent("warning", step + 1, cfg.steps, {"message": (
-                    f"step {step + 1}: non-finite loss ({loss.item():.3g}) or gradient norm ({grad_norm.item():.3g});"
-                    f" update skipped ({state['skipped']} so far)")}))
-            else:
-                kept = ("no checkpoint yet" if state["checkpoint"] is None
-                        else f"its checkpoint of step {state['checkpoint']} is kept")
-                raise TrainingError(run, (
-                    f"non-finite loss ({loss.item():.3g}) or gradient norm ({grad_norm.item():.3g}) at step {step + 1};"
-                    f" stopped, {kept} (resume with a lower --lr, or --nan-policy skip)"))
-            state["step"] = done = step + 1
-            took = time.perf_counter() - t0
-            state["seconds"] += took
-            window_steps += 1
-            emit(TrainEvent("tick", done, cfg.steps, {"loss": loss.item(), "seconds": took, "peak_memory": peak_memory(device),
-                                                      "train_psnr": (-10 * torch.log10(mse.clamp_min(1e-10))).mean().item()}))
-            estimate.add(took, done, cfg.steps, emit)
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                stats = torch.stack([loss.detach(), (-10 * torch.log10(mse.clamp_min(1e-10))).mean()])
-                if dist_.world > 1:
-                    torch.distributed.all_reduce(stats)
-                    stats /= dist_.world
-                now = time.perf_counter()
-                values = {"loss": stats[0].item(), "train_psnr": round(stats[1].item(), 4), "skipped_steps": state["skipped"],
-                          "grad_norm": round(grad_norm.item(), 6), "steps_per_s": round(window_steps / (now - window), 4),
-                          "peak_memory": peak_memory(device)}
-                if sparse:
-                    values.update(level=state["level"], density=round(density(mask), 6))
-                window, window_steps = now, 0
-                if dist_.main:
-                    log.write("train", done, values)
-                    emit(TrainEvent("step", done, cfg.steps, values))
-            round_done = sparse is not None and sparse.round_ends(done) is not None
-            if dist_.main and (done % cfg.val_every == 0 or done == cfg.steps or round_done):
-                validate(done)
-            if round_done:
-                save_level(done)
-            if done % cfg.ckpt_every == 0 and done != cfg.steps:
-                save(done)
-        if state["val_psnr"] is None and dist_.main:
-            validate(state["step"])
-        save(state["step"])
-    except KeyboardInterrupt:
-        interrupted = True
-        save(state["step"])
-    finally:
-        if log is not None:
-            log.close()
-        if dist_.world > 1:
-            torch.distributed.destroy_process_group()
-    return TrainResult(run, run / INIT_FILE, state["step"], state["val_psnr"], interrupted, len(stream.bad),
-                       state["skipped"])
+    def train(self) -> TrainResult:
+        d = self.data
+        self.emit("start", self.start_step, {"data": d.summary.to_json(), "device": str(self.device),
+                                             "processes": self.dist.world,
+                                             "params": sum(p.numel() for p in self.model.params)})
+        # before validation: the probes measure from a heap that nothing larger has used yet
+        self.micro = _choose_micro_batch(self.model, self.field, self.coords, d.shape, d.channels, self.cfg,
+                                         self.dist.world, self.device, self.preferred_micro, self.emit_event, d.modality)
+        if self.dist.main and self.start_step == 0:
+            self.validate(0)  # the untrained initialisation: the random-init baseline of every curve
+            if self.strategy.keeps_levels:
+                self.save_level(0)  # the dense starting point, so every density down from 1 can be fitted
+        interrupted = False
+        self.estimate, self.window = _Estimate(), (time.perf_counter(), 0)
+        try:
+            for step, batch in self.stream:  # step: 0-based index of the outer step about to run
+                self.outer_step(step, batch)
+                self.after_step(step + 1)
+            if self.val_psnr is None and self.dist.main:
+                self.validate(self.step)
+            self.save(self.step)
+        except KeyboardInterrupt:
+            interrupted = True
+            self.save(self.step)
+        finally:
+            if self.log is not None:
+                self.log.close()
+            if self.dist.world > 1:
+                torch.distributed.destroy_process_group()
+        return TrainResult(self.run, self.run / INIT_FILE, self.step, self.val_psnr, interrupted, len(self.stream.bad),
+                           self.skipped)
+
+    def emit_event(self, event: TrainEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def outer_step(self, step: int, batch: Tensor) -> None:
+        """Outer step ``step`` (0-based) on ``batch`` [b, *shape, C]: the strategy's phase hook, the loss and
+        its gradient in micro-batches, clipping, and Adam's update unless the loss or gradient is not finite."""
+        cfg = self.cfg
+        adam = {name: self.opt.state.get(p, {}) for name, p in zip(self.model.names, self.model.params)}
+        started = self.strategy.begin_step(step, self.model.theta(), self.mask, adam, cfg.seed)
+        if started is not None:
+            self.level = started["level"]
+            if self.dist.main:
+                self.log.write("round", step, started)
+            self.emit("round", step, started)
+        t0 = time.perf_counter()
+        targets = self.field.to_units(batch.to(self.device, non_blocking=True))  # [b, N, out]
+        self.opt.zero_grad(set_to_none=True)
+        loss, mse = self._loss_and_gradient(targets)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        if _finite(loss, grad_norm, self.dist.world):
+            self.opt.step()
+        elif cfg.nan_policy == "skip":  # theta and Adam's moments stay as they were
+            self.skipped += 1
+            self.warn(f"step {step + 1}: non-finite loss ({loss.item():.3g}) or gradient norm ({grad_norm.item():.3g});"
+                      f" update skipped ({self.skipped} so far)", step + 1)
+        else:
+            kept = ("no checkpoint yet" if self.checkpoint_step is None
+                    else f"its checkpoint of step {self.checkpoint_step} is kept")
+            raise TrainingError(self.run, (
+                f"non-finite loss ({loss.item():.3g}) or gradient norm ({grad_norm.item():.3g}) at step {step + 1};"
+                f" stopped, {kept} (resume with a lower --lr, or --nan-policy skip)"))
+        self.step = step + 1
+        since, steps = self.window
+        self.window = (since, steps + 1)
+        took = time.perf_counter() - t0
+        self.seconds += took
+        self.last = (loss, mse, grad_norm)
+        self.emit("tick", self.step, {"loss": loss.item(), "seconds": took, "peak_memory": peak_memory(self.device),
+                                      "train_psnr": _psnr(mse).mean().item()})
+        self.estimate.add(took, self.step, cfg.steps, self.emit_event)
+
+    def _loss_and_gradient(self, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch's mean outer loss and per-signal MSE, its gradient in theta's .grad: compiled, or eager."""
+        if self.step_fn is not None:
+            try:
+                return _accumulate_compiled(self.model, self.step_fn, self.coords, targets, self.micro)
+            except Exception as err:  # noqa: BLE001  torch.compile unavailable (no compiler, unsupported op)
+                if self.step > self.start_step:
+                    raise
+                first = (str(err).strip().splitlines() or [""])[0][:200]
+                self.warn(f"--compile: torch.compile failed ({type(err).__name__}: {first}); running eager")
+                self.step_fn = None
+                self.opt.zero_grad(set_to_none=True)
+        return _accumulate(self.outer, self.coords, targets, self.micro)
+
+    def after_step(self, done: int) -> None:
+        """Log every ``log_every`` steps; validate, keep a level and checkpoint when it is time."""
+        cfg = self.cfg
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            self._log_step(done)
+        phase_done = self.strategy.phase_ends(done)
+        if self.dist.main and (done % cfg.val_every == 0 or done == cfg.steps or phase_done):
+            self.validate(done)
+        if phase_done:
+            self.save_level(done)
+        if done % cfg.ckpt_every == 0 and done != cfg.steps:
+            self.save(done)
+
+    def _log_step(self, done: int) -> None:
+        loss, mse, grad_norm = self.last
+        stats = torch.stack([loss.detach(), _psnr(mse).mean()])
+        if self.dist.world > 1:
+            torch.distributed.all_reduce(stats)
+            stats /= self.dist.world
+        now = time.perf_counter()
+        since, steps = self.window
+        values = {"loss": stats[0].item(), "train_psnr": round(stats[1].item(), 4), "skipped_steps": self.skipped,
+                  "grad_norm": round(grad_norm.item(), 6), "steps_per_s": round(steps / (now - since), 4),
+                  "peak_memory": peak_memory(self.device), **self.strategy.progress(self.mask, self.level)}
+        self.window = (now, 0)
+        if self.dist.main:
+            self.log.write("train", done, values)
+            self.emit("step", done, values)
 
 
-def _finite(loss: Tensor, grad_norm: Tensor, world: int) -> bool:
-    """Whether the step may be applied. Under DDP every process must agree, and the
-    gradient norm (of the averaged gradient) is the same everywhere but each loss is local."""
-    ok = torch.isfinite(loss) & torch.isfinite(grad_norm)
-    if world > 1:
-        flag = ok.to(torch.int32).reshape(1)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        return bool(flag.item())
-    return bool(ok)
+def _psnr(mse: Tensor) -> Tensor:
+    return -10 * torch.log10(mse.clamp_min(1e-10))
 
 
 __all__ = ["TrainEvent", "TrainResult", "meta_train", "read_run"]

@@ -105,7 +105,7 @@ def test_meta_train_compile_matches_eager(tmp_path, monkeypatch):
     import numpy as np
 
     from nfit.config import DataConfig, FieldOptions, TrainConfig
-    from nfit.fieldfile import load_init
+    from nfit.runs import load_init
     from nfit.train import meta_train
 
     _needs_dynamo()

@@ -20,7 +20,7 @@ import nfit.cli as cli
 from nfit import memory
 from nfit.config import DataConfig, FieldOptions, TrainConfig
 from nfit.errors import ConfigError, NfitWarning
-from nfit.fieldfile import load_init
+from nfit.runs import load_init
 from nfit.signals import MODALITIES
 from nfit.train import meta_train
 

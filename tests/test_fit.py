@@ -7,7 +7,8 @@ import torch
 import nfit
 from nfit.config import FitConfig
 from nfit.fields import batch_params, build_field
-from nfit.fit import fit_adam, full_pass, random_init
+from nfit.fit import fit_adam, random_init
+from nfit.meta.inner import full_pass
 from nfit.signals import Signal, grid_coords
 
 SMALL = {"width": 64, "depth": 4}

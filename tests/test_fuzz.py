@@ -18,7 +18,8 @@ from PIL import Image
 
 from nfit.device import peak_resident_bytes
 from nfit.errors import FieldFileError, InputError
-from nfit.fieldfile import load_field, load_init
+from nfit.fieldfile import load_field
+from nfit.runs import load_init
 from nfit.signals import read_signal
 from nfit.signals.image import write_image
 

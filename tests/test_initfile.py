@@ -11,7 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nfit.errors import FieldFileError
-from nfit.fieldfile import META_KEY, MetaInit, NeuralField, load_init, save_field, save_init
+from nfit.fieldfile import META_KEY, MetaInit, NeuralField, save_field, save_init
+from nfit.runs import load_init
 from nfit.fields import build_field
 from nfit.signals import CONVENTION, grid_coords
 

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 import nfit.inits as inits
 from nfit import api
 from nfit.cli import app
-from nfit.fieldfile import load_field, load_init
+from nfit.fieldfile import load_field
+from nfit.runs import load_init
 from nfit.signals import read_signal
 
 runner = CliRunner()

@@ -17,13 +17,14 @@ from nfit.config import AdaptConfig
 from nfit.data import load_image
 from nfit.errors import ConfigError
 from nfit.fields import batch_params, build_field
-from nfit.fit import fit_sgd, full_pass, random_init
+from nfit.fit import fit_sgd, random_init
 from nfit.meta import STRATEGIES, GradNCP, GradNCPConfig, Maml, MamlConfig, build_strategy
 from nfit.meta.gradncp import bootstrap_target
 from nfit.meta.inner import (
     checkpointed_mse,
     context_scores,
     expand_params,
+    full_pass,
     gather_context,
     inner_grads,
     per_signal_mse,

@@ -100,7 +100,7 @@ def test_audio_meta_train_eval_and_fit_resamples_to_the_init(tmp_path):
                             "--inner-steps", "2", "--test-steps", "2", "--sample-rate", "4000", "--duration", "0.25",
                             "--workers", "0", *TINY_CLI])
     assert r.exit_code == 0, r.output
-    init = nfit.fieldfile.load_init(run)
+    init = nfit.runs.load_init(run)
     assert (init.modality, init.shape, init.rate) == ("audio", (1000,), 4000.0)
     report = nfit.evaluate(run, folder, config=AdaptConfig(steps=2))
     assert report.shape == (1000,) and report.signals == 6 and report.results["rescaled"]["ssim_mean"] is None
@@ -224,7 +224,7 @@ def test_video_meta_train_with_nerv_then_fit_from_it(tmp_path):
                             "--frames", "4", "--res", "16", "--workers", "0", "--val-fraction", "0.25"])
     assert r.exit_code == 0, r.output
     assert (run / "preview.png").is_file()  # the middle frames of the validation clips
-    init = nfit.fieldfile.load_init(run)
+    init = nfit.runs.load_init(run)
     assert (init.modality, init.shape, init.field_name) == ("video", (4, 16, 16), "nerv")
     nf = nfit.fit(MP4, init=run, options=SignalOptions(frames=4))  # frames resized to the NeRV's 16x16
     assert nf.shape == (4, 16, 16) and nf.init["sha256"] == init.sha256

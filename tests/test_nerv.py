@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from nfit.errors import ConfigError
 from nfit.fields import NeRV, build_field, count_params, stack_params
-from nfit.fit import full_pass
+from nfit.meta.inner import full_pass
 from nfit.signals.grid import grid_coords
 
 TINY = {

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 import nfit
 from nfit.cli import app
 from nfit.errors import FieldFileError, InputError, NfitError
-from nfit.fieldfile import load_field, load_init
+from nfit.fieldfile import load_field
+from nfit.runs import load_init
 from nfit.signals import read_signal
 
 runner = CliRunner()

@@ -15,21 +15,12 @@ from nfit import api
 from nfit.cli import app
 from nfit.config import DataConfig, FieldOptions, TrainConfig
 from nfit.errors import ConfigError, FieldFileError
-from nfit.fieldfile import LEVELS_DIR, load_field, load_init, save_field
+from nfit.fieldfile import load_field, save_field
+from nfit.runs import LEVELS_DIR, load_init
 from nfit.fields import build_field, count_params
 from nfit.fit import random_init
-from nfit.meta.sparse import (
-    Masked,
-    density,
-    full_mask,
-    level_alive,
-    mask_size,
-    narrow_width,
-    pack_mask,
-    prunable,
-    prune,
-    unpack_mask,
-)
+from nfit.fields.masked import Masked, density, full_mask, mask_size, narrow_width, pack_mask, prunable, unpack_mask
+from nfit.meta.sparse import level_alive, prune
 from nfit.train import meta_train
 
 runner = CliRunner()

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from nfit.cli import app
 from nfit.config import DataConfig, FieldOptions, TrainConfig
 from nfit.errors import ConfigError, InputError
-from nfit.fieldfile import load_field, load_init
+from nfit.fieldfile import load_field
+from nfit.runs import load_init
 from nfit.train import meta_train
 
 runner = CliRunner()

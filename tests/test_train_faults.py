@@ -20,7 +20,8 @@ import nfit.train
 from nfit.cli import app
 from nfit.config import DataConfig, FieldOptions, TrainConfig
 from nfit.errors import TrainingError
-from nfit.fieldfile import file_sha256, load_init
+from nfit.fieldfile import file_sha256
+from nfit.runs import load_init
 from nfit.train import meta_train
 
 runner = CliRunner()
@@ -82,7 +83,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, faces):
 
 def test_full_disk_at_a_checkpoint_keeps_the_previous_one(tmp_path, faces, monkeypatch):
     run = tmp_path / "run"
-    real = nfit.train.save_tensors
+    real = nfit.runs.save_tensors
     snapshot = {}
 
     def disk_fills_up(path, tmp, tensors, meta):
@@ -95,7 +96,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_previous_one(tmp_path, faces, monke
         if event.kind == "checkpoint" and not snapshot:
             snapshot.update({p.name: p.read_bytes() for p in run.iterdir() if p.suffix in (".json", ".safetensors")})
 
-    monkeypatch.setattr(nfit.train, "save_tensors", disk_fills_up)
+    monkeypatch.setattr(nfit.runs, "save_tensors", disk_fills_up)
     monkeypatch.setattr("nfit.cli._TrainProgress.__call__", lambda self, event: remember(event))
     r = runner.invoke(app, ["meta-train", str(faces), "-o", str(run), *CLI_ARGS, "--steps", "6", "--ckpt-every", "2"])
     assert r.exit_code == 2, r.output

@@ -18,6 +18,7 @@ from nfit.fields.base import (
 )
 from nfit.fields.fourier import FourierConfig, FourierMLP
 from nfit.fields.nerv import NeRV, NeRVConfig
+from nfit.fields.options import field_config
 from nfit.fields.siren import Siren, SirenConfig
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "batch_params",
     "build_field",
     "count_params",
+    "field_config",
     "field_config_dict",
     "stack_params",
     "unbatch_params",

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from nfit.fieldfile import MetaInit, load_init
+from nfit.fieldfile import MetaInit
+from nfit.runs import load_init
 
 HERE = Path(__file__).parent
 DEFAULT = "default"  # the ``init`` that asks for these

@@ -8,7 +8,7 @@ from nfit.meta import gradncp, maml, sparse  # noqa: F401  (registration)
 from nfit.meta.base import STRATEGIES, OuterResult, Strategy, build_strategy, register_strategy, strategy_config_dict
 from nfit.meta.gradncp import GradNCP, GradNCPConfig
 from nfit.meta.maml import Maml, MamlConfig
-from nfit.meta.sparse import Masked, Sparse, SparseConfig
+from nfit.meta.sparse import Sparse, SparseConfig
 
 __all__ = [
     "STRATEGIES",
@@ -16,7 +16,6 @@ __all__ = [
     "GradNCPConfig",
     "Maml",
     "MamlConfig",
-    "Masked",
     "OuterResult",
     "Sparse",
     "SparseConfig",

@@ -16,6 +16,8 @@ from torch import Tensor
 
 from nfit.errors import ConfigError
 from nfit.fields import Field, Params
+from nfit.fields.masked import Mask
+from nfit.meta.inner import InnerOps
 
 
 @dataclass
@@ -29,9 +31,56 @@ class Strategy(Protocol):
     Config: ClassVar[type]  # a dataclass of hyperparameters with the reference defaults
     config: Any
 
-    def outer_loss(self, field: Field, theta: Params, coords: Tensor, targets: Tensor) -> OuterResult:
-        """theta: unbatched initialisation (leaf tensors); coords [N, d]; targets [B, N, C]."""
+    def outer_loss(self, field: Field, theta: Params, coords: Tensor, targets: Tensor,
+                   ops: InnerOps | None = None) -> OuterResult:
+        """theta: unbatched initialisation (leaf tensors); coords [N, d]; targets [B, N, C].
+
+        ``ops``: the differentiation primitives the loss is written against (nfit.meta.inner);
+        None: eager autograd, checkpointed if the config asks. The compiled step
+        (nfit.meta.compiled) passes torch.func's, so each algorithm is stated once.
+        """
         ...
+
+
+class Phases:
+    """The hooks the outer loop (nfit.train) calls around its steps, with a dense strategy's answers.
+
+    A strategy that changes the field as it trains (Meta-SparseINR prunes a mask in
+    rounds) overrides them; the loop itself has no case for any one strategy.
+    """
+
+    keeps_levels: ClassVar[bool] = False  # an initialisation is kept at the end of every phase, from level 0
+
+    @property
+    def dense(self) -> Strategy:
+        """The strategy whose inner loop runs, whose step size and gamma test-time fitting uses."""
+        return self  # type: ignore[return-value]
+
+    def prepare(self, field: Field, theta: Params) -> tuple[Field, Mask | None]:
+        """The field the outer loss runs on, and its mask (None: dense), for initial parameters ``theta``."""
+        return field, None
+
+    def level_at(self, step: int) -> int:
+        """Phases begun before outer step ``step`` (0-based): where a resumed run stands."""
+        return 0
+
+    def begin_step(self, step: int, theta: Params, mask: Mask | None, adam: dict[str, dict[str, Tensor]],
+                   seed: int) -> dict[str, Any] | None:
+        """Before outer step ``step``: start a phase if one starts here (in place), and say so (the values of a
+        "round" event, with its "level"), else None."""
+        return None
+
+    def phase_ends(self, done: int) -> bool:
+        """Whether ``done`` outer steps complete a phase (the loop validates and keeps a level)."""
+        return False
+
+    def progress(self, mask: Mask | None, level: int) -> dict[str, Any]:
+        """Values logged with every training step."""
+        return {}
+
+    def describe(self, mask: Mask | None, level: int) -> dict[str, Any] | None:
+        """What an initialisation records of the phase it was written in (None: nothing)."""
+        return None
 
 
 STRATEGIES: dict[str, type] = {}

@@ -14,21 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from nfit.errors import ConfigError
 from nfit.fields import Field, Params
-from nfit.meta.base import OuterResult, check_positive, register_strategy
+from nfit.meta.base import OuterResult, Phases, check_positive, register_strategy
 from nfit.meta.inner import (
-    checkpointed_mse,
+    EAGER,
+    InnerOps,
     context_scores,
     context_size,
+    eager_ops,
     expand_params,
     gather_context,
-    inner_step,
     param_distance,
-    per_signal_mse,
     top_context,
 )
 
@@ -63,59 +62,65 @@ class GradNCPConfig:
 
 
 def bootstrap_target(
-    field: Field, params: Params, coords: Tensor, targets: Tensor, steps: int, lr: float, chunk: int = 1 << 18
+    field: Field, params: Params, coords: Tensor, targets: Tensor, steps: int, lr: float, chunk: int = 1 << 18,
+    ops: InnerOps = EAGER,
 ) -> Params:
-    """L first-order full-context SGD steps from ``params``; the result carries no graph.
+    """L first-order full-context SGD steps from ``params`` [B, ...]; the result carries no graph.
 
     The gradients are accumulated over chunks of points, so the bootstrap adds one
     chunk's activations to the peak memory, not a second full-resolution graph.
     """
-    from nfit.fit import full_pass  # the chunked full-context gradient, shared with test-time fitting
-
     boot = {k: v.detach() for k, v in params.items()}
     for _ in range(steps):
-        boot = {k: v.requires_grad_(True) for k, v in boot.items()}
-        grads = full_pass(field, boot, coords, targets, chunk)[0]
+        grads = ops.context_grad(field, boot, coords, targets, chunk)
         boot = {k: (v - lr * g).detach() for (k, v), g in zip(boot.items(), grads)}
     return boot
 
 
 @register_strategy
-class GradNCP:
+class GradNCP(Phases):
     name: ClassVar[str] = "gradncp"
     Config: ClassVar[type] = GradNCPConfig
 
     def __init__(self, config: GradNCPConfig):
         self.config = config
 
-    def _chunk(self, field: Field, targets: Tensor) -> int:
+    def context_chunk(self, field: Field, targets: Tensor) -> int:
+        """Grid samples x signals per forward of the passes that keep no graph (scores, bootstrap)
+        and per recomputed piece of the checkpointed outer loss; targets [B, N, C]."""
         batch, n, _ = targets.shape
         kept = batch * context_size(n, self.config.gamma) * field.samples_per_unit  # grid samples of one pruned step
         return self.config.chunk or max(kept, MIN_CHUNK)
 
-    def adapt(self, field: Field, theta: Params, coords: Tensor, targets: Tensor) -> Params:
-        """theta_K after K pruned-context steps: [B, ...], differentiable to theta."""
+    def adapt(self, field: Field, theta: Params, coords: Tensor, targets: Tensor, ops: InnerOps | None = None) -> Params:
+        """theta_K after K pruned-context steps: [B, ...], differentiable to theta.
+
+        theta: unbatched; coords [N, d]; targets [B, N, C]. ``ops``: how to differentiate
+        (default: eager, checkpointed as the config says; nfit.meta.compiled passes torch.func's).
+        """
         c = self.config
-        chunk = self._chunk(field, targets)
+        ops = ops if ops is not None else eager_ops(c.gradient_checkpointing)
+        chunk = self.context_chunk(field, targets)
         params = expand_params(theta, targets.shape[0])
         for _ in range(c.inner_steps):
-            index = top_context(context_scores(field, params, coords, targets, chunk), c.gamma)  # [B, k]
+            # the ranking is no part of the graph: scored without one (detached also for torch.func)
+            scores = context_scores(field, {k: v.detach() for k, v in params.items()}, coords, targets, chunk)
+            index = top_context(scores, c.gamma)  # [B, k]
             sub_coords, sub_targets = gather_context(coords, targets, index)  # [B, k, d], [B, k, C]
-            params = inner_step(field, params, sub_coords, sub_targets, c.inner_lr, not c.first_order,
-                                c.gradient_checkpointing)
+            params = ops.step(field, params, sub_coords, sub_targets, c.inner_lr, not c.first_order)
         return params
 
-    def outer_loss(self, field: Field, theta: Params, coords: Tensor, targets: Tensor) -> OuterResult:
+    def outer_loss(self, field: Field, theta: Params, coords: Tensor, targets: Tensor,
+                   ops: InnerOps | None = None) -> OuterResult:
+        """Full-context MSE [B] of theta_K plus lambda times its distance to the bootstrap target,
+        averaged over the batch; ``ops`` as in :meth:`adapt`."""
         c = self.config
-        chunk = self._chunk(field, targets)
-        params = self.adapt(field, theta, coords, targets)
-        if c.gradient_checkpointing:
-            mse = checkpointed_mse(field, params, coords, targets, chunk)  # [B]
-        else:
-            mse = per_signal_mse(field, params, coords, targets)  # [B], the memory floor: one full forward in the graph
+        ops = ops if ops is not None else eager_ops(c.gradient_checkpointing)
+        chunk = self.context_chunk(field, targets)
+        params = self.adapt(field, theta, coords, targets, ops)
+        mse = ops.mse(field, params, coords, targets, chunk)  # [B], the memory floor: one full forward in the graph
         loss = mse
         if c.lam > 0 and c.boot_steps > 0:
-            with torch.enable_grad():
-                target = bootstrap_target(field, params, coords, targets, c.boot_steps, c.boot_lr, chunk)
+            target = bootstrap_target(field, params, coords, targets, c.boot_steps, c.boot_lr, chunk, ops)
             loss = mse + c.lam * param_distance(target, params)
         return OuterResult(loss.mean(), mse.detach())

@@ -1,4 +1,6 @@
-"""Inner-loop primitives shared by the meta-learning strategies and test-time fitting.
+"""Inner-loop primitives shared by the meta-learning strategies and test-time fitting,
+and the two ways (:class:`InnerOps`: eager autograd, torch.func) a strategy's outer loss
+is differentiated.
 
 Everything works on *batched* per-signal parameters ``[B, ...]`` (see
 :mod:`nfit.fields.base`). The loss handed to ``torch.autograd.grad`` is the SUM of
@@ -9,9 +11,12 @@ slice by slice, each signal's own gradient: one call serves the whole batch.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
+from torch.func import grad
 from torch.utils.checkpoint import checkpoint
 
 from nfit.fields import Field, Params
@@ -52,7 +57,7 @@ def checkpointed_mse(field: Field, params: Params, coords: Tensor, targets: Tens
     one piece's activations, not the whole signal's, for the price of one more forward.
     Same value and gradient.
     """
-    batch, n, channels = targets.shape
+    _, n, channels = targets.shape
     names = list(params)
 
     def sse(c: Tensor, t: Tensor, *values: Tensor) -> Tensor:  # params as arguments: checkpoint saves only its inputs
@@ -153,3 +158,134 @@ def gather_context(coords: Tensor, targets: Tensor, index: Tensor) -> tuple[Tens
     # advanced indexing, not gather: gather's index would be as large as the result (a NeRV
     # unit is a whole frame), this one is [B, k]
     return coords[index], targets[rows, index]
+
+
+def full_pass(
+    field: Field,
+    params: Params,
+    coords: Tensor,
+    targets: Tensor,
+    chunk: int,
+    *,
+    grads: bool = True,
+    scores: bool = False,
+) -> tuple[list[Tensor], Tensor, Tensor, Tensor | None]:
+    """Gradient of the per-signal MSE over a whole context, accumulated over chunks of points.
+
+    params: leaf tensors [B, ...]; coords [N, d] or [B, N, d]; targets [B, N, C] (N units).
+    Returns (per-signal gradients, MSE [B], MSE of clamped predictions [B], and with
+    ``scores`` GradNCP's per-unit score [B, N] from the same forward pass). With
+    ``grads=False`` only the forward runs, without a graph, and the gradient list is empty.
+    """
+    batch, n, channels = targets.shape
+    names = list(params)
+    total = [torch.zeros_like(params[k]) for k in names] if grads else []
+    sse = targets.new_zeros(batch)
+    sse_clamped = targets.new_zeros(batch)
+    score = targets.new_empty(batch, n) if scores else None
+    for units, c, t in context_pieces(field, coords, targets, chunk):  # chunk counts grid samples x signals
+        with torch.set_grad_enabled(grads):
+            pred, h = field(params, c, features=True)  # [B, n, C], [B, n, width]
+            err = pred - t
+            per_signal = err.pow(2).sum(dim=(1, 2))  # [B]
+        if grads:
+            for g, part in zip(total, torch.autograd.grad(per_signal.sum() / (n * channels), [params[k] for k in names])):
+                g += part
+        with torch.no_grad():
+            sse += per_signal
+            sse_clamped += (pred.clamp(0.0, 1.0) - t).pow(2).sum(dim=(1, 2))
+            if score is not None:
+                score[:, units] = field.unit_scores(err, h)
+    return total, sse.detach() / (n * channels), sse_clamped / (n * channels), score
+
+
+# -- the differentiation primitives a strategy's outer loss is written against ----------
+
+
+class InnerOps(Protocol):
+    """How an outer loss differentiates: the three primitives MAML and GradNCP need.
+
+    A strategy states its outer loss once, against these, and runs it two ways:
+    :class:`EagerOps` (``torch.autograd.grad``, the reference, with optional gradient
+    checkpointing) for the ordinary step, and :class:`FunctionalOps` (``torch.func.grad``)
+    for ``--compile`` (nfit.meta.compiled), where no autograd may run through compiled code.
+    """
+
+    def step(self, field: Field, params: Params, coords: Tensor, targets: Tensor, lr: float,
+             second_order: bool) -> Params:
+        """One SGD step of every signal on its MSE over coords [k, d] or [B, k, d], targets [B, k, C]:
+        params [B, ...] -> [B, ...], with a graph through the gradient iff ``second_order``."""
+        ...
+
+    def mse(self, field: Field, params: Params, coords: Tensor, targets: Tensor, chunk: int) -> Tensor:
+        """Per-signal MSE [B] over the whole context, differentiable to ``params`` (the outer loss);
+        ``chunk``: grid samples x signals per recomputed piece where the implementation checkpoints."""
+        ...
+
+    def context_grad(self, field: Field, params: Params, coords: Tensor, targets: Tensor,
+                     chunk: int) -> list[Tensor]:
+        """First-order gradient [B, ...] per parameter of each signal's full-context MSE, with no
+        graph, accumulated over pieces of ``chunk`` grid samples x signals (GradNCP's bootstrap)."""
+        ...
+
+
+@dataclass(frozen=True)
+class EagerOps:
+    """The primitives in eager autograd: ``create_graph`` for second order; with ``checkpointing``,
+    inner steps and the outer MSE recompute their activations in the backward pass (same values)."""
+
+    checkpointing: bool = False
+
+    def step(self, field: Field, params: Params, coords: Tensor, targets: Tensor, lr: float,
+             second_order: bool) -> Params:
+        return inner_step(field, params, coords, targets, lr, second_order, self.checkpointing)
+
+    def mse(self, field: Field, params: Params, coords: Tensor, targets: Tensor, chunk: int) -> Tensor:
+        if self.checkpointing:
+            return checkpointed_mse(field, params, coords, targets, chunk)  # [B]
+        return per_signal_mse(field, params, coords, targets)  # [B]: one full forward kept in the graph
+
+    def context_grad(self, field: Field, params: Params, coords: Tensor, targets: Tensor,
+                     chunk: int) -> list[Tensor]:
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        with torch.enable_grad():  # also under an outer no_grad: this gradient is the point
+            return full_pass(field, leaves, coords, targets, chunk)[0]
+
+
+@dataclass(frozen=True)
+class FunctionalOps:
+    """The primitives in torch.func: every gradient a ``torch.func.grad``, so that the whole outer
+    loss can be differentiated by ``torch.func.grad_and_value`` and traced by Dynamo (the inner
+    steps unrolled into one graph). No checkpointing: under torch.compile the compiler decides
+    what to keep."""
+
+    def step(self, field: Field, params: Params, coords: Tensor, targets: Tensor, lr: float,
+             second_order: bool) -> Params:
+        g = grad(lambda p: per_signal_mse(field, p, coords, targets).sum())(params)  # per-signal gradients [B, ...]
+        return sgd_step(params, g if second_order else {k: v.detach() for k, v in g.items()}, lr)
+
+    def mse(self, field: Field, params: Params, coords: Tensor, targets: Tensor, chunk: int) -> Tensor:
+        return per_signal_mse(field, params, coords, targets)  # [B]
+
+    def context_grad(self, field: Field, params: Params, coords: Tensor, targets: Tensor,
+                     chunk: int) -> list[Tensor]:
+        leaves = {k: v.detach() for k, v in params.items()}
+        n, channels = targets.shape[1], targets.shape[2]
+        total = [torch.zeros_like(v) for v in leaves.values()]
+        for _units, c, t in context_pieces(field, coords, targets, chunk):  # as full_pass: a piece at a time
+
+            def sse(p: Params, c: Tensor = c, t: Tensor = t) -> Tensor:
+                return (field(p, c) - t).pow(2).sum() / (n * channels)
+
+            total = [a + b.detach() for a, b in zip(total, grad(sse)(leaves).values())]
+        return total
+
+
+EAGER = EagerOps()
+EAGER_CHECKPOINTED = EagerOps(checkpointing=True)
+FUNCTIONAL = FunctionalOps()
+
+
+def eager_ops(checkpointing: bool) -> InnerOps:
+    """The eager primitives, with or without gradient checkpointing (a strategy's default)."""
+    return EAGER_CHECKPOINTED if checkpointing else EAGER

@@ -8,8 +8,8 @@ from typing import ClassVar
 from torch import Tensor
 
 from nfit.fields import Field, Params
-from nfit.meta.base import OuterResult, check_positive, register_strategy
-from nfit.meta.inner import CHECKPOINT_CHUNK, checkpointed_mse, expand_params, inner_step, per_signal_mse
+from nfit.meta.base import OuterResult, Phases, check_positive, register_strategy
+from nfit.meta.inner import CHECKPOINT_CHUNK, InnerOps, eager_ops, expand_params
 
 
 @dataclass(frozen=True)
@@ -25,25 +25,31 @@ class MamlConfig:
 
 
 @register_strategy
-class Maml:
+class Maml(Phases):
     name: ClassVar[str] = "maml"
     Config: ClassVar[type] = MamlConfig
 
     def __init__(self, config: MamlConfig):
         self.config = config
 
-    def adapt(self, field: Field, theta: Params, coords: Tensor, targets: Tensor) -> Params:
-        """theta_K for every signal: [B, ...], differentiable to theta (to first order if asked)."""
+    def adapt(self, field: Field, theta: Params, coords: Tensor, targets: Tensor, ops: InnerOps | None = None) -> Params:
+        """theta_K for every signal: [B, ...], differentiable to theta (to first order if asked).
+
+        theta: unbatched; coords [N, d] or [B, N, d]; targets [B, N, C]. ``ops``: how to
+        differentiate (default: eager, checkpointed as the config says; nfit.meta.compiled
+        passes torch.func's).
+        """
         c = self.config
+        ops = ops if ops is not None else eager_ops(c.gradient_checkpointing)
         params = expand_params(theta, targets.shape[0])
         for _ in range(c.inner_steps):
-            params = inner_step(field, params, coords, targets, c.inner_lr, not c.first_order, c.gradient_checkpointing)
+            params = ops.step(field, params, coords, targets, c.inner_lr, not c.first_order)
         return params
 
-    def outer_loss(self, field: Field, theta: Params, coords: Tensor, targets: Tensor) -> OuterResult:
-        params = self.adapt(field, theta, coords, targets)
-        if self.config.gradient_checkpointing:
-            mse = checkpointed_mse(field, params, coords, targets, CHECKPOINT_CHUNK)  # [B]
-        else:
-            mse = per_signal_mse(field, params, coords, targets)  # [B]
+    def outer_loss(self, field: Field, theta: Params, coords: Tensor, targets: Tensor,
+                   ops: InnerOps | None = None) -> OuterResult:
+        """The full-context MSE [B] of theta_K, averaged over the batch; ``ops`` as in :meth:`adapt`."""
+        ops = ops if ops is not None else eager_ops(self.config.gradient_checkpointing)
+        params = self.adapt(field, theta, coords, targets, ops)
+        mse = ops.mse(field, params, coords, targets, CHECKPOINT_CHUNK)  # [B]
         return OuterResult(mse.mean(), mse.detach())

@@ -7,7 +7,7 @@ belongs to the initialisation, not to a signal, so a fitted file needs to store
 only the surviving values. Masks are nested: a weight pruned in round r stays
 pruned, and every round's result is kept as a level a user can fit at.
 
-The mask is applied by :class:`Masked`, a field that multiplies each weight by its
+The mask is applied by :class:`nfit.fields.masked.Masked`, a field that multiplies each weight by its
 mask in the forward pass. Every gradient of a pruned weight is then exactly zero,
 so SGD and Adam leave a pruned weight where it is (at zero) without any special
 case in the inner loop, the outer loop or test-time fitting.
@@ -19,45 +19,16 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from nfit.errors import ConfigError
 from nfit.fields import Field, Params
-from nfit.meta.base import OuterResult, Strategy, register_strategy
-
-Mask = dict[str, Tensor]
-"""Weight name -> bool tensor of the weight's shape (True: kept). Biases have no entry."""
+from nfit.fields.masked import Mask, Masked, density, full_mask, mask_size
+from nfit.meta.base import OuterResult, Phases, Strategy, build_strategy, register_strategy
+from nfit.meta.inner import InnerOps
 
 PRUNE_METHODS = ("magnitude", "random")
-
-
-def prunable(names: Any) -> list[str]:
-    """The parameters pruning applies to: every weight matrix, first and last layers included."""
-    return [n for n in names if n.endswith(".weight")]
-
-
-def full_mask(params: Params) -> Mask:
-    return {k: torch.ones_like(params[k], dtype=torch.bool) for k in prunable(params)}
-
-
-def mask_size(mask: Mask) -> tuple[int, int]:
-    """(surviving weights, prunable weights)."""
-    return sum(int(m.sum()) for m in mask.values()), sum(m.numel() for m in mask.values())
-
-
-def stored_values(n_params: int, mask: Mask | None) -> int:
-    """What a fitted file stores: every parameter, or the surviving weights plus everything unpruned."""
-    if mask is None:
-        return n_params
-    alive, total = mask_size(mask)
-    return n_params - total + alive
-
-
-def density(mask: Mask) -> float:
-    alive, total = mask_size(mask)
-    return alive / total
 
 
 def level_alive(total: int, fraction: float, level: int) -> int:
@@ -101,81 +72,6 @@ def prune_scores(theta: Params, mask: Mask, method: str, generator: torch.Genera
     raise ConfigError("--prune", f"unknown pruning method {method!r} (known: {', '.join(PRUNE_METHODS)})")
 
 
-def apply_mask(params: Params, mask: Mask) -> Params:
-    """Weights times their mask (batched or not: the mask broadcasts over a leading batch dimension)."""
-    return {k: v * mask[k] if k in mask else v for k, v in params.items()}
-
-
-class Masked:
-    """A field whose weights are multiplied by a fixed mask in every forward pass.
-
-    It has its base field's name, config and parameter shapes, so everything that
-    takes a field takes it; only the values it computes differ.
-    """
-
-    def __init__(self, base: Field, mask: Mask):
-        self.base, self.mask = base, mask
-        self.name, self.config = base.name, base.config
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return self.base.param_shapes()
-
-    def init_params(self, generator: torch.Generator) -> Params:
-        return apply_mask(self.base.init_params(generator), self.mask)
-
-    def __call__(self, params: Params, coords: Tensor, *, features: bool = False):
-        mask = {k: m.to(params[k].device) for k, m in self.mask.items()}
-        return self.base(apply_mask(params, mask), coords, features=features)
-
-    def __getattr__(self, name: str):  # the unit interface (unit_coords, to_units, ...) is the base field's
-        return getattr(self.base, name)
-
-
-# -- storage: the mask as bits ------------------------------------------------------
-
-
-def pack_mask(mask: Mask) -> Tensor:
-    """All masks, flattened in parameter order and concatenated, as packed bits: uint8 [ceil(total / 8)]."""
-    bits = torch.cat([m.flatten().cpu() for m in mask.values()]).numpy()
-    return torch.from_numpy(np.packbits(bits))
-
-
-def unpack_mask(packed: Tensor, shapes: dict[str, tuple[int, ...]]) -> Mask:
-    total = sum(math.prod(s) for s in shapes.values())
-    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != (total + 7) // 8:
-        raise ValueError(f"packed mask must be uint8 [{(total + 7) // 8}], got {packed.dtype} {list(packed.shape)}")
-    bits = torch.from_numpy(np.unpackbits(packed.numpy(), count=total).astype(bool))
-    out, start = {}, 0
-    for k, s in shapes.items():
-        n = math.prod(s)
-        out[k] = bits[start : start + n].view(s)
-        start += n
-    return out
-
-
-# -- dense-narrow: the dense field with as many values as a sparse one ----------------
-
-
-def narrow_width(field: Field, values: int) -> int:
-    """The hidden width of a dense field like ``field`` (same depth, input, output) whose
-    parameter count is closest to ``values`` (surviving weights plus biases of a sparse one)."""
-    import dataclasses
-
-    from nfit.fields import build_field, count_params, field_config_dict
-
-    def count(width: int) -> int:
-        config = field_config_dict(field) | {"width": width}
-        return count_params(build_field(field.name, config))
-
-    if "width" not in {f.name for f in dataclasses.fields(field.config)}:
-        raise ConfigError("--field", f"the {field.name!r} field has no width to narrow")
-    lo, hi = 1, field.config.width
-    while lo < hi:  # the smallest width with at least ``values`` parameters
-        mid = (lo + hi) // 2
-        lo, hi = (mid + 1, hi) if count(mid) < values else (lo, mid)
-    return min((w for w in (lo - 1, lo) if w >= 1), key=lambda w: abs(count(w) - values))
-
-
 # -- the strategy: an inner strategy run on the masked field, plus the round schedule --
 
 
@@ -205,7 +101,7 @@ class SparseConfig:
 
 
 @register_strategy
-class Sparse:
+class Sparse(Phases):
     """Meta-SparseINR: rounds of global pruning, each followed by meta-training with the mask.
 
     ``outer_loss`` is the inner strategy's, on whatever field it is given: the outer
@@ -214,6 +110,7 @@ class Sparse:
 
     name: ClassVar[str] = "sparse"
     Config: ClassVar[type] = SparseConfig
+    keeps_levels: ClassVar[bool] = True  # every round's result, and the dense start as level 0
 
     def __init__(self, config: SparseConfig, inner: Strategy):
         self.config, self.inner = config, inner
@@ -221,14 +118,13 @@ class Sparse:
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Sparse:
         """Sparse options go to :class:`SparseConfig`; the rest to the inner strategy."""
-        from nfit.meta.base import build_strategy
-
         own = {k: options[k] for k in SparseConfig.__dataclass_fields__ if k in options}
         config = SparseConfig(**own)
         return cls(config, build_strategy(config.inner, {k: v for k, v in options.items() if k not in own}))
 
-    def outer_loss(self, field: Field, theta: Params, coords: Tensor, targets: Tensor) -> OuterResult:
-        return self.inner.outer_loss(field, theta, coords, targets)
+    def outer_loss(self, field: Field, theta: Params, coords: Tensor, targets: Tensor,
+                   ops: InnerOps | None = None) -> OuterResult:
+        return self.inner.outer_loss(field, theta, coords, targets, ops)
 
     def round_starts(self, step: int) -> int | None:
         """The round (1-based) that begins before outer step ``step`` (0-based), or None."""
@@ -239,6 +135,40 @@ class Sparse:
         """The round completed by ``done`` outer steps, or None."""
         spr = self.config.steps_per_round
         return done // spr if done % spr == 0 and 0 < done <= self.config.steps else None
+
+    # -- the outer loop's hooks (nfit.meta.base.Phases): rounds are its phases
+
+    @property
+    def dense(self) -> Strategy:
+        return self.inner
+
+    def prepare(self, field: Field, theta: Params) -> tuple[Field, Mask]:
+        mask = {k: m.to(next(iter(theta.values())).device) for k, m in full_mask(theta).items()}
+        return Masked(field, mask), mask
+
+    def level_at(self, step: int) -> int:
+        return -(-step // self.config.steps_per_round)  # rounds begun
+
+    def begin_step(self, step: int, theta: Params, mask: Mask, adam: dict[str, dict[str, Tensor]],
+                   seed: int) -> dict[str, Any] | None:
+        level = self.round_starts(step)
+        if level is None:
+            return None
+        self.begin_round(level, theta, mask, adam, seed)
+        return {"level": level, "rounds": self.config.rounds, "density": round(density(mask), 6),
+                "alive": mask_size(mask)[0]}
+
+    def phase_ends(self, done: int) -> bool:
+        return self.round_ends(done) is not None
+
+    def progress(self, mask: Mask, level: int) -> dict[str, Any]:
+        return {"level": level, "density": round(density(mask), 6)}
+
+    def describe(self, mask: Mask, level: int) -> dict[str, Any]:
+        alive, total = mask_size(mask)
+        c = self.config
+        return {"level": level, "rounds": c.rounds, "density": round(alive / total, 6), "alive": alive, "weights": total,
+                "prune": c.prune, "prune_fraction": c.prune_fraction, "steps_per_round": c.steps_per_round}
 
     @torch.no_grad()
     def begin_round(self, level: int, theta: Params, mask: Mask, adam_state: dict[str, dict[str, Tensor]],
@@ -259,20 +189,4 @@ class Sparse:
                     moment.mul_(m)
 
 
-__all__ = [
-    "Mask",
-    "Masked",
-    "Sparse",
-    "SparseConfig",
-    "apply_mask",
-    "density",
-    "full_mask",
-    "level_alive",
-    "mask_size",
-    "narrow_width",
-    "pack_mask",
-    "prunable",
-    "prune",
-    "stored_values",
-    "unpack_mask",
-]
+__all__ = ["Sparse", "SparseConfig", "level_alive", "prune"]

@@ -93,15 +93,11 @@ class ImageModality:
 
     @staticmethod
     def load(path: Path, opts: SignalOptions, channels: int) -> torch.Tensor:
-        from nfit.data import load_image
-
-        return load_image(path, opts.res, channels)
+        return image.load_image(path, opts.res, channels)
 
     @staticmethod
     def guess_channels(path: Path) -> int:
-        from nfit.data import decode_image
-
-        return 1 if decode_image(path).shape[-1] <= 2 else 3
+        return 1 if image.decode_image(path).shape[-1] <= 2 else 3
 
     @staticmethod
     def field_defaults(field: str, shape: tuple[int, ...]) -> dict[str, Any]:

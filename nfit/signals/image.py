@@ -18,10 +18,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from nfit._version import SOFTWARE, SOFTWARE_NAME
 from nfit.config import MAX_IMAGE_PIXELS
-from nfit.errors import InputError, OutputError
+from nfit.errors import ConfigError, InputError, OutputError
 from nfit.signals.reading import decoding, short
 
 READ_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -229,11 +231,70 @@ def header_size(path: Path) -> tuple[int, int] | None:
 def resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """[H, W, C] float values -> [h, w, C]: antialiased bicubic (a box-like filter when
     shrinking, so no aliasing), clamped back to [0, 1] (bicubic overshoots at edges)."""
-    import torch
-    import torch.nn.functional as F
-
     if tuple(values.shape[:2]) == tuple(size):
         return values
     x = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
     x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
     return x.squeeze(0).permute(1, 2, 0).clamp_(0.0, 1.0).numpy()
+
+
+# ---------------------------------------------------------------------------- conforming to a dataset grid
+
+LUMA_601 = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights: the usual RGB -> grey
+
+
+def decode_image(path: Path) -> np.ndarray:
+    """read_image's values: every failure is already an InputError naming the file."""
+    return read_image(path)[0]
+
+
+def _drop_alpha(pixels: torch.Tensor) -> torch.Tensor:
+    """LA -> L, RGBA -> RGB: meta-learned fields model colour only."""
+    return pixels[..., :-1] if pixels.shape[-1] in (2, 4) else pixels
+
+
+def convert_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:
+    """[..., 1 or 3] -> [..., channels]: grey repeated, colour to BT.601 luma."""
+    c = pixels.shape[-1]
+    if c == channels:
+        return pixels
+    if channels == 3:  # c == 1
+        return pixels.expand(*pixels.shape[:-1], 3)
+    return pixels @ torch.tensor(LUMA_601, dtype=pixels.dtype).unsqueeze(1)  # c == 3 -> 1
+
+
+def resize_crop(pixels: torch.Tensor, res: int) -> torch.Tensor:
+    """[H, W, C] -> [res, res, C]: shorter side to ``res`` (antialiased bicubic), centre crop."""
+    h, w = pixels.shape[:2]
+    if h <= w:
+        size = (res, max(res, round(w * res / h)))
+    else:
+        size = (max(res, round(h * res / w)), res)
+    if (h, w) != size:
+        x = pixels.permute(2, 0, 1).unsqueeze(0)  # [1, C, H, W]
+        x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+        pixels = x.squeeze(0).permute(1, 2, 0)
+    pixels = pixels.clamp(0.0, 1.0)  # bicubic overshoots at edges
+    top, left = (size[0] - res) // 2, (size[1] - res) // 2
+    return pixels[top : top + res, left : left + res]
+
+
+def load_image(path: Path, res: int, channels: int) -> torch.Tensor:
+    """Decode one image as a float32 ``[res, res, channels]`` target in [0, 1].
+
+    Every image in a meta-learning batch must share one grid, so the shorter side is
+    resized to ``res`` and the centre square kept (no padding, no distortion).
+    Any failure is an :class:`InputError` naming the file.
+    """
+    if channels not in (1, 3):
+        raise ConfigError("--channels", f"must be 1 or 3, got {channels}")
+    if res < 1:
+        raise ConfigError("--res", f"must be at least 1, got {res}")
+    path = Path(path)
+    pixels = torch.from_numpy(np.ascontiguousarray(decode_image(path), dtype=np.float32))
+    pixels = _drop_alpha(pixels)
+    if channels == 1:
+        pixels = convert_channels(pixels, 1)  # luma before resizing: a third of the work
+    pixels = resize_crop(pixels, res)
+    # grey -> RGB after resizing, same reason; every step is per channel, so the order does not matter
+    return convert_channels(pixels, channels).contiguous()

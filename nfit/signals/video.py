@@ -139,7 +139,7 @@ def _to_rgb(frame) -> tuple[np.ndarray, int]:
 def _crop_resize(rgb: np.ndarray, top: int, res: int) -> np.ndarray:
     """[H, W, 3] integers -> float32 [res, res, 3]: centre square, then antialiased bicubic.
 
-    As nfit's image datasets (data._resize_crop) and GradNCP's UCF-101 preprocessing.
+    As nfit's image datasets (signals.image.resize_crop) and GradNCP's UCF-101 preprocessing.
     """
     import torch
     import torch.nn.functional as F
