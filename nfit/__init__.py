@@ -8,7 +8,7 @@
 
 from nfit._version import __version__
 from nfit.api import evaluate, fit, fit_files, fit_signals, info, load, meta_train, render, render_to_file, save
-from nfit.config import AdaptConfig, DataConfig, FieldOptions, FitConfig, RenderConfig, TrainConfig
+from nfit.config import AdaptConfig, AlgoOptions, DataConfig, FieldOptions, FitConfig, RenderConfig, TrainConfig
 from nfit.errors import ConfigError, FieldFileError, InputError, NfitError, OutputError, TrainingError
 from nfit.fieldfile import MetaInit, NeuralField
 from nfit.runs import load_init
@@ -16,6 +16,7 @@ from nfit.signals import Signal, read_signal
 
 __all__ = [
     "AdaptConfig",
+    "AlgoOptions",
     "DataConfig",
     "MetaInit",
     "TrainConfig",

@@ -22,8 +22,19 @@ import numpy as np
 import torch
 
 from nfit import metrics
-from nfit.atomic import guard_output
-from nfit.config import INIT_SIZE_TOLERANCE, AdaptConfig, FieldOptions, FitConfig, RenderConfig, SignalOptions, StoreConfig
+from nfit.atomic import guard_output, make_dirs
+from nfit.config import (
+    INIT_SIZE_TOLERANCE,
+    AdaptConfig,
+    DataConfig,
+    FieldOptions,
+    FitConfig,
+    RenderConfig,
+    SignalOptions,
+    StoreConfig,
+    TrainConfig,
+)
+from nfit.data import scan_folder
 from nfit.device import flush_denormals, resolve_device
 from nfit.errors import ConfigError, NfitError, NfitWarning, OutputError
 from nfit.evaluation import EvalReport, evaluate_folder
@@ -37,13 +48,16 @@ from nfit.fieldfile import (
     read_format,
     save_field,
 )
-from nfit.fields import build_field, count_params, field_config, field_config_dict, unbatch_params
+from nfit.fields import Params, build_field, count_params, field_config, field_config_dict, unbatch_params
+from nfit.fields.masked import narrow_width
 from nfit.fit import StepInfo, fit_adam, fit_sgd, random_init, split_batches
-from nfit.inits import DEFAULT, default_init, trained_channels
-from nfit.runs import find_init, load_init
-from nfit.render import evaluate as evaluate_grid
-from nfit.render import render_to_file, render_values
-from nfit.signals import Signal, read_signal
+from nfit.inits import DEFAULT, default_init, default_init_path, trained_channels
+from nfit.render import decode, default_output, render_to_file, render_values
+from nfit.runs import find_init, level_files, load_init
+from nfit.signals import EXTENSIONS, MODALITIES, Signal, modality_for, read_signal
+from nfit.train import TrainResult
+from nfit.train import meta_train as _meta_train
+from nfit.viz import context_frames, selected_context, write_context_maps
 
 ProgressFactory = Callable[[str, int], Callable[[StepInfo], None]]
 """Called once per batch with a label and its number of steps; returns the per-step callback."""
@@ -77,6 +91,8 @@ def fit_signals(
     adapt = adapt or AdaptConfig()
     store = store or StoreConfig()
     default = init == DEFAULT
+    if init is not None and field != FieldOptions():
+        raise ConfigError("--init", "the initialisation decides the field: drop --field/--width/--depth/--w0")
     if store.standalone and (init is None or default or init.mask is None):
         raise ConfigError("--standalone", "applies to fields fitted from a sparse initialisation (they alone have a mask)")
     device = resolve_device(adapt.device if init is not None else config.device)
@@ -86,62 +102,71 @@ def fit_signals(
             _check_init_fits(init, s)
         groups[(s.modality, s.shape, s.channels)].append(i)
     fitted: list[NeuralField | None] = [None] * len(signals)
-    given = init
     for (modality, shape, channels), members in groups.items():
-        init = default_init(modality, channels) if default else given
-        if init is None:
-            field_name, config_dict = field.name, field_config(field, modality, shape, channels)
-            net = build_field(field_name, config_dict)
-            start, batch_size = random_init(net, config.seed), config.batch_size
-            init_meta = {"name": "random", "seed": config.seed, "sha256": None}
-        else:
-            field_name, config_dict, net, start = init.field_name, init.field_config, init.field, init.params
-            batch_size = adapt.batch_size
-            _warn_init_size(init, modality, shape)
-            init_meta = {"name": f"default:{modality}" if default else "meta", "algo": init.algo.get("name"),
-                         "sha256": init.sha256}
-            if default and channels != trained_channels(modality):
-                init_meta["channels_adapted"] = channels
-            if init.sparsity is not None:
-                init_meta["density"] = init.sparsity.get("density")
-        for part in split_batches(len(members), batch_size):
+        start = _Start.of(default_init(modality, channels) if default else init, default, field, config, adapt,
+                          modality, shape, channels)
+        for part in split_batches(len(members), start.batch_size):
             idx = [members[j] for j in part]
-            label = signals[idx[0]].source.name if len(idx) == 1 else f"{len(idx)} x {'x'.join(map(str, shape))}"
-            grid = torch.from_numpy(np.stack([signals[i].values for i in idx])).to(device)  # [B, *shape, C]
-            params, method, seconds = _fit_batch(net, start, net.to_units(grid), shape, config, adapt,
-                                                 init is not None, lambda n: progress(label, n) if progress else None)
-            if store.dtype != "float32":
-                params = {k: v.to(getattr(torch, store.dtype)).float() for k, v in params.items()}
-            values = evaluate_grid(net, params, shape).view(grid.shape)  # clamped
-            psnr = metrics.psnr(values, grid).tolist()
-            ssim = metrics.signal_ssim(values, grid)
-            ssim = ssim.tolist() if ssim is not None else [None] * len(idx)
-            for b, i in enumerate(idx):
-                fitted[i] = NeuralField(
-                    field_name=field_name,
-                    field_config=config_dict,
-                    params={k: v.cpu() for k, v in unbatch_params(params, b).items()},
-                    modality=modality,
-                    shape=shape,
-                    channels=channels,
-                    bit_depth=signals[i].bit_depth,
-                    source=signals[i].source.name,
-                    source_bytes=_file_size(signals[i].source),
-                    rate=signals[i].rate,
-                    summary={
-                        **method[b],
-                        "psnr": round(psnr[b], 4),
-                        "ssim": None if ssim[b] is None else round(ssim[b], 5),
-                        "seconds": round(seconds, 3),
-                        "batch": len(idx),
-                        "device": device.type,
-                    },
-                    init=init_meta,
-                    dtype=store.dtype,
-                    mask=None if init is None else init.mask,
-                    standalone=store.standalone,
-                )
+            for i, nf in zip(idx, _fit_one_batch([signals[i] for i in idx], start, config, adapt, store, progress,
+                                                  device)):
+                fitted[i] = nf
     return fitted  # type: ignore[return-value]
+
+
+@dataclass
+class _Start:
+    """Where a group of signals (one modality, grid and channels) starts: the field, its initial
+    parameters, the batch size, and the record the .nf keeps of it."""
+
+    field_name: str
+    field_config: dict[str, Any]
+    net: Any  # the Field
+    params: Params
+    batch_size: int
+    init: MetaInit | None
+    record: dict[str, Any]
+
+    @classmethod
+    def of(cls, init: MetaInit | None, default: bool, field: FieldOptions, config: FitConfig, adapt: AdaptConfig,
+           modality: str, shape: tuple[int, ...], channels: int) -> _Start:
+        if init is None:
+            config_dict = field_config(field, modality, shape, channels)
+            net = build_field(field.name, config_dict)
+            return cls(field.name, config_dict, net, random_init(net, config.seed), config.batch_size, None,
+                       {"name": "random", "seed": config.seed, "sha256": None})
+        _warn_init_size(init, modality, shape)
+        record = {"name": f"default:{modality}" if default else "meta", "algo": init.algo.get("name"), "sha256": init.sha256}
+        if default and channels != trained_channels(modality):
+            record["channels_adapted"] = channels
+        if init.sparsity is not None:
+            record["density"] = init.sparsity.get("density")
+        return cls(init.field_name, init.field_config, init.field, init.params, adapt.batch_size, init, record)
+
+
+def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adapt: AdaptConfig, store: StoreConfig,
+                   progress: ProgressFactory | None, device: torch.device) -> list[NeuralField]:
+    """Fit signals of one grid together and describe each result as a NeuralField (PSNR, SSIM of what is stored)."""
+    shape = signals[0].shape
+    label = signals[0].source.name if len(signals) == 1 else f"{len(signals)} x {'x'.join(map(str, shape))}"
+    grid = torch.from_numpy(np.stack([s.values for s in signals])).to(device)  # [B, *shape, C]
+    params, method, seconds = _fit_batch(start.net, start.params, start.net.to_units(grid), shape, config, adapt,
+                                         start.init is not None, lambda n: progress(label, n) if progress else None)
+    if store.dtype != "float32":
+        params = {k: v.to(getattr(torch, store.dtype)).float() for k, v in params.items()}
+    values = decode(start.net, params, shape).view(grid.shape)  # clamped
+    psnr = metrics.psnr(values, grid).tolist()
+    ssim = metrics.signal_ssim(values, grid)
+    ssim = ssim.tolist() if ssim is not None else [None] * len(signals)
+    summary = {"seconds": round(seconds, 3), "batch": len(signals), "device": device.type}
+    return [NeuralField(
+        field_name=start.field_name, field_config=start.field_config,
+        params={k: v.cpu() for k, v in unbatch_params(params, b).items()},
+        modality=s.modality, shape=shape, channels=s.channels, bit_depth=s.bit_depth, source=s.source.name,
+        source_bytes=_file_size(s.source), rate=s.rate,
+        summary={**method[b], "psnr": round(psnr[b], 4), "ssim": None if ssim[b] is None else round(ssim[b], 5), **summary},
+        init=start.record, dtype=store.dtype, mask=None if start.init is None else start.init.mask,
+        standalone=store.standalone,
+    ) for b, s in enumerate(signals)]
 
 
 def _file_size(path: Path) -> int | None:
@@ -249,6 +274,8 @@ def fit(
     signals = [x if isinstance(x, Signal) else read_signal(x, opts) for x in items]
     store = StoreConfig(dtype, standalone)
     if meta is not None:
+        if FieldOptions(field, width, depth, w0, field_config) != FieldOptions():
+            raise ConfigError("--init", "the initialisation decides the field: drop --field/--width/--depth/--w0")
         refine = FitConfig(steps=fit_options.pop("refine_steps", FitConfig.steps),
                            target_psnr=fit_options.pop("target_psnr", None))
         result = fit_signals(signals, refine, progress=progress, init=meta, adapt=AdaptConfig(**fit_options), store=store)
@@ -306,6 +333,32 @@ def fit_files(
     if len(inputs) != len(outputs):
         raise ConfigError(None, "need one output per input")
     inputs, outputs = [Path(p) for p in inputs], [Path(o) for o in outputs]
+    _check_outputs(inputs, outputs, skip_existing, force)
+    meta = init if init is None or init == DEFAULT or isinstance(init, MetaInit) else load_init(init)
+    config = config or FitConfig()
+    stream = _FitStream(inputs, outputs, keep_going, on_outcome,
+                        lambda signals: fit_signals(signals, config, field, progress, init=meta, adapt=adapt, store=store))
+    opts = reading_options(options, meta)
+    batch_size = (adapt or AdaptConfig()).batch_size if meta is not None else config.batch_size
+    for i, (src, out) in enumerate(zip(inputs, outputs)):
+        if skip_existing and out.exists():
+            stream.done(i, FileOutcome(src, out, "skipped"))
+            continue
+        try:
+            signal = read_signal(src, opts)
+            if isinstance(meta, MetaInit):
+                _check_init_fits(meta, signal)
+        except NfitError as err:
+            stream.failed(i, err)
+            continue
+        stream.add(i, signal, batch_size)
+        del signal  # the stream's reference is the only one, so fitting frees it
+    stream.finish()
+    return stream.outcomes  # type: ignore[return-value]
+
+
+def _check_outputs(inputs: list[Path], outputs: list[Path], skip_existing: bool, force: bool) -> None:
+    """Before any work: no two outputs alike, each a .nf that destroys no input and no file nfit did not write."""
     seen: set[Path] = set()
     for out in outputs:
         if out in seen:
@@ -315,75 +368,198 @@ def fit_files(
             raise OutputError(out, "a fitted field is written as a .nf file: give an output name ending in .nf")
         if not (skip_existing and out.exists()):
             guard_output(out, inputs, ours=is_field_file, force=force)
-    meta = init if init is None or init == DEFAULT or isinstance(init, MetaInit) else load_init(init)
-    opts = reading_options(options, meta)
-    config = config or FitConfig()
-    batch_size = (adapt or AdaptConfig()).batch_size if meta is not None else config.batch_size
-    outcomes: list[FileOutcome | None] = [None] * len(inputs)
 
-    def done(i: int, outcome: FileOutcome) -> None:
-        outcomes[i] = outcome
-        if on_outcome is not None:
-            on_outcome(outcome)
 
-    def failed(i: int, error: NfitError) -> None:
-        if not keep_going:
+class _FitStream:
+    """Decoded signals waiting for a batch, by (modality, grid, channels), fitted and written as batches
+    fill. At most ``batch_size`` are held at once: past that the biggest group is fitted as it is, so a
+    folder of all-different shapes still runs in bounded memory. Records one outcome per input."""
+
+    def __init__(self, inputs: list[Path], outputs: list[Path], keep_going: bool,
+                 on_outcome: Callable[[FileOutcome], None] | None, fit: Callable[[list[Signal]], list[NeuralField]]):
+        self.inputs, self.outputs, self.keep_going, self.on_outcome, self.fit = inputs, outputs, keep_going, on_outcome, fit
+        self.outcomes: list[FileOutcome | None] = [None] * len(inputs)
+        self.pending: dict[tuple, list[tuple[int, Signal]]] = defaultdict(list)
+
+    def done(self, i: int, outcome: FileOutcome) -> None:
+        self.outcomes[i] = outcome
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    def failed(self, i: int, error: NfitError) -> None:
+        if not self.keep_going:
             raise error
-        done(i, FileOutcome(inputs[i], outputs[i], "failed", error))
+        self.done(i, FileOutcome(self.inputs[i], self.outputs[i], "failed", error))
 
-    # Decoded signals waiting for a batch, by (modality, grid, channels). At most
-    # batch_size of them are held at once: past that the biggest group is fitted
-    # as it is, so a folder of all-different shapes still runs in bounded memory.
-    pending: dict[tuple, list[tuple[int, Signal]]] = defaultdict(list)
+    def add(self, i: int, signal: Signal, batch_size: int) -> None:
+        key = (signal.modality, signal.shape, signal.channels)
+        self.pending[key].append((i, signal))
+        if len(self.pending[key]) >= batch_size:
+            self.flush(key)
+        elif sum(map(len, self.pending.values())) >= batch_size:
+            self.flush(max(self.pending, key=lambda k: len(self.pending[k])))
 
-    def flush(key: tuple) -> None:
-        members = pending.pop(key)
+    def finish(self) -> None:
+        while self.pending:
+            self.flush(min(self.pending, key=lambda k: self.pending[k][0][0]))  # oldest first
+
+    def flush(self, key: tuple) -> None:
+        members = self.pending.pop(key)
         idx = [i for i, _ in members]
         try:
-            fitted = fit_signals([sig for _, sig in members], config, field, progress, init=meta, adapt=adapt,
-                                 store=store)
+            fitted = self.fit([sig for _, sig in members])
         except NfitError as err:
             for i in idx:
-                failed(i, err)
+                self.failed(i, err)
             return
         except (torch.cuda.OutOfMemoryError, MemoryError):
             for i in idx:
-                failed(i, NfitError(inputs[i], f"out of memory fitting a batch of {len(idx)} (try a smaller --batch-size)"))
+                self.failed(i, NfitError(self.inputs[i],
+                                         f"out of memory fitting a batch of {len(idx)} (try a smaller --batch-size)"))
             return
         del members  # the decoded signals: free before writing
         for i, nf in zip(idx, fitted):
             try:
-                save_field(nf, outputs[i])
+                save_field(nf, self.outputs[i])
             except NfitError as err:
-                failed(i, err)
+                self.failed(i, err)
                 continue
-            done(i, FileOutcome(inputs[i], outputs[i], "fitted", None, nf.summary, nf.shape,
-                                outputs[i].stat().st_size))
-
-    for i, (src, out) in enumerate(zip(inputs, outputs)):
-        if skip_existing and out.exists():
-            done(i, FileOutcome(src, out, "skipped"))
-            continue
-        try:
-            signal = read_signal(src, opts)
-            if isinstance(meta, MetaInit):
-                _check_init_fits(meta, signal)
-        except NfitError as err:
-            failed(i, err)
-            continue
-        key = (signal.modality, signal.shape, signal.channels)
-        pending[key].append((i, signal))
-        del signal  # pending's reference is the only one, so flushing frees it
-        if len(pending[key]) >= batch_size:
-            flush(key)
-        elif sum(map(len, pending.values())) >= batch_size:
-            flush(max(pending, key=lambda k: len(pending[k])))
-    while pending:
-        flush(min(pending, key=lambda k: pending[k][0][0]))  # oldest first
-    return outcomes  # type: ignore[return-value]
+            self.done(i, FileOutcome(self.inputs[i], self.outputs[i], "fitted", None, nf.summary, nf.shape,
+                                     self.outputs[i].stat().st_size))
 
 
 @flush_denormals()
+def adapt_config(test: dict[str, Any], steps: int | None = None, lr: float | None = None, gamma: float | None = None,
+                 rescale: bool = True, optimizer: str = AdaptConfig.optimizer, batch_size: int = AdaptConfig.batch_size,
+                 device: str = AdaptConfig.device) -> AdaptConfig:
+    """Test-time settings: the ones given, else the initialisation's own (``test``, as init files record it),
+    else nfit's defaults."""
+    kwargs: dict[str, Any] = {"optimizer": optimizer, "rescale": rescale, "batch_size": batch_size, "device": device}
+    if optimizer == "adam":
+        kwargs.update(adam_steps=steps if steps is not None else AdaptConfig.adam_steps,
+                      adam_lr=lr if lr is not None else AdaptConfig.adam_lr)
+    else:
+        kwargs.update(steps=steps if steps is not None else int(test.get("steps", AdaptConfig.steps)),
+                      lr=lr if lr is not None else float(test.get("lr", AdaptConfig.lr)))
+    kwargs["gamma"] = gamma if gamma is not None else float(test.get("gamma", AdaptConfig.gamma))
+    return AdaptConfig(**kwargs)
+
+
+def plan_fit(inputs: Sequence[str | Path], output: str | Path | None = None, out_dir: str | Path | None = None,
+             modality: str | None = None) -> tuple[list[Path], list[Path]]:
+    """Inputs (folders expanded, recursively: their media files, or those of ``modality``) and their
+    outputs: ``output`` (one input), ``out_dir`` (a folder's subfolders mirrored inside it, created)
+    or beside each input."""
+    given = [Path(p) for p in inputs]
+    output, out_dir = (None if output is None else Path(output)), (None if out_dir is None else Path(out_dir))
+    extensions = MODALITIES[modality].extensions if modality in MODALITIES else EXTENSIONS
+    if output is not None and out_dir is not None:
+        raise ConfigError(None, "give either -o/--output or -O/--out-dir, not both")
+    pairs: list[tuple[Path, Path]] = []
+    for item in given:
+        if item.is_dir():
+            pairs += [(f, f.relative_to(item).with_suffix(".nf")) for f in scan_folder(item, extensions)]
+        else:
+            pairs.append((item, Path(item.stem + ".nf")))
+    files = [src for src, _ in pairs]
+    if output is not None:
+        if len(files) > 1:
+            raise ConfigError("-o", "one output file for several inputs: use -O DIR instead")
+        return files, [output]
+    if out_dir is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError(out_dir, "is not a directory")
+        outputs = [out_dir / rel for _, rel in pairs]
+        for parent in sorted({o.parent for o in outputs}):
+            make_dirs(parent)
+        return files, outputs
+    return files, [src.with_suffix(".nf") for src in files]
+
+
+@dataclass
+class FitPlan:
+    """How :func:`fit_paths` fits: from random (``init`` None) or from an initialisation, with what settings."""
+
+    config: FitConfig
+    init: MetaInit | str | None = None
+    adapt: AdaptConfig | None = None
+
+
+def fit_plan(files: Sequence[Path], *, init: str | Path | MetaInit | None = None, density: float | None = None,
+             field: FieldOptions | None = None, steps: int | None = None, lr: float | None = None,
+             optimizer: str = AdaptConfig.optimizer, rescale: bool = True, gamma: float | None = None,
+             seed: int = FitConfig.seed, target_psnr: float | None = None, batch_size: int = FitConfig.batch_size,
+             device: str = FitConfig.device) -> FitPlan:
+    """The settings of a fit, with every rule on combining them: an initialisation decides the field;
+    the test-time options (optimizer, rescale, gamma, density) need one; "default" needs one shipped for
+    the files' modality. ``steps`` and ``lr`` are Adam's from random, the test-time ones from an init."""
+    learned = init not in (None, "random")
+    config = FitConfig(steps=FitConfig.steps if steps is None or learned else steps,
+                       lr=FitConfig.lr if lr is None or learned else lr,
+                       seed=seed, target_psnr=target_psnr, batch_size=batch_size, device=device)
+    if not learned:
+        if not rescale or gamma is not None or optimizer != AdaptConfig.optimizer or density is not None:
+            raise ConfigError(None, "--optimizer, --no-rescale, --gamma and --density apply to fitting from --init")
+        return FitPlan(config)
+    if field is not None and field != FieldOptions():
+        raise ConfigError("--init", "the initialisation decides the field: drop --field/--width/--depth/--w0")
+    if init == DEFAULT:
+        if not _ships_init(files):
+            raise ConfigError("--init", "nfit ships no initialisation for these files")
+        test: dict[str, Any] = {}  # the shipped initialisation: test-time settings from nfit's defaults
+        meta: MetaInit | str = DEFAULT
+    else:
+        meta = init if isinstance(init, MetaInit) else load_init(init, density)
+        test = meta.test
+    return FitPlan(config, meta, adapt_config(test, steps, lr, gamma, rescale, optimizer, batch_size, device))
+
+
+def _ships_init(files: Sequence[Path]) -> bool:
+    """Whether nfit ships an initialisation for the modality of these files."""
+    try:
+        return bool(files) and default_init_path(modality_for(files[0]).name) is not None
+    except NfitError:
+        return False  # an unreadable name: the fit itself reports it
+
+
+def fit_paths(
+    inputs: Sequence[str | Path],
+    *,
+    output: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    field: FieldOptions | None = None,
+    options: SignalOptions | None = None,
+    store: StoreConfig | None = None,
+    skip_existing: bool = False,
+    force: bool = False,
+    context_maps: str | Path | None = None,
+    progress: ProgressFactory | None = None,
+    on_plan: Callable[[list[Path]], None] | None = None,
+    on_outcome: Callable[[FileOutcome], None] | None = None,
+    **settings: Any,
+) -> list[FileOutcome]:
+    """``nfit fit``: files or folders into .nf files, with every rule the command line has.
+
+    ``settings`` are those of :func:`fit_plan` (init, density, steps, lr, optimizer, rescale,
+    gamma, seed, target_psnr, batch_size, device). Several inputs, or a folder, keep going
+    past a file that fails (its outcome says why); one input raises. ``on_plan(files)`` is
+    called once the inputs are known; ``context_maps`` draws GradNCP's selected context
+    (re-scaled SGD from an initialisation only) into that folder first.
+    """
+    options = options or SignalOptions()
+    files, outputs = plan_fit(inputs, output, out_dir, options.modality)
+    plan = fit_plan(files, field=field, **settings)
+    if context_maps is not None:
+        if plan.init is None or plan.adapt.optimizer != "sgd" or not plan.adapt.rescale:
+            raise ConfigError("--save-context-maps", "draws the context of re-scaled SGD from an initialisation")
+        save_context_maps(files, context_maps, plan.init, plan.adapt)
+    if on_plan is not None:
+        on_plan(files)
+    many = len(inputs) > 1 or any(Path(p).is_dir() for p in inputs)
+    return fit_files(files, outputs, plan.config, field, progress, init=plan.init, adapt=plan.adapt, store=store,
+                     keep_going=many, skip_existing=skip_existing, on_outcome=on_outcome, options=options, force=force)
+
+
 def save_context_maps(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -392,8 +568,6 @@ def save_context_maps(
 ) -> list[Path]:
     """GradNCP's selected context at each test-time step of fitting each input from ``init``
     (a learned initialisation, or "default"), drawn as PNGs and an animated GIF in ``out_dir``."""
-    from nfit.viz import context_frames, selected_context, write_context_maps
-
     adapt = adapt or AdaptConfig()
     device = resolve_device(adapt.device)
     written = []
@@ -440,8 +614,6 @@ def render(
     """Decode a field on a grid: native, or images and video frames with longest side ``res``
     or ``width`` x ``height``, audio at ``sample_rate``, video at ``fps`` (the same duration):
     float values [*shape, C] in [0, 1]. ``init``: see :func:`load`."""
-    from nfit.signals import MODALITIES
-
     nf = nf if isinstance(nf, NeuralField) else load(nf, init)
     cfg = RenderConfig(res=res, width=width, height=height, sample_rate=sample_rate, fps=fps)
     shape, _ = MODALITIES[nf.modality].target_shape(nf.shape, nf.rate, cfg)
@@ -451,8 +623,6 @@ def render(
 def info(nf: NeuralField | str | Path) -> dict[str, Any]:
     """What a .nf (or init) file holds, as plain JSON-ready data. Needs no initialisation,
     even for a sparse field: sizes come from the file itself."""
-    from nfit.fields.masked import narrow_width
-
     path = None if isinstance(nf, NeuralField) else Path(nf)
     if path is not None and (path.is_dir() or read_format(path) == INIT_FORMAT):
         init = load_init(path)
@@ -501,18 +671,98 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
     }
 
 
-def meta_train(data: str | Path | None, run: str | Path, **kwargs: Any):
-    """Learn an initialisation over a folder: see :func:`nfit.train.meta_train` (``train=``,
-    ``data_config=``, ``field_options=``, ``algo_options=``, ``val_dir=``, ``resume=``, ``on_event=``)."""
-    from nfit.train import meta_train as _meta_train
+def meta_train(
+    data: str | Path | None,
+    run: str | Path | None = None,
+    *,
+    resume: bool | str | Path = False,
+    steps: int | None = None,
+    train: TrainConfig | None = None,
+    data_config: DataConfig | None = None,
+    field_options: FieldOptions | None = None,
+    **kwargs: Any,
+) -> TrainResult:
+    """Learn an initialisation over a folder into the run directory ``run``; see :func:`nfit.train.meta_train`
+    for ``algo_options``, ``val_dir``, ``init_from``, ``nan_policy``, ``on_event`` and ``force``.
 
-    return _meta_train(data, run, **kwargs)
+    ``resume``: True continues ``run``; a path continues that run (``run`` then may only repeat it),
+    with ``steps`` as its new target. ``steps`` overrides ``train.steps``. ``--algo sparse`` takes its
+    field, grid and length from the dense run, so giving them is an error.
+    """
+    if resume is not False and resume is not None:
+        path = Path(run) if resume is True else Path(resume)
+        if resume is not True and run is not None and Path(run) != path:
+            raise ConfigError(None, "--resume RUN continues RUN: drop -o")
+        target = train if train is not None else (None if steps is None else TrainConfig(steps=steps))
+        return _meta_train(data, path, target, resume=True, **kwargs)
+    if run is None:
+        raise ConfigError(None, "give the run directory with -o RUN")
+    train, data_config, field_options = train or TrainConfig(), data_config or DataConfig(), field_options or FieldOptions()
+    if train.algo == "sparse":
+        given = [n for n, v in (("--steps", steps), ("--res", data_config.res), ("--channels", data_config.channels),
+                                ("--width", field_options.width), ("--depth", field_options.depth),
+                                ("--w0", field_options.w0), ("--field-config", field_options.extra)) if v is not None]
+        if given or field_options.name != FieldOptions.name:
+            raise ConfigError(given[0] if given else "--field", "--algo sparse takes this from the dense run "
+                              "(--from); the length is --rounds x --steps-per-round")
+    if steps is not None:
+        train = dataclasses.replace(train, steps=steps)
+    return _meta_train(data, run, train, data_config, field_options, **kwargs)
 
 
-def evaluate(init: str | Path, data: str | Path, **kwargs) -> EvalReport:  # noqa: F811
+def evaluate(init: str | Path, data: str | Path, **kwargs) -> EvalReport:
     """PSNR/SSIM after 0..K steps from an initialisation over a folder: see :func:`nfit.evaluation.evaluate_folder`."""
     return evaluate_folder(init, data, **kwargs)
 
 
-__all__ = ["FileOutcome", "evaluate", "fit", "fit_files", "fit_signals", "info", "load", "meta_train", "reading_options",
-           "render", "render_to_file", "save"]
+def compare(
+    inits: Sequence[str | Path],
+    data: str | Path,
+    *,
+    field_options: FieldOptions | None = None,
+    density: float | None = None,
+    on_start: Callable[[str], Callable[[int], None]] | None = None,
+    **kwargs: Any,
+) -> list[EvalReport]:
+    """``nfit eval``: :func:`evaluate` for each of ``inits`` ("random" is the baseline) on the same files.
+
+    ``field_options`` set the random baseline's field, so they need "random" among ``inits``;
+    ``density`` picks a level of each sparse run among them (dense ones are taken whole).
+    ``on_start(init)`` returns the ``on_batch`` callback of that initialisation's evaluation.
+    """
+    field_options = field_options or FieldOptions()
+    if all(str(i) != "random" for i in inits) and field_options != FieldOptions():
+        raise ConfigError(None, "--field/--width/--depth/--w0 apply to the random baseline only")
+    reports = []
+    for init in inits:
+        on_batch = on_start(str(init)) if on_start is not None else None
+        sparse = str(init) != "random" and Path(init).is_dir() and bool(level_files(Path(init)))
+        reports.append(evaluate_folder(init, data, field_options=field_options, on_batch=on_batch,
+                                       density=density if sparse else None, **kwargs))
+    return reports
+
+
+def render_file(
+    file: str | Path,
+    output: str | Path | None = None,
+    config: RenderConfig | None = None,
+    *,
+    init: str | Path | None = None,
+    force: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[Path, tuple[int, ...], str]:
+    """``nfit render``: decode a .nf file into ``output`` (default: ``FILE_render.png`` / ``.wav`` / ``.mp4``
+    beside it), never over the .nf or its initialisation, nor over a file nfit did not write unless
+    ``force``. Returns the path, the grid rendered and the modality."""
+    file = Path(file)
+    nf = load(file, init)
+    target = Path(output) if output is not None else default_output(file, nf.modality)
+    protect = [file] + ([Path(init)] if init is not None and Path(init).is_file() else [])
+    path, shape = render_to_file(nf, target, config or RenderConfig(), protect=protect, force=force,
+                                 on_progress=on_progress)
+    return path, shape, nf.modality
+
+
+__all__ = ["FileOutcome", "FitPlan", "adapt_config", "compare", "evaluate", "fit", "fit_files", "fit_paths", "fit_plan",
+           "fit_signals", "info", "load", "meta_train", "plan_fit", "reading_options", "render", "render_file",
+           "render_to_file", "save"]

@@ -5,8 +5,8 @@ A leaf: it imports nothing of nfit but its errors, so every layer may read it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-
 from dataclasses import dataclass
 
 from nfit.errors import ConfigError
@@ -183,6 +183,32 @@ class DataConfig:
 
 
 @dataclass
+class AlgoOptions:
+    """The hyperparameters of a meta-learning strategy that a user set; None keeps the strategy's
+    reference default (nfit.meta: MamlConfig, GradNCPConfig, SparseConfig), and a sparse run takes
+    the ones it is not given from the dense run it prunes. Options of another strategy than the
+    one trained are an error."""
+
+    inner_steps: int | None = None  # K
+    inner_lr: float | None = None  # alpha
+    first_order: bool | None = None
+    gradient_checkpointing: bool | None = None
+    gamma: float | None = None  # gradncp
+    boot_steps: int | None = None  # gradncp
+    boot_lr: float | None = None  # gradncp
+    lam: float | None = None  # gradncp
+    rounds: int | None = None  # sparse
+    prune_fraction: float | None = None  # sparse
+    steps_per_round: int | None = None  # sparse
+    prune: str | None = None  # sparse
+    inner: str | None = None  # sparse: maml or gradncp inside the rounds
+
+    def given(self) -> dict:
+        """The options set, by name."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
 class TrainConfig:
     """The outer loop of meta-learning (the reference: Adam 1e-5, clipping 1.0, batch 8)."""
 
@@ -244,3 +270,5 @@ class RenderConfig:
             value = getattr(self, name)
             if value is not None and not 0 < value < float("inf"):
                 raise ConfigError("--" + name.replace("_", "-"), "must be positive")
+        if self.res is not None and (self.width is not None or self.height is not None):
+            raise ConfigError(None, "give --res or --width/--height, not both")

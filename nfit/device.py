@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import resource
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -79,9 +83,6 @@ def peak_memory(device: torch.device) -> int:
     peak = peak_resident_bytes()
     if peak is not None:
         return peak
-    import resource
-    import sys
-
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024  # Linux reports kB
 
@@ -102,10 +103,6 @@ def tune_cpu_allocator() -> bool:
     Process-wide, so only long CPU jobs (meta-training) call it.
     """
     global _allocator_tuned
-    import ctypes
-    import os
-    import sys
-
     if _allocator_tuned:
         return True
     if os.environ.get("NFIT_MALLOC") == "system" or not sys.platform.startswith("linux"):

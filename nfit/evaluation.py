@@ -11,11 +11,15 @@ import torch
 from torch import Tensor
 
 from nfit import metrics
-from nfit.config import AdaptConfig, FitConfig
-from nfit.device import flush_denormals
-from nfit.fields import Field, Params
-from nfit.fit import fit_adam, fit_sgd, split_batches
-from nfit.render import evaluate
+from nfit.config import AdaptConfig, DataConfig, FieldOptions, FitConfig
+from nfit.data import SignalFolder, guess_channels, load_all, scan_media
+from nfit.device import flush_denormals, resolve_device
+from nfit.errors import ConfigError
+from nfit.fields import Field, Params, build_field, count_params, field_config
+from nfit.fit import fit_adam, fit_sgd, random_init, split_batches
+from nfit.render import decode
+from nfit.runs import load_init
+from nfit.signals import MODALITIES
 
 
 @dataclass
@@ -71,7 +75,7 @@ def adaptation_curves(
             # PSNR comes from the fit's own full-context pass; decode only for SSIM and the last signals
             if ssim is None and step < steps:
                 return
-            values = evaluate(field, params, shape).view(grid.shape)  # clamped
+            values = decode(field, params, shape).view(grid.shape)  # clamped
             if ssim is not None:
                 s = metrics.signal_ssim(values, grid)
                 if s is None:
@@ -139,14 +143,6 @@ def evaluate_folder(
     resized and cropped, audio resampled and cut); ``data_config`` (and ``res``) set
     the grid of the random baseline (default: :class:`nfit.config.DataConfig`'s).
     """
-    from nfit.config import DataConfig, FieldOptions
-    from nfit.data import SignalFolder, guess_channels, load_all, scan_media
-    from nfit.device import resolve_device
-    from nfit.errors import ConfigError
-    from nfit.runs import load_init
-    from nfit.fields import build_field, count_params, field_config
-    from nfit.fit import random_init
-    from nfit.signals import MODALITIES
 
     config = config or AdaptConfig()
     device = resolve_device(config.device)

@@ -53,6 +53,7 @@ from nfit.config import MAX_FIELD_SIZE, MAX_GRID_SAMPLES, MAX_HEADER_BYTES, MAX_
 from nfit.errors import ConfigError, FieldFileError, OutputError
 from nfit.fields import Field, Params, build_field, count_params
 from nfit.fields.masked import Mask, Masked, density, pack_mask, prunable, stored_values, unpack_mask
+from nfit.render import render_values
 from nfit.signals import CONVENTION, MODALITIES
 
 FORMAT = "nfit-field"
@@ -135,8 +136,6 @@ class NeuralField:
 
     def render(self, shape: tuple[int, ...] | None = None, **kwargs) -> Tensor:
         """Decode on a grid (native by default): float32 ``[*shape, C]`` in [0, 1]. See :func:`nfit.render.render_values`."""
-        from nfit.render import render_values
-
         return render_values(self, shape, **kwargs)
 
     def save(self, path: str | Path) -> Path:

@@ -46,7 +46,7 @@ def evaluate_chunks(
             yield lo * size, hi * size, field.from_units(field(params, coords), shape).clamp_(0.0, 1.0)
 
 
-def evaluate(field: Field, params: Params, shape: tuple[int, ...], *, chunk: int = DEFAULT_CHUNK) -> Tensor:
+def decode(field: Field, params: Params, shape: tuple[int, ...], *, chunk: int = DEFAULT_CHUNK) -> Tensor:
     """All values of B fields on a grid: ``[B, prod(shape), C]``, on the parameters' device."""
     parts = [values for _, _, values in evaluate_chunks(field, params, shape, chunk=chunk)]
     return torch.cat(parts, dim=1)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from nfit.atomic import make_dirs
-from nfit.config import AdaptConfig, DataConfig, FieldOptions, SignalOptions, TrainConfig
+from nfit.config import AdaptConfig, AlgoOptions, DataConfig, FieldOptions, SignalOptions, TrainConfig
 from nfit.data import BatchStream, DataSummary, SignalFolder, guess_channels, load_all, scan_media, split_files
 from nfit.device import flush_denormals, peak_memory, resolve_device, tune_cpu_allocator
 from nfit.errors import ConfigError, FieldFileError, TrainingError
@@ -44,6 +44,7 @@ from nfit.fields import Field, Params, build_field, field_config, field_config_d
 from nfit.fit import random_init
 from nfit.memory import gib, measure_step
 from nfit.meta import Strategy, build_strategy, strategy_config_dict
+from nfit.meta.compiled import COMPILABLE, outer_step
 from nfit.runs import (
     CHECKPOINT,
     INIT_FILE,
@@ -109,15 +110,13 @@ def _setup_distributed(device_name: str) -> tuple[_Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return _Dist(), resolve_device(device_name)
-    import torch.distributed as dist  # here: only torchrun runs need it
-
     d = _Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     device = resolve_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return d, device
 
 
@@ -159,8 +158,6 @@ def _accumulate(outer: nn.Module, coords: Tensor, targets: Tensor, micro: int | 
 
 def _compiled_step(strategy: Strategy, field_: Field, device: torch.device, world: int):
     """--compile: the outer step of nfit.meta.compiled, compiled lazily at its first call; on CUDA, TF32 matmuls."""
-    from nfit.meta.compiled import COMPILABLE, outer_step  # here: importing torch.compile's machinery takes seconds
-
     if strategy.name not in COMPILABLE:
         raise ConfigError("--compile", f"applies to {' and '.join(COMPILABLE)}, not --algo {strategy.name}")
     if world > 1:
@@ -382,8 +379,9 @@ def _spec_for(data, run: Path, train: TrainConfig | None, data_config, field_opt
     train = train or TrainConfig()
     if nan_policy is not None:
         train = dataclasses.replace(train, nan_policy=nan_policy)
+    options = algo_options.given() if isinstance(algo_options, AlgoOptions) else dict(algo_options or {})
     spec = RunSpec(str(data), None if val_dir is None else str(val_dir), train,
-                   data_config or DataConfig(), field_options or FieldOptions(), dict(algo_options or {}))
+                   data_config or DataConfig(), field_options or FieldOptions(), options)
     if spec.train.algo == "sparse":
         if init_from is None:
             raise ConfigError("--from", "--algo sparse starts from a dense initialisation: give --from DENSE_RUN")
@@ -400,7 +398,7 @@ def meta_train(
     train: TrainConfig | None = None,
     data_config: DataConfig | None = None,
     field_options: FieldOptions | None = None,
-    algo_options: dict[str, Any] | None = None,
+    algo_options: AlgoOptions | dict[str, Any] | None = None,
     *,
     val_dir: str | Path | None = None,
     resume: bool = False,

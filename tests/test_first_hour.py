@@ -16,7 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 import nfit
-import nfit.cli as cli
+import nfit.cli.progress as progress
+from nfit.cli import app
 from nfit import memory
 from nfit.config import DataConfig, FieldOptions, TrainConfig
 from nfit.errors import ConfigError, NfitWarning
@@ -32,7 +33,7 @@ TINY = ["--width", "16", "--depth", "3"]
 
 
 def run(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
+    return runner.invoke(app, [str(a) for a in args])
 
 
 def one_line_error(result, code=2):
@@ -300,14 +301,14 @@ def test_info_says_who_wrote_the_file_and_how_big_it_is_against_the_source(photo
 
 
 def test_durations_and_rates_read_well():
-    assert cli._duration(42) == "42 s" and cli._duration(185) == "3 min 05 s"
-    assert cli._duration(7440) == "2 h 04 min" and cli._duration(9.5 * 86400) == "9 d 12 h"
-    assert cli._rate_text(0.5) == "2.0 step/s" and cli._rate_text(82.0) == "82.00 s/step"
-    assert cli._rate_text(1 / 250) == "250 step/s" and cli._rate_text(None) == ""
+    assert progress._duration(42) == "42 s" and progress._duration(185) == "3 min 05 s"
+    assert progress._duration(7440) == "2 h 04 min" and progress._duration(9.5 * 86400) == "9 d 12 h"
+    assert progress._rate_text(0.5) == "2.0 step/s" and progress._rate_text(82.0) == "82.00 s/step"
+    assert progress._rate_text(1 / 250) == "250 step/s" and progress._rate_text(None) == ""
 
 
 def test_the_time_left_follows_a_smoothed_rate():
-    rate = cli._Rate()
+    rate = progress._Rate()
     for step in range(1, 11):
         rate.add(step, seconds=2.0)
     assert rate.per_step == pytest.approx(2.0) and rate.left(20) == "20 s"
@@ -316,7 +317,7 @@ def test_the_time_left_follows_a_smoothed_rate():
 
 
 def test_progress_lines_when_stderr_is_a_file(photo, faces, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "PLAIN_INTERVAL", 0.0)
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.0)
     result = run("fit", photo, "-o", tmp_path / "p.nf", "--steps", 3, *TINY)
     assert result.exit_code == 0
     lines = [ln for ln in result.output.splitlines() if "elapsed" in ln]
@@ -330,12 +331,12 @@ def test_progress_lines_when_stderr_is_a_file(photo, faces, tmp_path, monkeypatc
 
 
 def test_lines_heartbeat_prints_while_a_step_runs(monkeypatch):
-    monkeypatch.setattr(cli, "PLAIN_INTERVAL", 0.05)
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.05)
     printed = []
     console = type("C", (), {"print": lambda self, text, **kw: printed.append(text)})()
     from rich.progress import MofNCompleteColumn, TextColumn
 
-    with cli._Lines(TextColumn("job"), MofNCompleteColumn(), console=console) as lines:
+    with progress._Lines(TextColumn("job"), MofNCompleteColumn(), console=console) as lines:
         lines.add_task("job", total=10)
         time.sleep(0.4)  # no update at all: a long step
     assert len(printed) >= 2 and all("0/10" in p for p in printed)
@@ -383,8 +384,8 @@ def test_denormal_values_do_not_slow_a_step():
 
 
 def test_a_long_render_shows_progress(photo, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "RENDER_BAR_AFTER", 0.0)
-    monkeypatch.setattr(cli, "PLAIN_INTERVAL", 0.0)
+    monkeypatch.setattr(progress, "RENDER_BAR_AFTER", 0.0)
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.0)
     assert run("fit", photo, "-o", tmp_path / "p.nf", "--steps", 1, *TINY).exit_code == 0
     result = run("render", tmp_path / "p.nf", "-o", tmp_path / "big.png", "--res", 96)
     assert result.exit_code == 0

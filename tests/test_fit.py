@@ -98,7 +98,7 @@ def test_cuda_fit_matches_cpu(photo):
 
 def test_keeps_the_best_parameters_not_the_last(photo):
     from nfit.metrics import psnr
-    from nfit.render import evaluate
+    from nfit.render import decode
 
     field = build_field("siren", {"width": 32, "depth": 3})
     targets = torch.from_numpy(nfit.read_signal(photo).values.reshape(1, -1, 3))
@@ -106,7 +106,7 @@ def test_keeps_the_best_parameters_not_the_last(photo):
     # lr far too high: the loss jumps around, so the last iterate is rarely the best one
     res = fit_adam(field, random_init(field, 0), targets, (32, 48), FitConfig(steps=25, lr=0.3),
                    on_step=lambda info: seen.append(info.psnr))
-    kept = psnr(evaluate(field, res.params, (32, 48)), targets).item()
+    kept = psnr(decode(field, res.params, (32, 48)), targets).item()
     assert kept >= max(seen) - 1e-3
     assert res.steps[0] < 25  # this lr diverges: the kept parameters are early ones
     assert abs(kept - seen[res.steps[0]]) < 1e-3  # seen[t] is the PSNR of the parameters after t updates

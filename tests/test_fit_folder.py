@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 import nfit.api
 from nfit.api import fit_files
-from nfit.cli import EXIT_SOME_FAILED, app
+from nfit.cli import app
+from nfit.cli.app import EXIT_SOME_FAILED
 from nfit.config import FieldOptions, FitConfig
 from nfit.errors import InputError, OutputError
 from nfit.fieldfile import load_field

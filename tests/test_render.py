@@ -8,7 +8,7 @@ import torch
 from nfit.errors import ConfigError, OutputError
 from nfit.fieldfile import NeuralField
 from nfit.fields import build_field
-from nfit.render import evaluate, render_pixels, render_to_file, render_values
+from nfit.render import decode, render_pixels, render_to_file, render_values
 
 
 def _nf(shape=(30, 45), channels=3, bit_depth=8):
@@ -43,7 +43,7 @@ def test_forward_never_sees_more_than_a_chunk(monkeypatch):
 def test_native_render_matches_batched_evaluation():
     nf = _nf()
     params = {k: v[None] for k, v in nf.params.items()}
-    torch.testing.assert_close(render_values(nf).reshape(1, -1, 3), evaluate(nf.field, params, nf.shape))
+    torch.testing.assert_close(render_values(nf).reshape(1, -1, 3), decode(nf.field, params, nf.shape))
 
 
 @pytest.mark.parametrize(

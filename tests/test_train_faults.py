@@ -97,7 +97,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_previous_one(tmp_path, faces, monke
             snapshot.update({p.name: p.read_bytes() for p in run.iterdir() if p.suffix in (".json", ".safetensors")})
 
     monkeypatch.setattr(nfit.runs, "save_tensors", disk_fills_up)
-    monkeypatch.setattr("nfit.cli._TrainProgress.__call__", lambda self, event: remember(event))
+    monkeypatch.setattr("nfit.cli.progress.TrainProgress.__call__", lambda self, event: remember(event))
     r = runner.invoke(app, ["meta-train", str(faces), "-o", str(run), *CLI_ARGS, "--steps", "6", "--ckpt-every", "2"])
     assert r.exit_code == 2, r.output
     last = r.stderr.strip().splitlines()[-1]

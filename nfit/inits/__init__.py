@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from nfit.fieldfile import MetaInit
-from nfit.runs import load_init
+from nfit.fieldfile import MetaInit, read_init
 
 HERE = Path(__file__).parent
 DEFAULT = "default"  # the ``init`` that asks for these
@@ -30,7 +29,7 @@ def default_init_path(modality: str) -> Path | None:
 @lru_cache(maxsize=None)
 def _load(modality: str) -> MetaInit | None:
     path = default_init_path(modality)
-    return None if path is None else load_init(path)
+    return None if path is None else read_init(path)
 
 
 def default_init(modality: str, channels: int) -> MetaInit | None:

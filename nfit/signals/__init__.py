@@ -221,10 +221,8 @@ class VideoModality:
 
     @staticmethod
     def load(path: Path, opts: SignalOptions, channels: int) -> torch.Tensor:
-        from nfit.data import convert_channels
-
         values, _ = video.read_video(path, frames=opts.frames, stride=opts.stride, res=opts.res)
-        return convert_channels(torch.from_numpy(values), channels).contiguous()
+        return image.convert_channels(torch.from_numpy(values), channels).contiguous()
 
     @staticmethod
     def guess_channels(path: Path) -> int:

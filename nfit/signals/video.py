@@ -35,7 +35,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+# av (FFmpeg) is imported where a video is read or written: ~0.1 s to import, which commands
+# that touch no video would pay otherwise.
 from nfit._version import SOFTWARE, SOFTWARE_NAME
 from nfit.atomic import atomic_frames_dir
 from nfit.config import MAX_IMAGE_PIXELS, MAX_VIDEO_VALUES
@@ -141,8 +145,6 @@ def _crop_resize(rgb: np.ndarray, top: int, res: int) -> np.ndarray:
 
     As nfit's image datasets (signals.image.resize_crop) and GradNCP's UCF-101 preprocessing.
     """
-    import torch
-    import torch.nn.functional as F
 
     h, w = rgb.shape[:2]
     side = min(h, w)

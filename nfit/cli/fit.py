@@ -1,0 +1,136 @@
+"""``nfit fit``: media files (or folders of them) into .nf files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from nfit.api import fit_paths
+from nfit.cli.app import EXIT_SOME_FAILED, app, err, out, run, say
+from nfit.cli.options import W0, Depth, Device, Field, FieldConfig, Json, Modality, Width, field_options
+from nfit.cli.progress import FitProgress
+from nfit.config import AdaptConfig, FieldOptions, FitConfig, SignalOptions, StoreConfig
+
+
+@app.command()
+def fit(
+    inputs: list[Path] = typer.Argument(..., help="Media files, or folders of them (searched recursively).",
+                                        show_default=False),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .nf (one input)."),
+    out_dir: Optional[Path] = typer.Option(None, "-O", "--out-dir", help="Directory for one .nf per input."),
+    steps: Optional[int] = typer.Option(
+        None, help=f"Steps [default: {FitConfig.steps} Adam steps; from --init: {AdaptConfig.steps} SGD steps, "
+        f"or {AdaptConfig.adam_steps} with --optimizer adam]."),
+    lr: Optional[float] = typer.Option(
+        None, help=f"Learning rate [default: Adam {FitConfig.lr:g}; from --init: SGD {AdaptConfig.lr:g}, Adam {AdaptConfig.adam_lr:g}]."),
+    init: Optional[str] = typer.Option(
+        None, help="A learned initialisation (init file or run directory), or 'default' for the one nfit ships "
+        "[default: random, Adam]."),
+    density: Optional[float] = typer.Option(
+        None, help="From a sparse run (--init RUN): fit at the level whose density is nearest this, e.g. 0.1."),
+    standalone: bool = typer.Option(
+        False, "--standalone", help="Sparse fields: embed the packed mask, so rendering needs no --init."),
+    dtype: str = typer.Option(StoreConfig.dtype, help="Stored values: float32, or float16 (half the bytes)."),
+    optimizer: str = typer.Option(AdaptConfig.optimizer, help="From --init: sgd (GradNCP's Algorithm 2) or adam."),
+    no_rescale: bool = typer.Option(False, "--no-rescale", help="From --init: plain full-context SGD, no gradient re-scaling."),
+    gamma: Optional[float] = typer.Option(None, help="From --init: fraction of points that sets the step size [default: the init's]."),
+    field: Field = FieldOptions.name,
+    width: Width = None,
+    depth: Depth = None,
+    w0: W0 = None,
+    field_config: FieldConfig = None,
+    modality: Modality = None,
+    sample_rate: Optional[int] = typer.Option(
+        None, help="Audio: resample to this many Hz [default: the file's; from --init: the init's]."),
+    duration: Optional[float] = typer.Option(None, help="Audio: crop or pad to this many seconds [default: whole file]."),
+    frames: Optional[int] = typer.Option(None, help="Video: keep this many frames [default: all]."),
+    stride: int = typer.Option(SignalOptions.stride, help="Video: keep every N-th frame."),
+    res: Optional[int] = typer.Option(
+        None, help="Images: resized to longest side RES (aspect kept); video: centre square crop resized to RES x RES "
+        "[default: native; NeRV init: its size]."),
+    seed: int = typer.Option(FitConfig.seed, help="Seed of the random initialisation."),
+    target_psnr: Optional[float] = typer.Option(None, help="Stop a file once its PSNR (dB) reaches this."),
+    batch_size: int = typer.Option(FitConfig.batch_size, help="Files of equal shape fitted together."),
+    device: Device = FitConfig.device,
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave inputs whose output exists alone."),
+    force: bool = typer.Option(False, "--force", help="Replace existing outputs that nfit did not write."),
+    save_context_maps: Optional[Path] = typer.Option(
+        None, help="From an initialisation: draw GradNCP's selected context at each step into this folder (PNG, GIF)."),
+    as_json: Json = False,
+) -> None:
+    """Fit neural fields to media files: `nfit fit photo.png -o photo.nf`, or many with -O DIR.
+
+    Images, audio (WAV, FLAC, OGG, MP3) and video (MP4, WebM, AVI, MOV) alike.
+
+    With `--init RUN/init.safetensors` the fit starts from a learned initialisation and
+    takes a few re-scaled SGD steps (GradNCP's Algorithm 2). From a sparse run
+    (`--init RUN --density 0.1`) the file stores only the surviving weights.
+
+    Many files (or a folder) are streamed: each output is written as soon as it is
+    fitted, a file that fails is listed at the end while the others go on (exit code 3),
+    and --skip-existing finishes an interrupted run.
+    """
+    many = len(inputs) > 1 or any(p.is_dir() for p in inputs)
+
+    def job():
+        fields = field_options(field, width, depth, w0, field_config)
+        with FitProgress(enabled=not as_json) as progress:
+            return fit_paths(
+                inputs, output=output, out_dir=out_dir, field=fields, progress=progress,
+                options=SignalOptions(modality, sample_rate, duration, frames, stride, res),
+                store=StoreConfig(dtype, standalone), skip_existing=skip_existing, force=force,
+                context_maps=save_context_maps, on_plan=lambda files: progress.plan(len(files) if many else 0),
+                on_outcome=progress.file_done, init=init, density=density, steps=steps, lr=lr, optimizer=optimizer,
+                rescale=not no_rescale, gamma=gamma, seed=seed, target_psnr=target_psnr, batch_size=batch_size,
+                device=device)
+
+    rows = [_row(o) for o in run(job)]
+    if as_json:
+        print(json.dumps(rows if many else rows[0], indent=2))
+    else:
+        out.print(_table(rows))
+    if many:
+        _say_counts(rows)
+
+
+def _table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="nfit fit", title_justify="left", caption_justify="left",
+                  caption="PSNR, SSIM and steps are of what is stored: each file's best iterate (Adam), which the "
+                          "bar's last PSNR, of the latest iterate, may differ from.")
+    for col in ("output", "PSNR dB", "SSIM", "steps", "seconds", "bytes", "bits/sample"):
+        table.add_column(col, justify="left" if col == "output" else "right")
+    for r in rows:
+        if r["status"] != "fitted":
+            table.add_row(r["output"], r["status"], *[""] * 5)
+            continue
+        ssim = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
+        table.add_row(r["output"], f"{r['psnr']:.2f}", ssim, str(r["steps"]), f"{r['seconds']:.1f}",
+                      f"{r['bytes']:,}", f"{r['bits_per_pixel']:.2f}")
+    return table
+
+
+def _say_counts(rows: list[dict[str, Any]]) -> None:
+    """Many files: how many were fitted, skipped and failed, and why each failure (exit code 3 then)."""
+    failures = [r for r in rows if r["status"] == "failed"]
+    counts = {k: sum(r["status"] == k for r in rows) for k in ("fitted", "skipped", "failed")}
+    err.print(f"nfit: {len(rows)} file(s): " + ", ".join(f"{v} {k}" for k, v in counts.items()), highlight=False)
+    for r in failures:
+        say(f"nfit: failed: {r['error']}")
+    if failures:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _row(o) -> dict[str, Any]:
+    """One input's line of the summary (a FileOutcome as plain data)."""
+    row: dict[str, Any] = {"input": str(o.input), "output": str(o.output), "status": o.status}
+    if o.status == "fitted":
+        row.update({k: o.summary[k] for k in ("psnr", "ssim", "steps", "seconds")})
+        row.update(bytes=o.bytes, bits_per_pixel=round(o.bytes * 8 / math.prod(o.shape), 4))
+    if o.error is not None:
+        row["error"] = str(o.error)
+    return row
