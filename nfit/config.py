@@ -226,6 +226,9 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 500
     ckpt_every: int = 1000
+    # ... or this many minutes after the last checkpoint, whichever comes first: on a CPU a
+    # step can take minutes, and 1000 of them would be a day of work a kill could lose.
+    ckpt_minutes: float = 10.0
     test_steps: int = 16  # K_test of validation (and the default of fitting from the result)
     # A non-finite loss or gradient norm: "stop" the run (its last checkpoint stays the
     # result), or "skip" that step's update and count it. Days-long runs meet a rare
@@ -244,6 +247,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "val_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ConfigError("--" + name.replace("_", "-"), "must be >= 1")
+        if not 0 < self.ckpt_minutes < float("inf"):
+            raise ConfigError("--ckpt-minutes", "must be positive")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ConfigError("--micro-batch", "must be >= 1")
         if not self.lr > 0:

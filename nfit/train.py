@@ -456,6 +456,7 @@ class _Trainer:
         self.step = self.start_step = 0
         self.seconds, self.skipped, self.val_psnr, self.checkpoint_step = 0.0, 0, None, None
         self.micro, self.log, self.val_targets = None, None, None
+        self.saved_at = time.monotonic()
 
     # ---------------------------------------------------------------- set-up
 
@@ -596,8 +597,8 @@ class _Trainer:
         adam = {name: self.opt.state.get(p, {}) for name, p in zip(self.model.names, self.model.params)}
         save_checkpoint(self.run, step, self.theta(), adam, extra, self.mask)
         save_init(self.current_init(step), self.run / INIT_FILE)
-        self.checkpoint_step = step
-        self.emit("checkpoint", step, {"path": str(self.run / CHECKPOINT)})
+        self.checkpoint_step, self.saved_at = step, time.monotonic()
+        self.emit("checkpoint", step, {"path": str(self.run / CHECKPOINT), "time": time.strftime("%H:%M:%S")})
 
     def save_level(self, step: int) -> None:
         """The initialisation at the end of a phase (or before the first), for strategies that keep levels."""
@@ -622,6 +623,7 @@ class _Trainer:
                 self.save_level(0)  # the dense starting point, so every density down from 1 can be fitted
         interrupted = False
         self.estimate, self.window = _Estimate(), (time.perf_counter(), 0)
+        self.saved_at = time.monotonic()  # checkpoints by time count from the first step
         try:
             for step, batch in self.stream:  # step: 0-based index of the outer step about to run
                 self.outer_step(step, batch)
@@ -706,7 +708,8 @@ class _Trainer:
             self.validate(done)
         if phase_done:
             self.save_level(done)
-        if done % cfg.ckpt_every == 0 and done != cfg.steps:
+        due = done % cfg.ckpt_every == 0 or time.monotonic() - self.saved_at >= 60 * cfg.ckpt_minutes
+        if due and done != cfg.steps:
             self.save(done)
 
     def _log_step(self, done: int) -> None:

@@ -390,3 +390,15 @@ def test_a_long_render_shows_progress(photo, tmp_path, monkeypatch):
     result = run("render", tmp_path / "p.nf", "-o", tmp_path / "big.png", "--res", 96)
     assert result.exit_code == 0
     assert any(ln.startswith("render") and "100%" in ln for ln in result.output.splitlines()), result.output
+
+
+def test_the_bar_says_when_the_last_checkpoint_was_written(monkeypatch, capsys):
+    from nfit.train import TrainEvent
+
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.0)
+    data = {"root": "d", "train": 4, "val": 0, "modality": "image", "shape": [8, 8], "channels": 3, "rate": None}
+    with progress.TrainProgress(enabled=True) as bar:
+        bar(TrainEvent("start", 0, 9, {"data": data, "device": "cpu", "processes": 1, "params": 10}))
+        bar(TrainEvent("checkpoint", 3, 9, {"path": "RUN/checkpoint.safetensors", "time": "12:34:56"}))
+        bar(TrainEvent("tick", 4, 9, {"loss": 0.1, "seconds": 1.0, "peak_memory": 2**30, "train_psnr": 20.0}))
+    assert "saved step 3 at 12:34:56" in capsys.readouterr().err

@@ -81,6 +81,29 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, faces):
     assert logged == list(range(1, steps + 1))
 
 
+def test_checkpoints_by_time_then_sigkill_and_resume_is_bit_identical(tmp_path, faces):
+    """--ckpt-minutes: checkpoints come by time when steps are too few for --ckpt-every; kill -9
+    loses at most that much, and --resume continues exactly."""
+    steps, run = 300, tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, "-m", "nfit", "meta-train", str(faces), "-o", str(run), *CLI_ARGS,
+                             "--steps", str(steps), "--ckpt-every", "100000", "--ckpt-minutes", "0.002"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint.json").exists() or json.loads((run / "checkpoint.json").read_text())["step"] < 2:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint by time within 120 s"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    killed_at = json.loads((run / "checkpoint.json").read_text())["step"]
+    assert 2 <= killed_at < steps
+    assert meta_train(None, run, resume=True).step == steps
+    train(faces, tmp_path / "straight", steps, ckpt_every=100000)
+    assert same_params(run, tmp_path / "straight")
+
+
 def test_full_disk_at_a_checkpoint_keeps_the_previous_one(tmp_path, faces, monkeypatch):
     run = tmp_path / "run"
     real = nfit.runs.save_tensors

@@ -69,6 +69,8 @@ def meta_train(
     val_every: int = typer.Option(TrainConfig.val_every, help="Validate every N outer steps."),
     test_steps: int = typer.Option(TrainConfig.test_steps, help="K_test: test-time steps of validation."),
     ckpt_every: int = typer.Option(TrainConfig.ckpt_every, help="Checkpoint every N outer steps."),
+    ckpt_minutes: float = typer.Option(
+        TrainConfig.ckpt_minutes, help="... or every M minutes, whichever comes first (a kill loses at most that)."),
     log_every: int = typer.Option(TrainConfig.log_every, help="Log every N outer steps."),
     workers: Optional[int] = typer.Option(DataConfig.workers, help="Decoding processes [default: min(4, CPU cores)]."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable file instead of skipping it."),
@@ -100,7 +102,8 @@ def meta_train(
 
     def job():
         train = TrainConfig(algo=algo, batch_size=batch_size, micro_batch=micro_batch, lr=lr, clip=clip, seed=seed,
-                            log_every=log_every, val_every=val_every, ckpt_every=ckpt_every, test_steps=test_steps,
+                            log_every=log_every, val_every=val_every, ckpt_every=ckpt_every, ckpt_minutes=ckpt_minutes,
+                            test_steps=test_steps,
                             device=device, compile=compile_,
                             nan_policy=TrainConfig.nan_policy if nan_policy is None else nan_policy)
         data_config = DataConfig(modality=modality, res=res, sample_rate=sample_rate, duration=duration, frames=frames,

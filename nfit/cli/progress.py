@@ -262,7 +262,7 @@ class TrainProgress:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}  train {task.fields[psnr]} dB  val {task.fields[val]} dB"),
-            TextColumn("{task.fields[rate]}  left {task.fields[left]}  mem {task.fields[mem]}"),
+            TextColumn("{task.fields[rate]}  left {task.fields[left]}  mem {task.fields[mem]}  {task.fields[ckpt]}"),
             enabled=enabled,
         )
         self.task = None
@@ -289,7 +289,7 @@ class TrainProgress:
                 + (f", {v['processes']} processes" if v["processes"] > 1 else ""))
             self.rate = _Rate(event.step)
             self.task = self.progress.add_task("", total=event.steps, completed=event.step, loss="-", psnr="-",
-                                               val="-", rate="", left="-", mem="-")
+                                               val="-", rate="", left="-", mem="-", ckpt="")
         elif event.kind == "memory":
             m, b = v["micro_batch"], v["batch"]
             how = ("the whole batch at once" if m >= b else f"micro-batch {m} (the same step, {m} of {b} signals at a time)")
@@ -307,6 +307,8 @@ class TrainProgress:
         elif event.kind == "estimate":
             self._say(f"about {_rate_text(v['seconds_per_step'])}: {_duration(v['remaining_s'])} for the "
                       f"{event.steps - event.step:,} steps left (measured over {v['measured_steps']} step(s))")
+        elif event.kind == "checkpoint":
+            self.progress.update(self.task, ckpt=f"saved step {event.step} at {v['time']}")
         elif event.kind == "validating":
             self.progress.update(self.task, description="validating")
         elif event.kind == "val":
