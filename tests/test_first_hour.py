@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 import nfit
 import nfit.cli.progress as progress
-from nfit.cli import app
 from nfit import memory
+from nfit.cli import app
 from nfit.config import DataConfig, FieldOptions, TrainConfig
 from nfit.errors import ConfigError, NfitWarning
 from nfit.runs import load_init

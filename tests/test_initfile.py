@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 from nfit.errors import FieldFileError
 from nfit.fieldfile import META_KEY, MetaInit, NeuralField, save_field, save_init
-from nfit.runs import load_init
 from nfit.fields import build_field
+from nfit.runs import load_init
 from nfit.signals import CONVENTION, grid_coords
 
 CFG = {"in_dim": 2, "out_dim": 3, "width": 8, "depth": 3}

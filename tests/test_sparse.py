@@ -16,11 +16,11 @@ from nfit.cli import app
 from nfit.config import DataConfig, FieldOptions, TrainConfig
 from nfit.errors import ConfigError, FieldFileError
 from nfit.fieldfile import load_field, save_field
-from nfit.runs import LEVELS_DIR, load_init
 from nfit.fields import build_field, count_params
-from nfit.fit import random_init
 from nfit.fields.masked import Masked, density, full_mask, mask_size, narrow_width, pack_mask, prunable, unpack_mask
+from nfit.fit import random_init
 from nfit.meta.sparse import level_alive, prune
+from nfit.runs import LEVELS_DIR, load_init
 from nfit.train import meta_train
 
 runner = CliRunner()
