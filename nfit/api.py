@@ -53,7 +53,7 @@ from nfit.fields.masked import narrow_width
 from nfit.fit import StepInfo, fit_adam, fit_sgd, random_init, split_batches
 from nfit.inits import DEFAULT, default_init, default_init_path, trained_channels
 from nfit.render import decode, default_output, render_to_file, render_values
-from nfit.runs import find_init, level_files, load_init
+from nfit.runs import RUN_FILE, find_init, level_files, load_init, summarize_run
 from nfit.signals import EXTENSIONS, MODALITIES, Signal, modality_for, read_signal
 from nfit.train import TrainResult
 from nfit.train import meta_train as _meta_train
@@ -628,6 +628,8 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
         init = load_init(path)
         data = {"file": str(path), "kind": "init", **init.metadata(), "parameters": count_params(init.field),
                 "sha256": init.sha256}
+        if path.is_dir() and (path / RUN_FILE).is_file():
+            data["run"] = summarize_run(path)  # a run directory: how far it got, as well as its result
         if init.mask is not None:
             data["sparsity"] = {**init.sparsity, "values": init.n_values,
                                 # the dense MLP with as many values; a NeRV has no one width to narrow

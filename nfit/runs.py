@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,9 @@ CHECKPOINT_FORMAT = "nfit-checkpoint"
 INIT_FILE = "init.safetensors"
 LOG_FILE = "metrics.jsonl"
 PREVIEW = "preview.png"
+PSNR_PLOT = "psnr.png"  # validation PSNR against outer steps, when matplotlib is installed
 LEVELS_DIR = "levels"  # a sparse run's levels: levels/level-KK.safetensors
-RUN_NAMES = (RUN_FILE, CHECKPOINT, CHECKPOINT_JSON, INIT_FILE, LOG_FILE, PREVIEW, LEVELS_DIR, "tb")
+RUN_NAMES = (RUN_FILE, CHECKPOINT, CHECKPOINT_JSON, INIT_FILE, LOG_FILE, PREVIEW, PSNR_PLOT, LEVELS_DIR, "tb")
 
 
 def level_file(run: Path, level: int) -> Path:
@@ -274,7 +276,7 @@ def repair_checkpoint_json(run: Path, meta: dict[str, Any]) -> None:
 
 def remove_stale_temporaries(run: Path) -> None:
     """Temporaries a killed run left (see nfit.atomic.stale_temporaries); only ours, by exact name."""
-    for name in (CHECKPOINT, CHECKPOINT_JSON, INIT_FILE, RUN_FILE, LOG_FILE, PREVIEW):
+    for name in (CHECKPOINT, CHECKPOINT_JSON, INIT_FILE, RUN_FILE, LOG_FILE, PREVIEW, PSNR_PLOT):
         for tmp in stale_temporaries(run / name):
             tmp.unlink(missing_ok=True)
 
@@ -347,3 +349,82 @@ def write_preview(path: Path, modality: str, targets: Tensor, recon: Tensor) -> 
     grid = torch.cat([torch.cat(top, dim=1), torch.cat(bottom, dim=1)], dim=0)  # [2H, nW, C]
     with atomic_output(path) as tmp:
         write_image(tmp, quantize(grid.numpy(), 8), "png")
+
+
+def logged(run: Path, kind: str) -> list[dict[str, Any]]:
+    """The metrics.jsonl rows of one kind ("train", "val", "round"); a line cut short by a kill is skipped."""
+    rows = []
+    path = Path(run) / LOG_FILE
+    if not path.is_file():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("kind") == kind:
+            rows.append(row)
+    return rows
+
+
+def write_psnr_plot(run: Path) -> Path | None:
+    """RUN/psnr.png: validation PSNR against outer steps, after 0 and after K_test test-time steps.
+    Drawn with matplotlib, an optional dependency (``pip install nfit[plot]``): None without it."""
+    try:
+        import matplotlib  # optional: nfit[plot]
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return None
+    rows = logged(run, "val")
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    ax.plot(steps, [r["val_psnr"] for r in rows], marker="o", label="after K_test steps")
+    ax.plot(steps, [r["val_psnr_step0"] for r in rows], marker=".", linestyle="--", label="at the initialisation")
+    ax.set(xlabel="outer step", ylabel="validation PSNR (dB)", title=Path(run).name)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    path = Path(run) / PSNR_PLOT
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def summarize_run(run: Path) -> dict[str, Any]:
+    """What a person asks of a run directory: how far it got, how fast, its best validation, its last
+    checkpoint (all from its own files; no tensor is read)."""
+    run = Path(run)
+    spec = read_run(run)
+    ckpt: dict[str, Any] = {}
+    if (run / CHECKPOINT_JSON).is_file():
+        try:
+            ckpt = json.loads((run / CHECKPOINT_JSON).read_text())
+        except ValueError:
+            ckpt = {}
+    step = int(ckpt.get("step", 0))
+    seconds = float(ckpt.get("seconds", 0.0))
+    vals = logged(run, "val")
+    best = max(vals, key=lambda r: r["val_psnr"], default=None)
+    written = (run / CHECKPOINT).stat().st_mtime if (run / CHECKPOINT).is_file() else None
+    return {
+        "algo": spec.train.algo,
+        "steps": step,
+        "target_steps": spec.train.steps,
+        "seconds": round(seconds, 3),
+        "seconds_per_step": round(seconds / step, 3) if step else None,
+        "last_checkpoint": None if written is None else {
+            "step": step, "written": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(written))},
+        "best_val": None if best is None else {"psnr": best["val_psnr"], "step": best["step"]},
+        "last_val": None if not vals else {"psnr": vals[-1]["val_psnr"], "step": vals[-1]["step"]},
+        "data": spec.data,
+        "plot": str(run / PSNR_PLOT) if (run / PSNR_PLOT).is_file() else None,
+    }

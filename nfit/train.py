@@ -62,6 +62,7 @@ from nfit.runs import (
     repair_checkpoint_json,
     save_checkpoint,
     write_preview,
+    write_psnr_plot,
     write_run,
 )
 from nfit.signals import CONVENTION, MODALITIES
@@ -567,6 +568,7 @@ class _Trainer:
         self.log.write("val", step, values)
         n = min(PREVIEW_SIGNALS, len(self.val_targets))
         write_preview(self.run / PREVIEW, self.data.modality, self.val_targets[:n], curves.last[:n])
+        write_psnr_plot(self.run)
         self.emit("val", step, values)
 
     def current_init(self, step: int) -> MetaInit:

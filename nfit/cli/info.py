@@ -48,6 +48,8 @@ def info(
                             f"{sp['density']:.4f}, {sp['alive']:,} of {sp['weights']:,} weights, {sp['values']:,} values "
                             f"with biases" + (f"; dense-narrow equivalent: width {sp['dense_narrow_width']}"
                                               if sp["dense_narrow_width"] else "")))
+        if data.get("run"):
+            rows.insert(0, ("run", _run_row(data["run"])))
         for k, v in rows:
             table.add_row(k, _plain(str(v)))
         out.print(table)
@@ -72,6 +74,21 @@ def info(
     for k, v in rows:
         table.add_row(k, _plain(v))
     out.print(table)
+
+
+def _run_row(run: dict[str, Any]) -> str:
+    """A run directory's progress in one cell: steps, speed, validation, last checkpoint, plot."""
+    parts = [f"{run['algo']}, step {run['steps']:,} of {run['target_steps']:,}"]
+    if run["seconds_per_step"]:
+        parts.append(f"{run['seconds_per_step']:g} s per step ({run['seconds'] / 3600:.2f} h of training)")
+    if run["best_val"]:
+        parts.append(f"best validation {run['best_val']['psnr']:.2f} dB at step {run['best_val']['step']:,}, "
+                     f"last {run['last_val']['psnr']:.2f} dB at step {run['last_val']['step']:,}")
+    if run["last_checkpoint"]:
+        parts.append(f"last checkpoint: step {run['last_checkpoint']['step']:,} at {run['last_checkpoint']['written']}")
+    if run["plot"]:
+        parts.append(f"plot: {run['plot']}")
+    return "; ".join(parts)
 
 
 def _size_row(data: dict[str, Any]) -> str:
