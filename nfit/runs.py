@@ -65,8 +65,9 @@ INIT_FILE = "init.safetensors"
 LOG_FILE = "metrics.jsonl"
 PREVIEW = "preview.png"
 PSNR_PLOT = "psnr.png"  # validation PSNR against outer steps, when matplotlib is installed
+FILE_INDEX = "files.json"  # the data folder as listed when the run began: --resume reads it, never lists again
 LEVELS_DIR = "levels"  # a sparse run's levels: levels/level-KK.safetensors
-RUN_NAMES = (RUN_FILE, CHECKPOINT, CHECKPOINT_JSON, INIT_FILE, LOG_FILE, PREVIEW, PSNR_PLOT, LEVELS_DIR, "tb")
+RUN_NAMES = (RUN_FILE, CHECKPOINT, CHECKPOINT_JSON, INIT_FILE, LOG_FILE, PREVIEW, PSNR_PLOT, FILE_INDEX, LEVELS_DIR, "tb")
 
 
 def level_file(run: Path, level: int) -> Path:
@@ -276,7 +277,7 @@ def repair_checkpoint_json(run: Path, meta: dict[str, Any]) -> None:
 
 def remove_stale_temporaries(run: Path) -> None:
     """Temporaries a killed run left (see nfit.atomic.stale_temporaries); only ours, by exact name."""
-    for name in (CHECKPOINT, CHECKPOINT_JSON, INIT_FILE, RUN_FILE, LOG_FILE, PREVIEW, PSNR_PLOT):
+    for name in (CHECKPOINT, CHECKPOINT_JSON, INIT_FILE, RUN_FILE, LOG_FILE, PREVIEW, PSNR_PLOT, FILE_INDEX):
         for tmp in stale_temporaries(run / name):
             tmp.unlink(missing_ok=True)
 
@@ -428,3 +429,66 @@ def summarize_run(run: Path) -> dict[str, Any]:
         "data": spec.data,
         "plot": str(run / PSNR_PLOT) if (run / PSNR_PLOT).is_file() else None,
     }
+
+
+@dataclass
+class FileIndex:
+    """A data folder's listing: its modality and files (relative to ``root``), and a validation folder's."""
+
+    root: str
+    modality: str
+    files: list[str]
+    val_root: str | None = None
+    val_files: list[str] | None = None
+    # Modification times (ns) of every folder that holds a listed file: adding, removing or renaming a
+    # file changes its folder's, so a stat per folder (1001 for ImageNet) tells whether the listing holds.
+    folders: dict[str, int] | None = None
+
+    def stamp(self) -> FileIndex:
+        """Record the folders' modification times now."""
+        self.folders = _folder_times(self)
+        return self
+
+    def still_valid(self) -> bool:
+        return self.folders is not None and _folder_times(self) == self.folders
+
+    def paths(self) -> tuple[list[Path], list[Path] | None]:
+        val = None if self.val_files is None else [Path(self.val_root, f) for f in self.val_files]
+        return [Path(self.root, f) for f in self.files], val
+
+
+def _folder_times(index: FileIndex) -> dict[str, int] | None:
+    # strings, not Paths: a million pathlib objects would cost seconds
+    folders = {os.path.join(index.root, os.path.dirname(f)) for f in index.files} | {os.path.join(index.root, "")}
+    if index.val_root is not None:
+        folders |= {os.path.join(index.val_root, os.path.dirname(f)) for f in index.val_files or []}
+        folders.add(os.path.join(index.val_root, ""))
+    try:
+        return {d: os.stat(d).st_mtime_ns for d in sorted(folders)}
+    except OSError:  # a folder is gone: the listing does not hold
+        return None
+
+
+def write_file_index(run: Path, index: FileIndex) -> None:
+    """RUN/files.json, with the SHA-256 of its own content so that a damaged copy is never trusted."""
+    body = dataclasses.asdict(index)
+    text = json.dumps(body, separators=(",", ":"))
+    write_text(Path(run) / FILE_INDEX, json.dumps({"sha256": hashlib.sha256(text.encode()).hexdigest(), "index": body},
+                                                  separators=(",", ":")) + "\n")
+
+
+def read_file_index(run: Path, root: str, val_root: str | None) -> FileIndex | None:
+    """The listing a run began with, if RUN/files.json is there, whole, of the same folders, and none of
+    those folders changed since (else None: list them again, and the run's own check then says whether the
+    data changed). Reading 1.28 M names takes seconds; listing them, about 20 on this machine."""
+    path = Path(run) / FILE_INDEX
+    try:
+        raw = json.loads(path.read_text())
+        body = raw["index"]
+        if hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).hexdigest() != raw["sha256"]:
+            return None
+        index = FileIndex(**body)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    same_folders = (index.root, index.val_root) == (str(root), None if val_root is None else str(val_root))
+    return index if same_folders and index.still_valid() else None

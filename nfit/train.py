@@ -50,6 +50,7 @@ from nfit.runs import (
     INIT_FILE,
     LOG_FILE,
     PREVIEW,
+    FileIndex,
     MetricsLog,
     RunSpec,
     check_run_dir,
@@ -57,10 +58,12 @@ from nfit.runs import (
     level_file,
     load_checkpoint,
     load_init,
+    read_file_index,
     read_run,
     remove_stale_temporaries,
     repair_checkpoint_json,
     save_checkpoint,
+    write_file_index,
     write_preview,
     write_psnr_plot,
     write_run,
@@ -209,12 +212,27 @@ class _Data:
         return tuple(self.summary.shape)
 
 
-def _prepare_data(spec: RunSpec) -> _Data:
+def _list_data(spec: RunSpec, run: Path, resume: bool) -> FileIndex:
+    """The run's files: as listed when it began (RUN/files.json) when resuming, else listed now."""
+    index = read_file_index(run, spec.data, spec.val_dir) if resume else None
+    if index is not None:
+        return index
+    root = Path(spec.data)
+    modality, files = scan_media(root, spec.data_config.modality)
+    index = FileIndex(str(root), modality, [str(f.relative_to(root)) for f in files])
+    if spec.val_dir is not None:
+        val_root = Path(spec.val_dir)
+        index.val_root, index.val_files = str(val_root), [str(f.relative_to(val_root)) for f in scan_media(val_root, modality)[1]]
+    return index.stamp()
+
+
+def _prepare_data(spec: RunSpec, index: FileIndex) -> _Data:
     cfg = spec.data_config
     root = Path(spec.data)
-    modality, files = scan_media(root, cfg.modality)
-    if spec.val_dir is not None:
-        train_files, val_files = files, scan_media(Path(spec.val_dir), modality)[1]
+    modality = index.modality
+    files, listed_val = index.paths()
+    if listed_val is not None:
+        train_files, val_files = files, listed_val
     elif cfg.val_fraction > 0:
         train_files, val_files = split_files(files, cfg.val_fraction, spec.train.seed)
     else:
@@ -448,7 +466,8 @@ class _Trainer:
         if self.device.type == "cpu":
             tune_cpu_allocator()
         self.on_event = on_event if on_event is not None and self.dist.main else None  # rank 0 speaks for all
-        self.data = _prepare_data(spec)
+        self.index = _list_data(spec, run, resume)
+        self.data = _prepare_data(spec, self.index)
         if self.dist.main and not resume:
             _warn_upscaling(self.data.train_files, self.data.opts, self.warn)
         if self.cfg.batch_size % self.dist.world:
@@ -502,6 +521,7 @@ class _Trainer:
                     (run / name).unlink(missing_ok=True)
                 remove_stale_temporaries(run)
             write_run(run, self.spec)
+            write_file_index(run, self.index)
         self.level = self.strategy.level_at(self.start_step)
         self.preferred_micro = meta.get("micro_batch")
         self._open_data()

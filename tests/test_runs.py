@@ -61,3 +61,26 @@ def test_a_file_is_not_a_run(run, tmp_path):
     shutil.copy(run / "init.safetensors", tmp_path / "init.safetensors")
     data = json.loads(runner.invoke(app, ["info", str(tmp_path / "init.safetensors"), "--json"]).stdout)
     assert "run" not in data
+
+
+def test_resume_reads_the_file_index_instead_of_listing_again(tmp_path, monkeypatch):
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    pixels = iio.imread(DATA / "chelsea_48x32.png")[..., :3]
+    for i in range(8):
+        iio.imwrite(crops / f"c{i}.png", np.ascontiguousarray(pixels[(i // 4) * 8 :][:12, (i % 4) * 10 :][:, :12]))
+    cfg = dict(train=TrainConfig(steps=2, batch_size=4, ckpt_every=1, test_steps=1, device="cpu"),
+               data_config=DataConfig(res=8, workers=0, val_fraction=0.25),
+               field_options=FieldOptions(width=8, depth=2), algo_options={"inner_steps": 1})
+    nfit.meta_train(crops, tmp_path / "run", **cfg)
+    index = json.loads((tmp_path / "run" / "files.json").read_text())["index"]
+    assert sorted(index["files"]) == sorted(p.name for p in crops.iterdir()) and index["modality"] == "image"
+
+    def no_listing(*args, **kwargs):
+        raise AssertionError("the data folder was listed again")
+
+    monkeypatch.setattr(nfit.train, "scan_media", no_listing)
+    assert nfit.meta_train(None, tmp_path / "run", resume=True, steps=3).step == 3
+    (tmp_path / "run" / "files.json").write_text('{"sha256": "0", "index": {}}')  # damaged: listed again
+    with pytest.raises(AssertionError, match="listed again"):
+        nfit.meta_train(None, tmp_path / "run", resume=True, steps=4)
