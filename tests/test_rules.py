@@ -4,9 +4,8 @@ command line refuses, with the same message (the CLI prints it as its one-line e
 import shutil
 from pathlib import Path
 
-import imageio.v3 as iio
-import numpy as np
 import pytest
+from conftest import make_crops
 from typer.testing import CliRunner
 
 import nfit
@@ -25,11 +24,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("rules")
     photo = root / "photo.png"
     shutil.copy(DATA / "chelsea_48x32.png", photo)
-    crops = root / "crops"
-    crops.mkdir()
-    pixels = iio.imread(photo)[..., :3]
-    for i in range(8):
-        iio.imwrite(crops / f"c{i}.png", np.ascontiguousarray(pixels[(i // 4) * 8 :][:12, (i % 4) * 10 :][:, :12]))
+    crops = make_crops(root / "crops")
     run = root / "run"
     nfit.meta_train(crops, run, train=TrainConfig(steps=1, batch_size=4, device="cpu"),
                     data_config=DataConfig(res=8, workers=0, val_fraction=0.25),

@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import imageio.v3 as iio
-import numpy as np
 import pytest
+from conftest import make_crops
 from typer.testing import CliRunner
 
 import nfit
@@ -22,11 +22,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    crops = root / "crops"
-    crops.mkdir()
-    pixels = iio.imread(DATA / "chelsea_48x32.png")[..., :3]
-    for i in range(8):
-        iio.imwrite(crops / f"c{i}.png", np.ascontiguousarray(pixels[(i // 4) * 8 :][:12, (i % 4) * 10 :][:, :12]))
+    crops = make_crops(root / "crops")
     nfit.meta_train(crops, root / "run", train=TrainConfig(steps=4, batch_size=4, val_every=2, ckpt_every=2,
                                                             test_steps=2, device="cpu"),
                     data_config=DataConfig(res=8, workers=0, val_fraction=0.25),
@@ -64,11 +60,7 @@ def test_a_file_is_not_a_run(run, tmp_path):
 
 
 def test_resume_reads_the_file_index_instead_of_listing_again(tmp_path, monkeypatch):
-    crops = tmp_path / "crops"
-    crops.mkdir()
-    pixels = iio.imread(DATA / "chelsea_48x32.png")[..., :3]
-    for i in range(8):
-        iio.imwrite(crops / f"c{i}.png", np.ascontiguousarray(pixels[(i // 4) * 8 :][:12, (i % 4) * 10 :][:, :12]))
+    crops = make_crops(tmp_path / "crops")
     cfg = dict(train=TrainConfig(steps=2, batch_size=4, ckpt_every=1, test_steps=1, device="cpu"),
                data_config=DataConfig(res=8, workers=0, val_fraction=0.25),
                field_options=FieldOptions(width=8, depth=2), algo_options={"inner_steps": 1})

@@ -55,14 +55,14 @@ def temporaries(run):
     return [p.name for p in run.iterdir() if p.name.startswith(".")]
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path, faces):
-    steps, run = 300, tmp_path / "killed"
+def _kill_after_a_checkpoint(faces, run, steps: int, *options: str, min_step: int = 0) -> int:
+    """Run `nfit meta-train` in a real process, SIGKILL it once a checkpoint of at least ``min_step``
+    exists, and return that checkpoint's step."""
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same arithmetic as this process
     proc = subprocess.Popen([sys.executable, "-m", "nfit", "meta-train", str(faces), "-o", str(run), *CLI_ARGS,
-                             "--steps", str(steps), "--ckpt-every", "2"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--steps", str(steps), *options], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not (run / "checkpoint.json").exists():
+    while not (run / "checkpoint.json").exists() or json.loads((run / "checkpoint.json").read_text())["step"] < min_step:
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline, "no checkpoint within 120 s"
         time.sleep(0.005)
@@ -70,7 +70,12 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, faces):
     proc.wait()
     proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = json.loads((run / "checkpoint.json").read_text())["step"]
+    return json.loads((run / "checkpoint.json").read_text())["step"]
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, faces):
+    steps, run = 300, tmp_path / "killed"
+    killed_at = _kill_after_a_checkpoint(faces, run, steps, "--ckpt-every", "2")
     assert 2 <= killed_at < steps
 
     result = meta_train(None, run, resume=True)
@@ -85,19 +90,8 @@ def test_checkpoints_by_time_then_sigkill_and_resume_is_bit_identical(tmp_path, 
     """--ckpt-minutes: checkpoints come by time when steps are too few for --ckpt-every; kill -9
     loses at most that much, and --resume continues exactly."""
     steps, run = 300, tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-m", "nfit", "meta-train", str(faces), "-o", str(run), *CLI_ARGS,
-                             "--steps", str(steps), "--ckpt-every", "100000", "--ckpt-minutes", "0.002"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoint.json").exists() or json.loads((run / "checkpoint.json").read_text())["step"] < 2:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "no checkpoint by time within 120 s"
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-    killed_at = json.loads((run / "checkpoint.json").read_text())["step"]
+    killed_at = _kill_after_a_checkpoint(faces, run, steps, "--ckpt-every", "100000", "--ckpt-minutes", "0.002",
+                                         min_step=2)
     assert 2 <= killed_at < steps
     assert meta_train(None, run, resume=True).step == steps
     train(faces, tmp_path / "straight", steps, ckpt_every=100000)
