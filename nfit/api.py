@@ -91,8 +91,7 @@ def fit_signals(
     adapt = adapt or AdaptConfig()
     store = store or StoreConfig()
     default = init == DEFAULT
-    if init is not None and field != FieldOptions():
-        raise ConfigError("--init", "the initialisation decides the field: drop --field/--width/--depth/--w0")
+    _check_field_given_init(init, field)
     if store.standalone and (init is None or default or init.mask is None):
         raise ConfigError("--standalone", "applies to fields fitted from a sparse initialisation (they alone have a mask)")
     device = resolve_device(adapt.device if init is not None else config.device)
@@ -167,6 +166,12 @@ def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adap
         init=start.record, dtype=store.dtype, mask=None if start.init is None else start.init.mask,
         standalone=store.standalone,
     ) for b, s in enumerate(signals)]
+
+
+def _check_field_given_init(init: MetaInit | str | Path | None, field: FieldOptions | None) -> None:
+    """A learned initialisation decides the field: field options beside one are an error, not ignored."""
+    if init is not None and field is not None and field != FieldOptions():
+        raise ConfigError("--init", "the initialisation decides the field: drop --field/--width/--depth/--w0")
 
 
 def _file_size(path: Path) -> int | None:
@@ -273,17 +278,15 @@ def fit(
     opts = reading_options(options, meta)
     signals = [x if isinstance(x, Signal) else read_signal(x, opts) for x in items]
     store = StoreConfig(dtype, standalone)
+    fields = FieldOptions(field, width, depth, w0, field_config)
     if meta is not None:
-        if FieldOptions(field, width, depth, w0, field_config) != FieldOptions():
-            raise ConfigError("--init", "the initialisation decides the field: drop --field/--width/--depth/--w0")
         refine = FitConfig(steps=fit_options.pop("refine_steps", FitConfig.steps),
                            target_psnr=fit_options.pop("target_psnr", None))
-        result = fit_signals(signals, refine, progress=progress, init=meta, adapt=AdaptConfig(**fit_options), store=store)
+        result = fit_signals(signals, refine, fields, progress, init=meta, adapt=AdaptConfig(**fit_options), store=store)
     else:
         if density is not None:
             raise ConfigError("--density", "applies to fitting from a sparse run (--init RUN)")
-        result = fit_signals(signals, FitConfig(**fit_options), FieldOptions(field, width, depth, w0, field_config), progress,
-                             store=store)
+        result = fit_signals(signals, FitConfig(**fit_options), fields, progress, store=store)
     return result[0] if single else result
 
 
@@ -501,8 +504,7 @@ def fit_plan(files: Sequence[Path], *, init: str | Path | MetaInit | None = None
         if not rescale or gamma is not None or optimizer != AdaptConfig.optimizer or density is not None:
             raise ConfigError(None, "--optimizer, --no-rescale, --gamma and --density apply to fitting from --init")
         return FitPlan(config)
-    if field is not None and field != FieldOptions():
-        raise ConfigError("--init", "the initialisation decides the field: drop --field/--width/--depth/--w0")
+    _check_field_given_init(init, field)  # here too: before any file is read
     if init == DEFAULT:
         if not _ships_init(files):
             raise ConfigError("--init", "nfit ships no initialisation for these files")

@@ -17,9 +17,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """'auto' is CUDA when present, else CPU; 'cuda' without a GPU is an error, not a fallback.
-
-    """
+    """'auto' is CUDA when present, else CPU; 'cuda' without a GPU is an error, not a fallback."""
     if isinstance(name, torch.device):
         return name
     if name == "auto":

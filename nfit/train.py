@@ -476,7 +476,6 @@ class _Trainer:
         self.step = self.start_step = 0
         self.seconds, self.skipped, self.val_psnr, self.checkpoint_step = 0.0, 0, None, None
         self.micro, self.log, self.val_targets = None, None, None
-        self.saved_at = time.monotonic()
 
     # ---------------------------------------------------------------- set-up
 

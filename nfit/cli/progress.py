@@ -176,7 +176,20 @@ def _gb(nbytes: int) -> str:
     return f"{nbytes / 2**30:.2f} GiB"
 
 
-class FitProgress:
+class _Display:
+    """A display over a rich Progress (or its plain-lines stand-in), started and stopped with it."""
+
+    progress: Any
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+
+class FitProgress(_Display):
     """A bar per batch (step, loss, PSNR, speed, time left), and one over the files when many."""
 
     def __init__(self, enabled: bool, files: int = 0):
@@ -192,13 +205,6 @@ class FitProgress:
         )
         self.files = self.progress.add_task("files", total=files, stats="", rate="", left="-", visible=files > 0)
         self.file_rate = _Rate()
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
 
     def plan(self, files: int) -> None:
         """The number of files, once known; a bar over them only when there are several."""
@@ -241,8 +247,8 @@ class RenderProgress:
         if self.progress is None:
             if time.monotonic() - self.start < RENDER_BAR_AFTER:
                 return
-            self.progress = progress_display(TextColumn("[bold]render"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                                      TextColumn("left {task.fields[left]}"))
+            self.progress = progress_display(TextColumn("[bold]render"), BarColumn(),
+                                             TextColumn("{task.percentage:>3.0f}%"), TextColumn("left {task.fields[left]}"))
             self.progress.__enter__()
             self.task = self.progress.add_task("render", total=total, left="-")
             self.rate = _Rate()
@@ -250,7 +256,7 @@ class RenderProgress:
         self.progress.update(self.task, completed=done, left=self.rate.left(total))
 
 
-class TrainProgress:
+class TrainProgress(_Display):
     """One bar over outer steps (updated every step): loss, train PSNR, speed, time left, peak
     memory, last validation PSNR; one line each for the memory plan and the time estimate."""
 
@@ -267,13 +273,6 @@ class TrainProgress:
         )
         self.task = None
         self.rate = _Rate()
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
 
     def _say(self, text: str) -> None:
         self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
