@@ -30,8 +30,11 @@ from nfit.config import (
     FieldOptions,
     FitConfig,
     RenderConfig,
+    TILE_FIELD,
+    TILE_FIT,
     SignalOptions,
     StoreConfig,
+    TileConfig,
     TrainConfig,
 )
 from nfit.data import scan_folder
@@ -48,13 +51,16 @@ from nfit.fieldfile import (
     read_format,
     save_field,
 )
-from nfit.fields import Params, build_field, count_params, field_config, field_config_dict, unbatch_params
+from nfit.fields import FIELDS, Params, build_field, count_params, field_config, field_config_dict, unbatch_params
+from nfit.fields.base import Pointwise
 from nfit.fields.masked import narrow_width
-from nfit.fit import StepInfo, fit_adam, fit_sgd, random_init, split_batches
+from nfit.fit import StepInfo, fit_batch, random_init, split_batches
 from nfit.inits import DEFAULT, default_init, default_init_path, trained_channels
 from nfit.render import decode, default_output, render_to_file, render_values
 from nfit.runs import RUN_FILE, find_init, level_files, load_init, summarize_run
 from nfit.signals import EXTENSIONS, MODALITIES, Signal, modality_for, read_signal
+from nfit.tiled import fit_tiles
+from nfit.tiling import Tiling
 from nfit.train import TrainResult
 from nfit.train import meta_train as _meta_train
 from nfit.viz import context_frames, selected_context, write_context_maps
@@ -73,8 +79,13 @@ def fit_signals(
     init: MetaInit | str | None = None,
     adapt: AdaptConfig | None = None,
     store: StoreConfig | None = None,
+    tiles: TileConfig | None = None,
 ) -> list[NeuralField]:
     """Fit one field per signal. Signals of equal grid and channels are fitted in batches.
+
+    ``tiles`` (default: whole-signal fields) cuts each signal into tiles, each fitted by its own
+    small field (:mod:`nfit.tiling`), batch by batch; a tile initialisation (one trained with
+    ``meta-train --tile``) always fits tiles of its own size.
 
     Without ``init``: Adam from a random initialisation (``config``, ``field``). With a
     learned ``init``: the init decides the field, and ``adapt`` the steps (GradNCP's
@@ -103,7 +114,11 @@ def fit_signals(
     fitted: list[NeuralField | None] = [None] * len(signals)
     for (modality, shape, channels), members in groups.items():
         start = _Start.of(default_init(modality, channels) if default else init, default, field, config, adapt,
-                          modality, shape, channels)
+                          modality, shape, channels, tiles or TileConfig(tile=0))
+        if start.tiling is not None:  # tiles batch within a signal: one signal at a time
+            for i in members:
+                fitted[i] = _fit_tiled(signals[i], start, config, adapt, store, progress, device)
+            continue
         for part in split_batches(len(members), start.batch_size):
             idx = [members[j] for j in part]
             for i, nf in zip(idx, _fit_one_batch([signals[i] for i in idx], start, config, adapt, store, progress,
@@ -124,22 +139,73 @@ class _Start:
     batch_size: int
     init: MetaInit | None
     record: dict[str, Any]
+    tiling: Tiling | None = None
+    tile_batch: int = TileConfig.batch
 
     @classmethod
     def of(cls, init: MetaInit | None, default: bool, field: FieldOptions, config: FitConfig, adapt: AdaptConfig,
-           modality: str, shape: tuple[int, ...], channels: int) -> _Start:
+           modality: str, shape: tuple[int, ...], channels: int, tiles: TileConfig) -> _Start:
         if init is None:
-            config_dict = field_config(field, modality, shape, channels)
+            tiling = _tiling(tiles, field, modality)
+            grid, defaults = (shape, None) if tiling is None else (tiling.tile, TILE_FIELD)
+            config_dict = field_config(field, modality, grid, channels, defaults)
             net = build_field(field.name, config_dict)
             return cls(field.name, config_dict, net, random_init(net, config.seed), config.batch_size, None,
-                       {"name": "random", "seed": config.seed, "sha256": None})
+                       {"name": "random", "seed": config.seed, "sha256": None}, tiling, tiles.batch)
+        if init.tiling is not None:
+            return cls(init.field_name, init.field_config, init.field, init.params, adapt.batch_size, init,
+                       _init_record(init, default, modality, channels), init.tiling, tiles.batch)
         _warn_init_size(init, modality, shape)
-        record = {"name": f"default:{modality}" if default else "meta", "algo": init.algo.get("name"), "sha256": init.sha256}
-        if default and channels != trained_channels(modality):
-            record["channels_adapted"] = channels
-        if init.sparsity is not None:
-            record["density"] = init.sparsity.get("density")
-        return cls(init.field_name, init.field_config, init.field, init.params, adapt.batch_size, init, record)
+        return cls(init.field_name, init.field_config, init.field, init.params, adapt.batch_size, init,
+                   _init_record(init, default, modality, channels))
+
+
+def _init_record(init: MetaInit, default: bool, modality: str, channels: int) -> dict[str, Any]:
+    """What a .nf records of the initialisation it was fitted from."""
+    record = {"name": f"default:{modality}" if default else "meta", "algo": init.algo.get("name"), "sha256": init.sha256}
+    if default and channels != trained_channels(modality):
+        record["channels_adapted"] = channels
+    if init.sparsity is not None:
+        record["density"] = init.sparsity.get("density")
+    return record
+
+
+def _tiling(tiles: TileConfig, field: FieldOptions, modality: str) -> Tiling | None:
+    """The tiling of a fit from random: the options', or none for a whole-signal field (``--tile 0``,
+    and fields decoding whole frames, like NeRV, unless tiles were asked for: then that is an error)."""
+    sizes = tiles.sizes(modality)
+    if sizes is None:
+        return None
+    if field.name in FIELDS and not issubclass(FIELDS[field.name], Pointwise):
+        if tiles.tile is not None:
+            raise ConfigError("--tile", f"the {field.name!r} field decodes whole frames: it cannot be tiled (--tile 0)")
+        return None
+    return Tiling(*sizes)
+
+
+def _fit_tiled(signal: Signal, start: _Start, config: FitConfig, adapt: AdaptConfig, store: StoreConfig,
+               progress: ProgressFactory | None, device: torch.device) -> NeuralField:
+    """Fit one signal tile by tile and describe it (PSNR and SSIM of what is stored, rendered whole)."""
+    values = torch.from_numpy(signal.values)  # [*shape, C]
+    label = f"{signal.source.name}: {start.tiling.count(signal.shape):,} tiles"
+    result = fit_tiles(start.net, start.params, values, start.tiling, config, adapt, start.init is not None,
+                       device=device, batch=start.tile_batch,
+                       progress=None if progress is None else lambda steps: progress(label, steps))
+    params = result.params
+    if store.dtype != "float32":
+        params = {k: v.to(getattr(torch, store.dtype)).float() for k, v in params.items()}
+    nf = NeuralField(
+        field_name=start.field_name, field_config=start.field_config, params=params, modality=signal.modality,
+        shape=signal.shape, channels=signal.channels, bit_depth=signal.bit_depth, source=signal.source.name,
+        source_bytes=_file_size(signal.source), rate=signal.rate, init=start.record, dtype=store.dtype,
+        mask=None if start.init is None else start.init.mask, standalone=store.standalone, tiling=start.tiling)
+    rendered = render_values(nf, device=device).unsqueeze(0)  # [1, *shape, C]
+    target = values.unsqueeze(0)
+    ssim = metrics.signal_ssim(rendered, target)
+    nf.summary = {**result.method, "psnr": round(float(metrics.psnr(rendered, target)[0]), 4),
+                  "ssim": None if ssim is None else round(float(ssim[0]), 5), "seconds": round(result.seconds, 3),
+                  "batch": 1, "device": device.type}
+    return nf
 
 
 def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adapt: AdaptConfig, store: StoreConfig,
@@ -148,15 +214,16 @@ def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adap
     shape = signals[0].shape
     label = signals[0].source.name if len(signals) == 1 else f"{len(signals)} x {'x'.join(map(str, shape))}"
     grid = torch.from_numpy(np.stack([s.values for s in signals])).to(device)  # [B, *shape, C]
-    params, method, seconds = _fit_batch(start.net, start.params, start.net.to_units(grid), shape, config, adapt,
-                                         start.init is not None, lambda n: progress(label, n) if progress else None)
+    params, method, seconds, stopped = fit_batch(start.net, start.params, start.net.to_units(grid), shape, config,
+                                                 adapt, start.init is not None,
+                                                 lambda n: progress(label, n) if progress else None)
     if store.dtype != "float32":
         params = {k: v.to(getattr(torch, store.dtype)).float() for k, v in params.items()}
     values = decode(start.net, params, shape).view(grid.shape)  # clamped
     psnr = metrics.psnr(values, grid).tolist()
     ssim = metrics.signal_ssim(values, grid)
     ssim = ssim.tolist() if ssim is not None else [None] * len(signals)
-    summary = {"seconds": round(seconds, 3), "batch": len(signals), "device": device.type}
+    summary = {"seconds": round(seconds, 3), "batch": len(signals), "device": device.type, "stopped": stopped}
     return [NeuralField(
         field_name=start.field_name, field_config=start.field_config,
         params={k: v.cpu() for k, v in unbatch_params(params, b).items()},
@@ -219,30 +286,6 @@ def reading_options(options: SignalOptions | None, init: MetaInit | str | None) 
     return opts
 
 
-def _fit_batch(net, start, targets, shape, config: FitConfig, adapt: AdaptConfig, learned: bool, progress):
-    """One batch: (batched params, per-signal method summary, seconds)."""
-    batch = targets.shape[0]
-    if learned and adapt.optimizer == "sgd":
-        result = fit_sgd(net, start, targets, shape, adapt, progress(adapt.steps))
-        method = {"method": "sgd-rescaled" if adapt.rescale else "sgd", "steps": adapt.steps, "lr": adapt.lr}
-        if adapt.rescale:
-            method["gamma"] = adapt.gamma
-        if config.target_psnr is None or bool((result.psnr[-1] >= config.target_psnr).all()):
-            return result.params, [method] * batch, result.seconds
-        # Refine with Adam up to the target: signals already there are frozen at once.
-        refine = dataclasses.replace(config, lr=adapt.adam_lr, chunk=adapt.chunk)
-        more = fit_adam(net, result.params, targets, shape, refine, progress(refine.steps), batched=True)
-        methods = [{**method, "method": method["method"] + "+adam", "steps": adapt.steps + s, "adam_steps": s,
-                    "adam_lr": refine.lr, "target_psnr": config.target_psnr} for s in more.steps]
-        return more.params, methods, result.seconds + more.seconds
-    if learned:  # Adam from the learned initialisation
-        config = dataclasses.replace(config, steps=adapt.adam_steps, lr=adapt.adam_lr, chunk=adapt.chunk)
-    result = fit_adam(net, start, targets, shape, config, progress(config.steps))
-    methods = [{"method": "adam", "steps": s, "lr": config.lr, "seed": config.seed, "target_psnr": config.target_psnr}
-               for s in result.steps]
-    return result.params, methods, result.seconds
-
-
 def fit(
     inputs: str | Path | Signal | Sequence[str | Path | Signal],
     *,
@@ -257,36 +300,32 @@ def fit(
     dtype: str = StoreConfig.dtype,
     standalone: bool = StoreConfig.standalone,
     options: SignalOptions | None = None,
+    tile: int | None = None,
+    tile_frames: int | None = None,
+    overlap: int | None = None,
     **fit_options: Any,
 ) -> NeuralField | list[NeuralField]:
-    """Fit one file (returns a NeuralField) or several (returns a list).
+    """Fit one file (returns a NeuralField) or several (returns a list), as ``nfit fit`` does.
 
+    Signals are cut into tiles (``tile``, ``tile_frames``, ``overlap``: see
+    :class:`nfit.config.TileConfig`; ``tile=0`` fits one field to the whole signal).
     ``field_config`` sets any other option of the field, e.g. NeRV's ``{"strides": [2, 2]}``.
-    ``fit_options`` are the fields of :class:`nfit.config.FitConfig` (steps, lr, seed,
-    target_psnr, batch_size, device, ...), or with ``init`` (an init file from
-    ``nfit meta-train``, or "default" for the one nfit ships) those of
-    :class:`nfit.config.AdaptConfig`, plus ``target_psnr`` and ``refine_steps`` (Adam
-    refinement after the SGD steps). ``density`` picks the level of a sparse run
-    directory given as ``init``. ``options`` say how files are read (modality, audio
-    sample rate and duration, video frames, stride and size).
+    ``fit_options`` are the settings of :func:`fit_plan`: steps, lr, seed, target_psnr, seconds,
+    batch_size, device, and with ``init`` (an init file or run from ``nfit meta-train``, or
+    "default" for the one nfit ships) optimizer, rescale and gamma. ``density`` picks the level
+    of a sparse run directory given as ``init``. ``options`` say how files are read (modality,
+    audio sample rate and duration, video frames, stride and size).
     """
     single = isinstance(inputs, (str, Path, Signal))
     items = [inputs] if single else list(inputs)
-    meta = None
-    if init is not None:
-        meta = init if isinstance(init, MetaInit) or init == DEFAULT else load_init(init, density)
-    opts = reading_options(options, meta)
-    signals = [x if isinstance(x, Signal) else read_signal(x, opts) for x in items]
-    store = StoreConfig(dtype, standalone)
     fields = FieldOptions(field, width, depth, w0, field_config)
-    if meta is not None:
-        refine = FitConfig(steps=fit_options.pop("refine_steps", FitConfig.steps),
-                           target_psnr=fit_options.pop("target_psnr", None))
-        result = fit_signals(signals, refine, fields, progress, init=meta, adapt=AdaptConfig(**fit_options), store=store)
-    else:
-        if density is not None:
-            raise ConfigError("--density", "applies to fitting from a sparse run (--init RUN)")
-        result = fit_signals(signals, FitConfig(**fit_options), fields, progress, store=store)
+    tiles = TileConfig(tile, tile_frames, overlap)
+    paths = [Path(x) for x in items if not isinstance(x, Signal)]
+    plan = fit_plan(paths, init=init, density=density, field=fields, tiles=tiles, **fit_options)
+    opts = reading_options(options, plan.init)
+    signals = [x if isinstance(x, Signal) else read_signal(x, opts) for x in items]
+    result = fit_signals(signals, plan.config, fields, progress, init=plan.init, adapt=plan.adapt,
+                         store=StoreConfig(dtype, standalone), tiles=plan.tiles)
     return result[0] if single else result
 
 
@@ -314,6 +353,7 @@ def fit_files(
     init: str | Path | MetaInit | None = None,
     adapt: AdaptConfig | None = None,
     store: StoreConfig | None = None,
+    tiles: TileConfig | None = None,
     keep_going: bool = False,
     skip_existing: bool = False,
     on_outcome: Callable[[FileOutcome], None] | None = None,
@@ -340,9 +380,12 @@ def fit_files(
     meta = init if init is None or init == DEFAULT or isinstance(init, MetaInit) else load_init(init)
     config = config or FitConfig()
     stream = _FitStream(inputs, outputs, keep_going, on_outcome,
-                        lambda signals: fit_signals(signals, config, field, progress, init=meta, adapt=adapt, store=store))
+                        lambda signals: fit_signals(signals, config, field, progress, init=meta, adapt=adapt, store=store,
+                                                    tiles=tiles))
     opts = reading_options(options, meta)
     batch_size = (adapt or AdaptConfig()).batch_size if meta is not None else config.batch_size
+    if (meta.tiling is not None if isinstance(meta, MetaInit) else tiles is not None and _tiled(tiles, field or FieldOptions())):
+        batch_size = 1  # a tiled fit batches tiles, not files: hold one decoded file at a time
     for i, (src, out) in enumerate(zip(inputs, outputs)):
         if skip_existing and out.exists():
             stream.done(i, FileOutcome(src, out, "skipped"))
@@ -486,34 +529,66 @@ class FitPlan:
     config: FitConfig
     init: MetaInit | str | None = None
     adapt: AdaptConfig | None = None
+    tiles: TileConfig = dataclasses.field(default_factory=TileConfig)
 
 
 def fit_plan(files: Sequence[Path], *, init: str | Path | MetaInit | None = None, density: float | None = None,
              field: FieldOptions | None = None, steps: int | None = None, lr: float | None = None,
              optimizer: str = AdaptConfig.optimizer, rescale: bool = True, gamma: float | None = None,
-             seed: int = FitConfig.seed, target_psnr: float | None = None, batch_size: int = FitConfig.batch_size,
-             device: str = FitConfig.device) -> FitPlan:
-    """The settings of a fit, with every rule on combining them: an initialisation decides the field;
-    the test-time options (optimizer, rescale, gamma, density) need one; "default" needs one shipped for
-    the files' modality. ``steps`` and ``lr`` are Adam's from random, the test-time ones from an init."""
+             seed: int = FitConfig.seed, target_psnr: float | None = None, seconds: float | None = None,
+             batch_size: int = FitConfig.batch_size, device: str = FitConfig.device,
+             tiles: TileConfig | None = None) -> FitPlan:
+    """The settings of a fit, with every rule on combining them: an initialisation decides the field
+    (and a tile initialisation the tiling); the test-time options (optimizer, rescale, gamma, density)
+    need one; "default" needs one shipped for the files' modality. ``steps`` and ``lr`` are Adam's
+    from random, the test-time ones from an init. Tiled fits have their own defaults (``TILE_FIT``):
+    a target PSNR (0 turns it off), more steps at a higher rate."""
+    tiles = tiles or TileConfig()
     learned = init not in (None, "random")
-    config = FitConfig(steps=FitConfig.steps if steps is None or learned else steps,
-                       lr=FitConfig.lr if lr is None or learned else lr,
-                       seed=seed, target_psnr=target_psnr, batch_size=batch_size, device=device)
     if not learned:
         if not rescale or gamma is not None or optimizer != AdaptConfig.optimizer or density is not None:
             raise ConfigError(None, "--optimizer, --no-rescale, --gamma and --density apply to fitting from --init")
-        return FitPlan(config)
+        tiled = _tiled(tiles, field or FieldOptions())
+        return FitPlan(fit_config(tiled, steps, lr, target_psnr, seconds, seed, batch_size, device), tiles=tiles)
     _check_field_given_init(init, field)  # here too: before any file is read
     if init == DEFAULT:
         if not _ships_init(files):
             raise ConfigError("--init", "nfit ships no initialisation for these files")
         test: dict[str, Any] = {}  # the shipped initialisation: test-time settings from nfit's defaults
         meta: MetaInit | str = DEFAULT
+        tiled = _default_is_tiled(files)
     else:
         meta = init if isinstance(init, MetaInit) else load_init(init, density)
-        test = meta.test
-    return FitPlan(config, meta, adapt_config(test, steps, lr, gamma, rescale, optimizer, batch_size, device))
+        test, tiled = meta.test, meta.tiling is not None
+    if tiles.whole and tiled or tiles.tile and not tiled:
+        raise ConfigError("--tile", "the initialisation decides the tiling: drop --tile (tile initialisations come "
+                          "from meta-train --tile)")
+    # from an initialisation, --steps and --lr are the test-time ones: Adam's refinement keeps its defaults
+    refine = fit_config(tiled, None, None, target_psnr, seconds, seed, batch_size, device)
+    return FitPlan(refine, meta, adapt_config(test, steps, lr, gamma, rescale, optimizer, batch_size, device), tiles)
+
+
+def fit_config(tiled: bool, steps: int | None = None, lr: float | None = None, target_psnr: float | None = None,
+               seconds: float | None = None, seed: int = FitConfig.seed, batch_size: int = FitConfig.batch_size,
+               device: str = FitConfig.device) -> FitConfig:
+    """Adam's settings, the given ones or the defaults of a tiled fit (``TILE_FIT``) or a whole-signal one
+    (``FitConfig``). A target PSNR of 0 means none."""
+    d = TILE_FIT if tiled else {"steps": FitConfig.steps, "lr": FitConfig.lr, "target_psnr": None, "seconds": None}
+    target = d["target_psnr"] if target_psnr is None else (target_psnr or None)
+    return FitConfig(steps=d["steps"] if steps is None else steps, lr=d["lr"] if lr is None else lr, seed=seed,
+                     target_psnr=target, seconds=d["seconds"] if seconds is None else seconds, batch_size=batch_size,
+                     device=device)
+
+
+def _tiled(tiles: TileConfig, field: FieldOptions) -> bool:
+    """Whether a fit from random is tiled: unless ``--tile 0``, for fields evaluated point by point."""
+    return not tiles.whole and (field.name not in FIELDS or issubclass(FIELDS[field.name], Pointwise))
+
+
+def _default_is_tiled(files: Sequence[Path]) -> bool:
+    """Whether the initialisation nfit ships for these files' modality is a tile one."""
+    init = default_init(modality_for(files[0]).name, 3) if files else None
+    return init is not None and init.tiling is not None
 
 
 def _ships_init(files: Sequence[Path]) -> bool:
@@ -559,7 +634,7 @@ def fit_paths(
         on_plan(files)
     many = len(inputs) > 1 or any(Path(p).is_dir() for p in inputs)
     return fit_files(files, outputs, plan.config, field, progress, init=plan.init, adapt=plan.adapt, store=store,
-                     keep_going=many, skip_existing=skip_existing, on_outcome=on_outcome, options=options, force=force)
+                     tiles=plan.tiles, keep_going=many, skip_existing=skip_existing, on_outcome=on_outcome, options=options, force=force)
 
 
 def save_context_maps(
@@ -662,6 +737,8 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
         # the samples as the source holds them, uncompressed: the size to beat
         "raw_bytes": samples * nf.channels * max(1, nf.bit_depth // 8),
         "field": {"name": nf.field_name, "config": field_config_dict(nf.field)},
+        "tiling": None if nf.tiling is None else {**nf.tiling.to_json(), "grid": list(nf.tiling.grid(nf.shape)),
+                                                  "count": nf.tiles},
         "parameters": nf.n_params,
         "values": sparse["values"] if sparse else nf.n_params,
         "density": sparse["density"] if sparse else 1.0,
@@ -737,13 +814,24 @@ def compare(
     field_options = field_options or FieldOptions()
     if all(str(i) != "random" for i in inits) and field_options != FieldOptions():
         raise ConfigError(None, "--field/--width/--depth/--w0 apply to the random baseline only")
+    dcfg = kwargs.pop("data_config", None) or DataConfig()
+    if dcfg.tile is None and any(str(i) == "random" for i in inits):  # beside a tile init: random tiles of its size
+        tiled = [m for m in (load_init(i) for i in inits if str(i) != "random" and not _is_sparse_run(i))
+                 if m.tiling is not None]
+        if tiled:
+            t = tiled[0].tiling
+            dcfg = dataclasses.replace(dcfg, tile=t.tile[-1], tile_frames=t.tile[0] if len(t.tile) == 3 else None,
+                                       overlap=t.overlap[-1])
     reports = []
     for init in inits:
         on_batch = on_start(str(init)) if on_start is not None else None
-        sparse = str(init) != "random" and Path(init).is_dir() and bool(level_files(Path(init)))
-        reports.append(evaluate_folder(init, data, field_options=field_options, on_batch=on_batch,
-                                       density=density if sparse else None, **kwargs))
+        reports.append(evaluate_folder(init, data, field_options=field_options, on_batch=on_batch, data_config=dcfg,
+                                       density=density if _is_sparse_run(init) else None, **kwargs))
     return reports
+
+
+def _is_sparse_run(init: str | Path) -> bool:
+    return str(init) != "random" and Path(init).is_dir() and bool(level_files(Path(init)))
 
 
 def render_file(

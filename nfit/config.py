@@ -23,6 +23,7 @@ MAX_HEADER_BYTES = 16 << 20  # a safetensors header (tensor table + metadata); r
 MAX_METADATA_BYTES = 1 << 20  # the nfit JSON inside it; real files use 1-3 kB
 MAX_GRID_SAMPLES = 1 << 34  # a .nf declaring a bigger signal is corrupt, not data
 MAX_FIELD_SIZE = 1 << 16  # any width, depth or feature count a field file may declare
+MAX_TILES = 1 << 24  # tiles a .nf may declare (a 134 MP photo in 32 px tiles has ~170k)
 
 # Dataset grids by modality: every signal of a meta-learning batch is conformed to one.
 DEFAULT_RES = {"image": 178, "video": 128}  # CelebA's 178; UCF-101 clips at 128x128 (GradNCP)
@@ -51,6 +52,7 @@ class FitConfig:
     lr: float = 1e-3
     seed: int = 0
     target_psnr: float | None = None  # stop a signal once its PSNR (dB) reaches this
+    seconds: float | None = None  # stop a signal's fit after this much wall time, keeping its best so far
     batch_size: int = 16  # signals of equal shape fitted together
     # Coordinates x signals per forward/backward: larger grids are accumulated in
     # chunks, giving the exact full-grid gradient in bounded memory.
@@ -66,6 +68,62 @@ class FitConfig:
             raise ConfigError("--batch-size", "must be >= 1")
         if self.chunk < 1:
             raise ConfigError("chunk", "must be >= 1")
+        if self.seconds is not None and not self.seconds > 0:
+            raise ConfigError("--seconds", "must be positive")
+
+
+# Tiled fields (nfit.tiling): a signal cut into tiles of one size, each with its own small field.
+# Tile size, overlap, the tile field and the fitting defaults were chosen by benchmarks/bench_tiles.py
+# on held-out photos (BENCHMARKS.md, "Tiled fields"). Sizes are in samples, array order.
+TILES = {"image": (32, 32), "audio": (1024,), "video": (8, 32, 32)}
+TILE_FIELD = {"width": 32, "depth": 4}  # 2,307 parameters for an RGB image tile
+TILE_FIT = {"lr": 3e-3, "steps": 300, "target_psnr": 38.0, "seconds": None}  # from random, per file
+TILE_ADAM_LR = 1e-3  # Adam after a tile initialisation's SGD steps (its init file records it)
+TILE_CACHE_BYTES = 1 << 30  # meta-train --tile: decoded files each data worker keeps
+TILE_SOURCE_FRAMES = 4  # meta-train --tile on video: blocks are cut from the first 4 blocks' worth of frames
+
+
+@dataclass
+class TileConfig:
+    """How signals are cut into tiles. ``tile`` is the side of an image tile or of a video block's
+    frames, or an audio window's length; 0 fits one field to the whole signal; None: the modality's
+    default (``TILES``). ``overlap``: samples neighbours share (default an eighth of the tile; video
+    blocks share a quarter of their frames)."""
+
+    tile: int | None = None
+    frames: int | None = None  # video: frames per block
+    overlap: int | None = None
+    batch: int = 2048  # tiles fitted at once: bounds the optimiser's memory on huge signals
+
+    def __post_init__(self):
+        for name in ("tile", "frames", "overlap"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"--{name}", "must be >= 0")
+        if self.frames == 0:
+            raise ConfigError("--frames", "must be >= 1")
+        if self.batch < 1:
+            raise ConfigError("tile batch", "must be >= 1")
+
+    @property
+    def whole(self) -> bool:
+        return self.tile == 0
+
+    def sizes(self, modality: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """(tile, overlap) per axis for signals of ``modality``, or None for a whole-signal field."""
+        if self.whole:
+            return None
+        default = TILES[modality]
+        side = self.tile if self.tile is not None else default[-1]
+        overlap = self.overlap if self.overlap is not None else max(1, side // 8)
+        if overlap > side // 4:
+            raise ConfigError("--overlap", f"must be at most a quarter of the tile ({side // 4} for --tile {side})")
+        if modality == "audio":
+            return (side,), (overlap,)
+        if modality == "image":
+            return (side, side), (overlap, overlap)
+        frames = self.frames if self.frames is not None else default[0]
+        return (frames, side, side), (frames // 4, overlap, overlap)
 
 
 @dataclass
@@ -158,6 +216,11 @@ class DataConfig:
     val_limit: int = 64  # validation signals evaluated at each validation
     workers: int | None = None  # DataLoader decoding processes; None: min(4, CPU cores)
     strict: bool = False  # stop at the first unreadable file instead of warning
+    # Tiles (a tile initialisation for nfit fit's tiled fields): each signal of a batch is one
+    # random tile of a file at the file's own scale (audio at sample_rate, video's first frames).
+    tile: int | None = None  # None: whole signals conformed to the grid above
+    tile_frames: int | None = None
+    overlap: int | None = None
 
     def __post_init__(self):
         if self.res is not None and self.res < 1:
@@ -171,7 +234,18 @@ class DataConfig:
             raise ConfigError("--val-limit", "must be >= 1")
         if self.workers is not None and self.workers < 0:
             raise ConfigError("--workers", "must be >= 0")
+        TileConfig(self.tile, self.tile_frames, self.overlap)  # same checks
 
+
+    def tiles(self) -> TileConfig | None:
+        """The tiling of a tile run (``tile``), else None."""
+        return None if not self.tile else TileConfig(self.tile, self.tile_frames, self.overlap)
+
+    def tile_options(self, modality: str, frames: int) -> SignalOptions:
+        """How files are read to cut tiles from: at their own size (audio at ``sample_rate``; video's
+        first frames, ``TILE_SOURCE_FRAMES`` tiles' worth)."""
+        return SignalOptions(modality, sample_rate=self.sample_rate, frames=frames * TILE_SOURCE_FRAMES,
+                             stride=self.stride)
 
     def signal_options(self, modality: str) -> SignalOptions:
         """The reading options that conform a file of ``modality`` to this dataset's grid."""

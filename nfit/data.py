@@ -22,13 +22,15 @@ from __future__ import annotations
 import os
 import random
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-from nfit.config import SignalOptions
+from nfit.config import TILE_CACHE_BYTES, SignalOptions
 from nfit.errors import ConfigError, InputError
 from nfit.signals import EXTENSIONS, MODALITIES, image, modality_for
 from nfit.signals.image import convert_channels, decode_image, load_image  # noqa: F401  (the old home of these names)
@@ -209,6 +211,69 @@ class ImageFolder(SignalFolder):
         super().__init__(files, SignalOptions("image", res=res), channels)
 
 
+class TileFolder(torch.utils.data.Dataset):
+    """One random tile of a file, at the file's own scale (never resized, so the tiles an
+    initialisation learns from look like the tiles it will fit): ``[*tile, channels]``.
+
+    Keys are ``(file index, draw)``: the draw seeds where the tile is cut, so a batch is a pure
+    function of its keys (resume and every rank agree). A plain index (validation) is its own
+    draw. ``opts`` say how files are read: audio at its sample rate, video's first frames.
+    A file shorter than a tile along an axis has its last sample repeated, as in fitting.
+    """
+
+    def __init__(self, files: list[Path], opts: SignalOptions, channels: int, tile: tuple[int, ...],
+                 cache_bytes: int = TILE_CACHE_BYTES):
+        self.files = [Path(f) for f in files]
+        self.opts, self.channels, self.tile = opts, channels, tile
+        self.modality = MODALITIES[opts.modality]
+        # Decoding a whole photo for one small tile costs more than the step that uses it: each
+        # worker keeps the files it decoded, up to cache_bytes (a data set that fits is decoded once).
+        self.cache: OrderedDict[int, Tensor] = OrderedDict()
+        self.cache_bytes, self.cached = cache_bytes, 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, i: int) -> Tensor:
+        if i in self.cache:
+            self.cache.move_to_end(i)
+            return self.cache[i]
+        values = self.modality.load_whole(self.files[i], self.opts, self.channels)  # [*shape, C]
+        size = values.numel() * values.element_size()
+        if size <= self.cache_bytes:
+            while self.cached + size > self.cache_bytes:
+                self.cached -= self.cache.popitem(last=False)[1].nbytes
+            self.cache[i], self.cached = values, self.cached + size
+        return values
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Item:
+        i, draw = key if isinstance(key, tuple) else (key, key)
+        try:
+            values = self._load(i)
+        except InputError as err:
+            return i, None, err.reason
+        except OSError as err:
+            return i, None, f"cannot read ({type(err).__name__}: {err.strerror or err})"
+        generator = torch.Generator().manual_seed(draw)
+        origin = [int(torch.randint(0, max(1, n - t + 1), (1,), generator=generator)) for n, t in
+                  zip(values.shape[:-1], self.tile)]
+        return i, random_tile(values, self.tile, origin), None
+
+
+def random_tile(values: Tensor, tile: tuple[int, ...], origin: list[int]) -> Tensor:
+    """The tile at ``origin`` of ``values [*shape, C]``, the last sample repeated where an axis is short."""
+    for axis, (n, t) in enumerate(zip(values.shape[:-1], tile)):
+        if n < t:
+            edge = values.narrow(axis, n - 1, 1)
+            values = torch.cat([values, edge.expand(*[t - n if a == axis else -1 for a in range(values.dim())])], axis)
+    return values[tuple(slice(o, o + t) for o, t in zip(origin, tile))].contiguous()
+
+
+def tile_draw(seed: int, step: int, slot: int) -> int:
+    """The seed of where the ``slot``-th tile of a step's global batch is cut."""
+    return ((seed * SEED_STRIDE + step) * 65_537 + slot) % (1 << 62)
+
+
 def collate(items: list[Item]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
     """Stack the decoded items; report the bad ones as (index, reason) instead of failing the batch."""
     good = [(i, t) for i, t, _ in items if t is not None]
@@ -234,15 +299,20 @@ def _default_warn(message: str) -> None:
 
 
 class _StepSampler(torch.utils.data.Sampler):
-    """This rank's slice of each step's global batch, for steps start..steps-1."""
+    """This rank's slice of each step's global batch, for steps start..steps-1; with ``draws``,
+    each index comes with the seed of its tile (:class:`TileFolder`)."""
 
-    def __init__(self, n: int, global_batch: int, seed: int, start_step: int, steps: int, rank: int, world: int):
+    def __init__(self, n: int, global_batch: int, seed: int, start_step: int, steps: int, rank: int, world: int,
+                 draws: bool = False):
         self.args = (n, global_batch, seed)
-        self.start_step, self.steps, self.rank, self.world = start_step, steps, rank, world
+        self.start_step, self.steps, self.rank, self.world, self.draws = start_step, steps, rank, world, draws
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list]:
         for step in range(self.start_step, self.steps):
-            yield rank_slice(batch_indices(*self.args, step), self.rank, self.world)
+            keys: list = batch_indices(*self.args, step)
+            if self.draws:
+                keys = [(i, tile_draw(self.args[2], step, slot)) for slot, i in enumerate(keys)]
+            yield rank_slice(keys, self.rank, self.world)
 
     def __len__(self) -> int:
         return max(self.steps - self.start_step, 0)
@@ -259,7 +329,7 @@ class BatchStream:
 
     def __init__(
         self,
-        dataset: SignalFolder,
+        dataset: SignalFolder | TileFolder,
         global_batch: int,
         seed: int,
         start_step: int,
@@ -282,7 +352,8 @@ class BatchStream:
         self.warn: Warn = warn or _default_warn
         self.bad: dict[Path, str] = {}
         self.loaded = 0
-        sampler = _StepSampler(len(dataset), global_batch, seed, start_step, steps, rank, world)
+        sampler = _StepSampler(len(dataset), global_batch, seed, start_step, steps, rank, world,
+                               draws=isinstance(dataset, TileFolder))
         self.loader = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -338,6 +409,7 @@ class DataSummary:
     modality: str = "image"
     shape: list[int] | None = None  # the grid every signal was conformed to
     rate: float | None = None  # audio: the sample rate clips were resampled to
+    tile: list[int] | None = None  # tiles: their size; signals are sampled at their own scale (``res`` is None)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -348,6 +420,7 @@ __all__ = [
     "DataSummary",
     "ImageFolder",
     "SignalFolder",
+    "TileFolder",
     "convert_channels",
     "decode_image",
     "batch_indices",

@@ -11,15 +11,16 @@ import torch
 from torch import Tensor
 
 from nfit import metrics
-from nfit.config import AdaptConfig, DataConfig, FieldOptions, FitConfig
+from nfit.config import TILE_FIELD, AdaptConfig, DataConfig, FieldOptions, FitConfig, SignalOptions
 from nfit.data import SignalFolder, guess_channels, load_all, scan_media
 from nfit.device import flush_denormals, resolve_device
-from nfit.errors import ConfigError
+from nfit.errors import ConfigError, InputError
 from nfit.fields import Field, Params, build_field, count_params, field_config
 from nfit.fit import fit_adam, fit_sgd, random_init, split_batches
-from nfit.render import decode
+from nfit.render import decode, evaluate_tiles
 from nfit.runs import load_init
 from nfit.signals import MODALITIES
+from nfit.tiling import Tiling, extract
 
 
 @dataclass
@@ -95,6 +96,60 @@ def adaptation_curves(
     return Curves(psnr, ssim, last)
 
 
+def tiled_curves(
+    field: Field,
+    init: Params,
+    files: list[Path],
+    tiling: Tiling,
+    opts: SignalOptions,
+    channels: int,
+    config: AdaptConfig,
+    device: torch.device,
+    *,
+    strict: bool = False,
+    warn: Callable[[str], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[Curves, int]:
+    """Fit each file whole, tile by tile, from ``init`` (as ``nfit fit`` does from a tile initialisation)
+    and measure the PSNR of the whole file, its tiles blended as a render blends them, after each
+    step: ``psnr[k, i]`` (``last`` is empty: files differ in size). Returns the curves and the
+    number of files that could not be read (warned about, or raised with ``strict``)."""
+    modality = MODALITIES[opts.modality]
+    adam = config.optimizer == "adam"
+    steps = config.adam_steps if adam else config.steps
+    curves, bad = [], 0
+    for path in files:
+        try:
+            values = modality.load_whole(path, opts, channels)  # [*shape, C]
+        except InputError as err:
+            if strict:
+                raise
+            bad += 1
+            (warn or (lambda m: None))(f"{err.where}: {err.reason}")
+            continue
+        shape = tuple(values.shape[:-1])
+        targets = field.to_units(extract(values, tiling, range(tiling.count(shape))).to(device))
+        whole = values.to(device)
+        psnr = torch.empty(steps + 1)
+
+        def observe(step: int, params: Params) -> None:
+            rendered = torch.cat([v for _, _, v in evaluate_tiles(field, params, tiling, shape, shape)])
+            psnr[step] = metrics.psnr(rendered.view(1, *whole.shape), whole.unsqueeze(0))[0].cpu()
+
+        tile_init = {k: v.to(device) for k, v in init.items()}
+        if adam:
+            fit_config = FitConfig(steps=steps, lr=config.adam_lr, chunk=config.chunk)
+            fit_adam(field, tile_init, targets, tiling.tile, fit_config, observe=observe)
+        else:
+            fit_sgd(field, tile_init, targets, tiling.tile, config, observe=observe)
+        curves.append(psnr)
+        if on_batch is not None:
+            on_batch(1)
+    if not curves:
+        raise InputError(files[0] if files else None, "no readable files to evaluate")
+    return Curves(torch.stack(curves, dim=1), None, torch.empty(0)), bad
+
+
 def ssim_applies(shape: tuple[int, ...]) -> bool:
     """Images and video frames at least as large as SSIM's window (audio has none)."""
     return len(shape) in (2, 3) and min(shape[-2:]) >= metrics.SSIM_MIN_SIDE
@@ -113,6 +168,7 @@ class EvalReport:
     parameters: int = 0  # of the field
     values: int = 0  # that a fitted file stores: the parameters, or a sparse field's survivors and biases
     density: float = 1.0  # of the weight matrices
+    tiling: dict | None = None  # whole files fitted tile by tile: the tiling (PSNR is of each whole file)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -141,7 +197,9 @@ def evaluate_folder(
 
     Signals are conformed to the initialisation's grid (images and video frames
     resized and cropped, audio resampled and cut); ``data_config`` (and ``res``) set
-    the grid of the random baseline (default: :class:`nfit.config.DataConfig`'s).
+    the grid of the random baseline (default: :class:`nfit.config.DataConfig`'s). A tile
+    initialisation (and a random baseline with ``data_config.tile``) fits whole files at their
+    own scale tile by tile, and the PSNR is of each whole file.
     """
 
     config = config or AdaptConfig()
@@ -153,15 +211,27 @@ def evaluate_folder(
     modality, files = scan_media(Path(data), meta.modality if meta is not None else dcfg.modality)
     if limit is not None:
         files = files[:limit]
+    tiling = None
     if meta is None:
         if density is not None:
             raise ConfigError("--density", "applies to a sparse run, not the random baseline")
         channels = dcfg.channels or guess_channels(files, modality)
-        opts = dcfg.signal_options(modality)
-        shape = MODALITIES[modality].dataset_shape(opts)
+        tiles = dcfg.tiles()
+        if tiles is not None:  # the baseline of a tile initialisation: random tiles of the same size
+            tiling = Tiling(*tiles.sizes(modality))
+            opts, shape = dcfg.tile_options(modality, tiling.tile[0]), tiling.tile
+        else:
+            opts = dcfg.signal_options(modality)
+            shape = MODALITIES[modality].dataset_shape(opts)
         fopts = field_options or FieldOptions()
-        field_ = build_field(fopts.name, field_config(fopts, modality, shape, channels))
+        defaults = None if tiling is None else TILE_FIELD
+        field_ = build_field(fopts.name, field_config(fopts, modality, shape, channels, defaults))
         params, sha = random_init(field_, seed), None
+    elif meta.tiling is not None:  # a tile initialisation: whole files at their own scale, fitted tile by tile
+        tiling, channels = meta.tiling, meta.channels
+        opts = SignalOptions(modality, sample_rate=None if meta.rate is None else round(meta.rate),
+                             frames=None if modality != "video" else dcfg.frames, stride=dcfg.stride)
+        field_, params, sha, shape = meta.field, meta.params, meta.sha256, meta.shape
     else:
         opts = MODALITIES[modality].grid_options(meta.shape, meta.rate)
         if dcfg.res is not None and opts.res != dcfg.res:
@@ -169,17 +239,25 @@ def evaluate_folder(
                                        "evaluate on that")
         field_, params, sha, shape, channels = meta.field, meta.params, meta.sha256, meta.shape, meta.channels
     warn = warn or (lambda m: None)
-    _, signals = load_all(SignalFolder(files, opts, channels), list(range(len(files))), strict, warn)
-    bad = len(files) - len(signals)
     results = {}
-    with_ssim = ssim_applies(shape)
     variants = (("adam", True),) if config.optimizer == "adam" else (("rescaled", True), ("plain", False))
-    for name, rescale in variants:
-        curves = adaptation_curves(field_, params, signals, dataclasses.replace(config, rescale=rescale), device,
-                                   with_ssim=with_ssim, on_batch=on_batch)
-        results[name] = curves.summary()
+    if tiling is not None:
+        for name, rescale in variants:
+            curves, bad = tiled_curves(field_, params, files, tiling, opts, channels,
+                                       dataclasses.replace(config, rescale=rescale), device, strict=strict, warn=warn,
+                                       on_batch=on_batch)
+            results[name] = curves.summary()
+        count = curves.psnr.shape[1]
+    else:
+        _, signals = load_all(SignalFolder(files, opts, channels), list(range(len(files))), strict, warn)
+        bad, count = len(files) - len(signals), len(signals)
+        with_ssim = ssim_applies(shape)
+        for name, rescale in variants:
+            curves = adaptation_curves(field_, params, signals, dataclasses.replace(config, rescale=rescale), device,
+                                       with_ssim=with_ssim, on_batch=on_batch)
+            results[name] = curves.summary()
     steps = config.adam_steps if config.optimizer == "adam" else config.steps
     sparsity = None if meta is None else meta.sparsity
-    return EvalReport(str(init), sha, str(data), len(signals), bad, shape, steps, results, count_params(field_),
+    return EvalReport(str(init), sha, str(data), count, bad, shape, steps, results, count_params(field_),
                       count_params(field_) if sparsity is None else meta.n_values,
-                      1.0 if sparsity is None else sparsity["density"])
+                      1.0 if sparsity is None else sparsity["density"], None if tiling is None else tiling.to_json())

@@ -14,6 +14,10 @@ Layout: one tensor per field parameter (unbatched, float32) and one metadata key
     init                       {"name": ..., "sha256": ...} of the initialisation it started from
     storage                    dtype of the values (float32, float16) and, for a field fitted from
                                a sparse initialisation, where its mask is (see below)
+    tiling                     (format 3) null for one field over the whole signal; else the tile
+                               size and overlap per axis, the layout and blend rules
+                               (see nfit.tiling): the file holds one field per tile, each tensor
+                               with a leading dimension of the tile count, row-major over the tiles
 
 A field fitted from a sparse initialisation (Meta-SparseINR) stores each weight
 matrix as the 1-D vector of its surviving values, in row-major order of the mask.
@@ -49,16 +53,17 @@ from torch import Tensor
 
 from nfit._version import __version__
 from nfit.atomic import atomic_output
-from nfit.config import MAX_FIELD_SIZE, MAX_GRID_SAMPLES, MAX_HEADER_BYTES, MAX_METADATA_BYTES
+from nfit.config import MAX_FIELD_SIZE, MAX_GRID_SAMPLES, MAX_HEADER_BYTES, MAX_METADATA_BYTES, MAX_TILES
 from nfit.errors import ConfigError, FieldFileError, OutputError
 from nfit.fields import Field, Params, build_field, count_params
 from nfit.fields.masked import Mask, Masked, density, pack_mask, prunable, stored_values, unpack_mask
 from nfit.render import render_values
 from nfit.signals import CONVENTION, MODALITIES
+from nfit.tiling import BLEND, LAYOUT, Tiling
 
 FORMAT = "nfit-field"
-FORMAT_VERSION = 2  # 2: the "storage" entry (float16 values, sparse fields); 1 still reads
-READ_VERSIONS = {1, 2}
+FORMAT_VERSION = 3  # 3: "tiling"; 2: the "storage" entry (float16 values, sparse fields); 1 and 2 still read
+READ_VERSIONS = {1, 2, 3}
 INIT_FORMAT = "nfit-init"
 INIT_FORMAT_VERSION = 1
 META_KEY = "nfit"
@@ -73,7 +78,7 @@ class NeuralField:
 
     field_name: str
     field_config: dict[str, Any]
-    params: Params  # unbatched, float32, CPU
+    params: Params  # float32, CPU: unbatched, or one set per tile [n_tiles, ...] when ``tiling``
     modality: str
     shape: tuple[int, ...]  # native grid, array order: (H, W) for images
     channels: int
@@ -91,19 +96,25 @@ class NeuralField:
     dtype: str = "float32"
     mask: Mask | None = None
     standalone: bool = False
+    tiling: Tiling | None = None  # None: one field over the whole signal
 
     @cached_property
     def field(self) -> Field:
         return build_field(self.field_name, self.field_config)
 
     @property
+    def tiles(self) -> int:
+        """Fields the file holds: one per tile, or 1."""
+        return 1 if self.tiling is None else self.tiling.count(self.shape)
+
+    @property
     def n_params(self) -> int:
-        return count_params(self.field)
+        return count_params(self.field) * self.tiles
 
     @property
     def n_values(self) -> int:
         """Values the file stores: every parameter, or the surviving weights plus the biases."""
-        return stored_values(self.n_params, self.mask)
+        return stored_values(count_params(self.field), self.mask) * self.tiles
 
     def storage(self) -> dict[str, Any]:
         sparse = None
@@ -132,6 +143,7 @@ class NeuralField:
             "fit": self.summary,
             "init": self.init,
             "storage": self.storage(),
+            "tiling": None if self.tiling is None else self.tiling.to_json(),
         }
 
     def render(self, shape: tuple[int, ...] | None = None, **kwargs) -> Tensor:
@@ -174,7 +186,8 @@ def save_field(nf: NeuralField, path: str | Path) -> Path:
     tensors = {}
     for k, v in nf.params.items():
         if nf.mask is not None and k in nf.mask:
-            v = v[nf.mask[k].to(v.device)]  # the surviving values, row-major: [nnz]
+            m = nf.mask[k].to(v.device)
+            v = v[m] if nf.tiling is None else v[:, m]  # the surviving values, row-major: [nnz] (or [tiles, nnz])
         tensors[k] = v.to(DTYPES[nf.dtype])
     if nf.mask is not None and nf.standalone:
         tensors["mask"] = pack_mask(nf.mask)
@@ -249,16 +262,19 @@ def is_field_file(path: Path) -> bool:
 
 
 def check_params(
-    path: Path, field_: Field, tensors: dict[str, Tensor], error: type = FieldFileError, mask: Mask | None = None
+    path: Path, field_: Field, tensors: dict[str, Tensor], error: type = FieldFileError, mask: Mask | None = None,
+    tiles: int | None = None,
 ) -> Params:
     """Tensors must be exactly the field's parameters, in shape, and finite; returns them as float32.
 
     With a ``mask``, each masked weight is stored as its surviving values [nnz] and
-    comes back as the full matrix with zeros elsewhere.
+    comes back as the full matrix with zeros elsewhere. With ``tiles``, every tensor has
+    a leading dimension of that many tiles.
     """
-    expected = dict(field_.param_shapes())
+    lead = () if tiles is None else (tiles,)
+    expected = {k: lead + tuple(v) for k, v in field_.param_shapes().items()}
     for k, m in (mask or {}).items():
-        expected[k] = (int(m.sum()),)
+        expected[k] = lead + (int(m.sum()),)
     missing, extra = set(expected) - set(tensors), set(tensors) - set(expected)
     if missing or extra:
         names = sorted(missing or extra)
@@ -275,7 +291,8 @@ def check_params(
         if not torch.isfinite(t).all():
             raise error(path, f"tensor {name!r} contains NaN or infinite values")
         if mask is not None and name in mask:
-            t = torch.zeros(field_.param_shapes()[name]).masked_scatter_(mask[name], t)
+            full = torch.zeros(lead + tuple(field_.param_shapes()[name]))
+            t = full.masked_scatter_(mask[name].expand_as(full), t)
         params[name] = t
     return params
 
@@ -364,7 +381,7 @@ def _read_values(path: Path, nf: NeuralField, field_: Field, tensors: dict[str, 
                  init: MetaInit | None) -> None:
     """Fill ``nf.params`` (and its mask) from the file's tensors, validated."""
     mask = _field_mask(path, field_, tensors, storage, nf.init, init)
-    nf.params = check_params(path, field_, tensors, mask=mask)
+    nf.params = check_params(path, field_, tensors, mask=mask, tiles=None if nf.tiling is None else nf.tiles)
     nf.mask, nf.standalone = mask, mask is not None and storage["sparse"]["mask"] == "embedded"
 
 
@@ -372,7 +389,8 @@ def _field_header(path: Path, meta: dict) -> tuple[NeuralField, Field, dict[str,
     """Everything of a .nf file but its values (params left empty), validated; with its storage entry."""
     _check_kind(meta, path, FORMAT)
     modality, shape, channels, rate = _signal_meta(meta, path)
-    field_ = _field_meta(meta, path, shape, channels)
+    tiling = _tiling_meta(meta, path, shape)
+    field_ = _field_meta(meta, path, shape if tiling is None else tiling.tile, channels)
     signal, coords, field_meta = meta["signal"], meta["coords"], meta["field"]  # each checked by now
     init = meta.get("init") or {"name": "random", "sha256": None}
     if not isinstance(init, dict) or not (init.get("sha256") is None or _SHA256.match(str(init.get("sha256")))):
@@ -394,6 +412,7 @@ def _field_header(path: Path, meta: dict) -> tuple[NeuralField, Field, dict[str,
         init=init,
         coords=coords,
         dtype=storage["dtype"],
+        tiling=tiling,
     )
     nf.__dict__["field"] = field_  # already built: seed the cached property
     return nf, field_, storage
@@ -409,21 +428,47 @@ def read_field_header(path: str | Path) -> tuple[NeuralField, dict[str, Any]]:
     if storage["sparse"] is None or storage["sparse"]["mask"] == "embedded":
         _read_values(path, nf, field_, tensors, storage, None)  # everything is in the file: validate all of it
     else:
-        _check_sparse_values(path, field_, tensors, storage["sparse"])
+        _check_sparse_values(path, field_, tensors, storage["sparse"], None if nf.tiling is None else nf.tiles)
     version = meta.get("nfit_version")
     return nf, {"format_version": meta["format_version"], "storage": storage,
                 "nfit_version": version if isinstance(version, str) else None}
 
 
-def _check_sparse_values(path: Path, field_: Field, tensors: dict[str, Tensor], sparse: dict[str, Any]) -> None:
+def _tiling_meta(meta: dict, path: Path, shape: tuple[int, ...]) -> Tiling | None:
+    """The "tiling" entry, validated against the signal's grid; files before format version 3 have none."""
+    entry = meta.get("tiling")
+    if entry is None:
+        return None
+    ok = isinstance(entry, dict) and entry.get("layout") == LAYOUT and entry.get("blend") == BLEND
+    tile, overlap = (entry.get("tile"), entry.get("overlap")) if ok else (None, None)
+    for values in (tile, overlap):
+        ok = ok and isinstance(values, list) and len(values) == len(shape) and all(
+            type(v) is int and 0 <= v <= MAX_FIELD_SIZE for v in values)
+    if not ok:
+        raise FieldFileError(path, f"metadata field 'tiling' is malformed or of another layout ({_r(entry)})")
+    try:
+        tiling = Tiling(tuple(tile), tuple(overlap))
+    except ValueError as err:
+        raise FieldFileError(path, f"invalid tiling: {err}") from None
+    if tiling.count(shape) > MAX_TILES:
+        raise FieldFileError(path, f"declares {tiling.count(shape):,} tiles, over nfit's limit of {MAX_TILES:,}")
+    return tiling
+
+
+def _check_sparse_values(path: Path, field_: Field, tensors: dict[str, Tensor], sparse: dict[str, Any],
+                         tiles: int | None) -> None:
     """What can be checked of a sparse field's values without its mask: names, biases, counts, finiteness."""
     shapes = field_.param_shapes()
     if set(tensors) != set(shapes):
         raise FieldFileError(path, "tensors do not match the field")
+    lead = () if tiles is None else (tiles,)
     total = 0
     for name, shape in shapes.items():
         t = tensors[name]
-        ok = t.dim() == 1 and t.numel() <= math.prod(shape) if name in prunable(shapes) else tuple(t.shape) == tuple(shape)
+        if name in prunable(shapes):
+            ok = t.dim() == 1 + len(lead) and tuple(t.shape[:len(lead)]) == lead and t[(0,) * len(lead)].numel() <= math.prod(shape)
+        else:
+            ok = tuple(t.shape) == lead + tuple(shape)
         if not ok or not t.is_floating_point() or not torch.isfinite(t).all():
             raise FieldFileError(path, f"tensor {name!r} does not fit a sparse {shape} parameter")
         total += t.numel()
@@ -452,6 +497,9 @@ class MetaInit:
     mask: Mask | None = None
     sparsity: dict[str, Any] | None = None
     rate: float | None = None  # audio: the sample rate it was trained at (signals are resampled to it)
+    # A tile initialisation (``meta-train --tile``): ``shape`` is the tile, and signals fitted from it
+    # are cut into tiles of this size and overlap.
+    tiling: Tiling | None = None
 
     @property
     def n_values(self) -> int:
@@ -479,6 +527,7 @@ class MetaInit:
             "data": self.data,
             "train": self.train,
             **({} if self.mask is None else {"sparsity": self.sparsity}),
+            **({} if self.tiling is None else {"tiling": self.tiling.to_json()}),
         }
 
 
@@ -583,6 +632,7 @@ def read_init(path: str | Path) -> MetaInit:
         mask=mask,
         sparsity=meta.get("sparsity") if mask is not None else None,
         rate=rate,
+        tiling=_tiling_meta(meta, path, shape),
     )
     if mask is None:
         init.__dict__["field"] = field_

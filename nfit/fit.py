@@ -9,10 +9,12 @@ signal follows exactly the path it would follow if fitted alone.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,6 +34,8 @@ class StepInfo:
     loss: float  # mean over the batch of the per-signal MSE
     psnr: float  # mean over the batch of the per-signal PSNR (clamped predictions)
     done: int  # signals that reached the target PSNR
+    seconds_left: float | None = None  # until the wall-time budget runs out, when there is one
+    tiles: tuple[int, int, int] | None = None  # tiled fits: the tiles at work (first, last + 1) of how many
 
 
 @dataclass
@@ -40,6 +44,7 @@ class FitResult:
     steps: list[int]  # optimisation steps that led to each signal's kept parameters
     seconds: float
     psnr: list[Tensor] = dataclass_field(default_factory=list)  # PSNR [B] of each iterate 0..K (clamped predictions)
+    stopped: str = "steps"  # what ended the fit: "steps", "target_psnr" or "seconds"
 
 
 def fit_adam(
@@ -52,9 +57,16 @@ def fit_adam(
     observe: Callable[[int, Params], None] | None = None,
     *,
     batched: bool = False,
+    deadline: float | None = None,
+    pooled: bool = False,
 ) -> FitResult:
     """Fit B signals on one grid from a shared unbatched initialisation (or, with
     ``batched``, from one set of parameters per signal ``[B, ...]``).
+
+    ``deadline`` (a ``time.perf_counter()`` value) stops the fit at the first step that
+    ends after it. ``pooled``: the B signals are parts of one signal (tiles of equal size),
+    so ``config.target_psnr`` is reached when the PSNR of their mean MSE is, and stops them
+    all together.
 
     targets: [B, N, out_dim] (``field.to_units`` of the signals on grid ``shape``) on the device to compute on. Each signal keeps the
     parameters with its best PSNR seen (Adam on SIRENs has occasional loss spikes,
@@ -84,6 +96,7 @@ def fit_adam(
             best_step[better] = step
 
     start = time.perf_counter()
+    stopped = "steps"
     for step in range(1, config.steps + 1):
         if observe is not None:
             with torch.no_grad():
@@ -95,10 +108,18 @@ def fit_adam(
         history.append(psnr)
         keep_best(psnr, step - 1)
         if config.target_psnr is not None:
-            frozen |= psnr >= config.target_psnr
+            reached = psnr >= config.target_psnr
+            frozen |= reached if not pooled else reached.new_full(reached.shape, float(
+                psnr_from_mse(mse_clamped.mean())) >= config.target_psnr)
+        now = time.perf_counter()
         if on_step is not None:
-            on_step(StepInfo(step, config.steps, mse.mean().item(), psnr.mean().item(), int(frozen.sum())))
+            on_step(StepInfo(step, config.steps, mse.mean().item(), _mean_psnr(psnr, mse_clamped, pooled),
+                             int(frozen.sum()), None if deadline is None else max(0.0, deadline - now)))
         if frozen.all():
+            stopped = "target_psnr"
+            break
+        if deadline is not None and now >= deadline:
+            stopped = "seconds"
             break
         opt.step()
     else:  # the last update has not been measured yet
@@ -108,7 +129,13 @@ def fit_adam(
         mse_clamped = full_pass(field, params, coords, targets, config.chunk, grads=False)[2]
         history.append(psnr_from_mse(mse_clamped))
         keep_best(history[-1], config.steps)
-    return FitResult(kept, best_step.tolist(), time.perf_counter() - start, history)
+    return FitResult(kept, best_step.tolist(), time.perf_counter() - start, history, stopped)
+
+
+def _mean_psnr(psnr: Tensor, mse: Tensor, pooled: bool) -> float:
+    """What a progress display shows of a batch: the mean of the signals' PSNRs, or for the tiles
+    of one signal the PSNR of their mean MSE (the signal's own, near enough: overlaps count twice)."""
+    return float(psnr_from_mse(mse.mean())) if pooled else psnr.mean().item()
 
 
 @dataclass
@@ -177,6 +204,49 @@ def fit_sgd(
     return AdaptResult({k: v.detach() for k, v in params.items()}, history, time.perf_counter() - start)
 
 
+def fit_batch(
+    field: Field, start: Params, targets: Tensor, shape: tuple[int, ...], config: FitConfig, adapt: AdaptConfig,
+    learned: bool, progress: Callable[[int], Callable[[StepInfo], None] | None], *, refine: bool = False,
+    deadline: float | None = None, pooled: bool = False,
+) -> tuple[Params, list[dict[str, Any]], float, str]:
+    """Fit a batch the way nfit fits: Adam from random (``config``); from a learned initialisation
+    (``learned``), ``adapt``'s steps: GradNCP's re-scaled SGD then, for signals below
+    ``config.target_psnr`` (or always, with ``refine``), Adam (``adapt.adam_lr``, at most
+    ``config.steps``), or Adam alone. ``progress(steps)`` gives each phase's step callback;
+    ``deadline`` and ``pooled`` are :func:`fit_adam`'s. Returns the batched parameters, each
+    signal's method summary, the seconds and what stopped the fit."""
+    batch = targets.shape[0]
+    if learned and adapt.optimizer == "sgd":
+        result = fit_sgd(field, start, targets, shape, adapt, progress(adapt.steps))
+        method: dict[str, Any] = {"method": "sgd-rescaled" if adapt.rescale else "sgd", "steps": adapt.steps,
+                                  "lr": adapt.lr}
+        if adapt.rescale:
+            method["gamma"] = adapt.gamma
+        last = result.psnr[-1]
+        reached = config.target_psnr is not None and bool(
+            (last >= config.target_psnr).all() if not pooled else _pooled_psnr(last) >= config.target_psnr)
+        if reached or (not refine and config.target_psnr is None) or config.steps == 0:
+            return result.params, [method] * batch, result.seconds, "target_psnr" if reached else "steps"
+        # Adam from where SGD left each signal: those already at the target are frozen at once.
+        more_config = dataclasses.replace(config, lr=adapt.adam_lr, chunk=adapt.chunk)
+        more = fit_adam(field, result.params, targets, shape, more_config, progress(more_config.steps), batched=True,
+                        deadline=deadline, pooled=pooled)
+        methods = [{**method, "method": method["method"] + "+adam", "steps": adapt.steps + s, "adam_steps": s,
+                    "adam_lr": more_config.lr, "target_psnr": config.target_psnr} for s in more.steps]
+        return more.params, methods, result.seconds + more.seconds, more.stopped
+    if learned:  # Adam from the learned initialisation
+        config = dataclasses.replace(config, steps=adapt.adam_steps, lr=adapt.adam_lr, chunk=adapt.chunk)
+    result = fit_adam(field, start, targets, shape, config, progress(config.steps), deadline=deadline, pooled=pooled)
+    methods = [{"method": "adam", "steps": s, "lr": config.lr, "seed": config.seed, "target_psnr": config.target_psnr}
+               for s in result.steps]
+    return result.params, methods, result.seconds, result.stopped
+
+
+def _pooled_psnr(psnr: Tensor) -> float:
+    """The PSNR of the mean MSE of signals with PSNRs ``psnr`` [B] (tiles of one signal)."""
+    return float(psnr_from_mse(torch.pow(10.0, -psnr / 10).mean()))
+
+
 def random_init(field: Field, seed: int) -> Params:
     """The initialisation every signal starts from, for a given seed (drawn on the CPU)."""
     return field.init_params(torch.Generator().manual_seed(seed))
@@ -186,4 +256,4 @@ def split_batches(n: int, batch_size: int) -> list[range]:
     return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
-__all__ = ["AdaptResult", "FitResult", "StepInfo", "fit_adam", "fit_sgd", "random_init", "split_batches"]
+__all__ = ["AdaptResult", "FitResult", "StepInfo", "fit_adam", "fit_batch", "fit_sgd", "random_init", "split_batches"]

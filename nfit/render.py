@@ -23,6 +23,7 @@ from nfit.errors import ConfigError
 from nfit.fields import Field, Params
 from nfit.signals import MODALITIES, frames_of
 from nfit.signals.image import quantize
+from nfit.tiling import RenderPlan, Tiling
 
 DEFAULT_CHUNK = 1 << 16  # coordinates per forward: ~64 MB of activations per layer at width 256
 MAX_RENDER_SAMPLES = 1 << 32
@@ -46,14 +47,56 @@ def evaluate_chunks(
             yield lo * size, hi * size, field.from_units(field(params, coords), shape).clamp_(0.0, 1.0)
 
 
+def evaluate_tiles(
+    field: Field, params: Params, tiling: Tiling, shape: tuple[int, ...], out_shape: tuple[int, ...], *,
+    chunk: int = DEFAULT_CHUNK,
+) -> Iterator[tuple[int, int, Tensor]]:
+    """Yield ``(start, stop, values [stop - start, C])`` of a tiled field, blended (see :mod:`nfit.tiling`)
+    and clamped to [0, 1], in order over the flat grid ``out_shape``.
+
+    params: one set per tile ``[n_tiles, ...]`` of a signal of grid ``shape``, on the device to compute on.
+    Tiles are evaluated a row of the tile grid at a time (in batches of about ``chunk`` samples), and
+    rows of the render are yielded as soon as every tile that touches them is in: memory holds about
+    one row of tiles of the render, whatever its size.
+    """
+    device = next(iter(params.values())).device
+    plan = RenderPlan(tiling, shape, out_shape)
+    acc_lo, acc = 0, None  # acc: [rows, plan.row, C], output rows acc_lo .. acc_lo + len(acc) - 1
+    with torch.inference_mode():
+        for lo, hi, done, tiles in plan.rows():
+            per = max(1, chunk // plan.points(tiles[:1]))
+            for i in range(0, len(tiles), per):
+                batch = plan.batch(tiles[i:i + per], lo, device)
+                index = torch.tensor(batch.tiles, device=device)
+                values = field({k: v[index] for k, v in params.items()}, batch.coords)  # [B, P, C]
+                if acc is None:
+                    acc = torch.zeros(0, plan.row, values.shape[-1], device=device)
+                if acc_lo + acc.shape[0] < hi:  # grow the block down to this tile row's last row
+                    acc = torch.cat([acc, acc.new_zeros(hi - acc_lo - acc.shape[0], *acc.shape[1:])])
+                flat = acc.view(-1, acc.shape[-1])
+                flat.index_add_(0, (batch.index + (lo - acc_lo) * plan.row).flatten(),
+                                (values * batch.weights.unsqueeze(-1)).flatten(0, 1))
+            if done > acc_lo:
+                yield acc_lo * plan.row, done * plan.row, acc[:done - acc_lo].reshape(-1, acc.shape[-1]).clamp_(0.0, 1.0)
+                acc, acc_lo = acc[done - acc_lo:], done
+
+
 def decode(field: Field, params: Params, shape: tuple[int, ...], *, chunk: int = DEFAULT_CHUNK) -> Tensor:
     """All values of B fields on a grid: ``[B, prod(shape), C]``, on the parameters' device."""
     parts = [values for _, _, values in evaluate_chunks(field, params, shape, chunk=chunk)]
     return torch.cat(parts, dim=1)
 
 
-def _device_params(nf, device: torch.device) -> Params:
-    return {k: v.to(device).unsqueeze(0) for k, v in nf.params.items()}  # batch of one
+def field_chunks(nf, shape: tuple[int, ...], device: torch.device, chunk: int = DEFAULT_CHUNK
+                 ) -> Iterator[tuple[int, int, Tensor]]:
+    """``(start, stop, values [stop - start, C])`` of one field (whole or tiled) on a grid, in order."""
+    if nf.tiling is not None:
+        params = {k: v.to(device) for k, v in nf.params.items()}  # one set per tile
+        yield from evaluate_tiles(nf.field, params, nf.tiling, nf.shape, shape, chunk=chunk)
+        return
+    params = {k: v.to(device).unsqueeze(0) for k, v in nf.params.items()}  # batch of one
+    for start, stop, values in evaluate_chunks(nf.field, params, shape, chunk=chunk):
+        yield start, stop, values[0]
 
 
 def _check_shape(shape: tuple[int, ...], nf) -> tuple[int, ...]:
@@ -71,10 +114,9 @@ def render_values(
 ) -> Tensor:
     """Float values ``[*shape, C]`` in [0, 1] on the CPU; ``shape`` defaults to the native grid."""
     shape = _check_shape(nf.shape if shape is None else shape, nf)
-    params = _device_params(nf, resolve_device(device))
     out = torch.empty(math.prod(shape), nf.channels)
-    for start, stop, values in evaluate_chunks(nf.field, params, shape, chunk=chunk):
-        out[start:stop] = values[0].cpu()
+    for start, stop, values in field_chunks(nf, shape, resolve_device(device), chunk):
+        out[start:stop] = values.cpu()
     return out.reshape(*shape, nf.channels)
 
 
@@ -103,10 +145,9 @@ def render_frames(
 def _quantized_chunks(nf, shape, bit_depth, device, chunk, on_progress=None) -> Iterator[tuple[int, int, np.ndarray]]:
     """``(start, stop, samples [stop - start, C])`` of one field on a checked grid, quantised on the CPU;
     ``on_progress(stop, total)`` after each chunk."""
-    params = _device_params(nf, resolve_device(device))
     total = math.prod(shape)
-    for start, stop, values in evaluate_chunks(nf.field, params, shape, chunk=chunk):
-        yield start, stop, quantize(values[0].float().cpu().numpy(), bit_depth)
+    for start, stop, values in field_chunks(nf, shape, resolve_device(device), chunk):
+        yield start, stop, quantize(values.float().cpu().numpy(), bit_depth)
         if on_progress is not None:
             on_progress(stop, total)
 

@@ -34,8 +34,17 @@ import torch
 from torch import Tensor, nn
 
 from nfit.atomic import make_dirs
-from nfit.config import AdaptConfig, AlgoOptions, DataConfig, FieldOptions, SignalOptions, TrainConfig
-from nfit.data import BatchStream, DataSummary, SignalFolder, guess_channels, load_all, scan_media, split_files
+from nfit.config import (
+    TILE_ADAM_LR,
+    TILE_FIELD,
+    AdaptConfig,
+    AlgoOptions,
+    DataConfig,
+    FieldOptions,
+    SignalOptions,
+    TrainConfig,
+)
+from nfit.data import BatchStream, DataSummary, SignalFolder, TileFolder, guess_channels, load_all, scan_media, split_files
 from nfit.device import flush_denormals, peak_memory, resolve_device, tune_cpu_allocator
 from nfit.errors import ConfigError, FieldFileError, TrainingError
 from nfit.evaluation import adaptation_curves
@@ -69,6 +78,7 @@ from nfit.runs import (
     write_run,
 )
 from nfit.signals import CONVENTION, MODALITIES
+from nfit.tiling import Tiling
 
 PREVIEW_SIGNALS = 8
 
@@ -202,6 +212,12 @@ class _Data:
     channels: int
     opts: SignalOptions  # how each file is read and conformed
     summary: DataSummary
+    tiling: Tiling | None = None  # tiles: each signal is a random tile of a file at its own scale
+
+    def dataset(self, files: list[Path]) -> SignalFolder | TileFolder:
+        if self.tiling is None:
+            return SignalFolder(files, self.opts, self.channels)
+        return TileFolder(files, self.opts, self.channels, self.tiling.tile)
 
     @property
     def modality(self) -> str:
@@ -238,11 +254,17 @@ def _prepare_data(spec: RunSpec, index: FileIndex) -> _Data:
     else:
         train_files, val_files = files, []
     channels = cfg.channels or guess_channels(files, modality)
-    opts = cfg.signal_options(modality)
-    shape = MODALITIES[modality].dataset_shape(opts)
+    tiles = cfg.tiles()
+    tiling = None if tiles is None else Tiling(*tiles.sizes(modality))
+    if tiling is None:
+        opts = cfg.signal_options(modality)
+        shape = MODALITIES[modality].dataset_shape(opts)
+    else:  # tiles of the files at their own scale: the grid is the tile's
+        opts, shape = cfg.tile_options(modality, tiling.tile[0]), tiling.tile
     summary = DataSummary(str(root), len(files), len(train_files), len(val_files), opts.res, channels, 0,
-                          modality, list(shape), opts.sample_rate if modality == "audio" else None)
-    return _Data(train_files, val_files, channels, opts, summary)
+                          modality, list(shape), opts.sample_rate if modality == "audio" else None,
+                          None if tiling is None else list(tiling.tile))
+    return _Data(train_files, val_files, channels, opts, summary, tiling)
 
 
 UPSCALE_CHECKED = 16  # files whose headers are read to tell whether the grid is larger than the data
@@ -268,10 +290,17 @@ def _from_dense(spec: RunSpec, path: str | Path) -> None:
         raise ConfigError("--from", f"{path} is already sparse: start from a dense initialisation")
     spec.init_from = {"path": str(path), "sha256": dense.sha256}
     spec.field = FieldOptions(dense.field_name, extra=dict(dense.field_config))
-    grid = MODALITIES[dense.modality].grid_options(dense.shape, dense.rate)
-    spec.data_config = dataclasses.replace(
-        spec.data_config, modality=dense.modality, channels=dense.channels, res=grid.res,
-        **{k: getattr(grid, k) for k in ("sample_rate", "duration", "frames") if getattr(grid, k) is not None})
+    if dense.tiling is not None:  # tiles of the dense run's size, from files at their own scale
+        t = dense.tiling
+        spec.data_config = dataclasses.replace(
+            spec.data_config, modality=dense.modality, channels=dense.channels, res=None, tile=t.tile[-1],
+            tile_frames=t.tile[0] if len(t.tile) == 3 else None, overlap=t.overlap[-1],
+            **({"sample_rate": round(dense.rate)} if dense.rate is not None else {}))
+    else:
+        grid = MODALITIES[dense.modality].grid_options(dense.shape, dense.rate)
+        spec.data_config = dataclasses.replace(
+            spec.data_config, modality=dense.modality, channels=dense.channels, res=grid.res,
+            **{k: getattr(grid, k) for k in ("sample_rate", "duration", "frames") if getattr(grid, k) is not None})
     options = {k: v for k, v in spec.algo_options.items() if v is not None}
     options.setdefault("inner", dense.algo.get("name"))
     if options["inner"] == dense.algo.get("name"):  # the dense run's own inner settings, unless overridden
@@ -468,7 +497,7 @@ class _Trainer:
         self.on_event = on_event if on_event is not None and self.dist.main else None  # rank 0 speaks for all
         self.index = _list_data(spec, run, resume)
         self.data = _prepare_data(spec, self.index)
-        if self.dist.main and not resume:
+        if self.dist.main and not resume and self.data.tiling is None:  # tiles are cut at the files' own scale
             _warn_upscaling(self.data.train_files, self.data.opts, self.warn)
         if self.cfg.batch_size % self.dist.world:
             raise ConfigError("--batch-size", f"global batch {self.cfg.batch_size} is not divisible by {self.dist.world} processes")
@@ -481,7 +510,8 @@ class _Trainer:
 
     def _build_model(self) -> None:
         spec, d = self.spec, self.data
-        field_ = build_field(spec.field.name, field_config(spec.field, d.modality, d.shape, d.channels))
+        defaults = None if d.tiling is None else TILE_FIELD  # tiles: the small field nfit fit gives each tile
+        field_ = build_field(spec.field.name, field_config(spec.field, d.modality, d.shape, d.channels, defaults))
         if spec.init_from is not None and not self.resume:
             theta = load_init(spec.init_from["path"]).params  # --algo sparse starts from the dense result
         else:
@@ -554,12 +584,12 @@ class _Trainer:
     def _open_data(self) -> None:
         d, cfg, dcfg = self.data, self.cfg, self.spec.data_config
         self.stream = BatchStream(
-            SignalFolder(d.train_files, d.opts, d.channels), cfg.batch_size, cfg.seed, self.start_step, cfg.steps,
+            d.dataset(d.train_files), cfg.batch_size, cfg.seed, self.start_step, cfg.steps,
             rank=self.dist.rank, world=self.dist.world, workers=dcfg.decoding_workers(), pin=self.device.type == "cuda",
             strict=dcfg.strict, warn=self.warn,
         )
         if self.dist.main and d.val_files:
-            val_set = SignalFolder(d.val_files[: dcfg.val_limit], d.opts, d.channels)
+            val_set = d.dataset(d.val_files[: dcfg.val_limit])
             self.val_targets = load_all(val_set, list(range(len(val_set))), dcfg.strict, self.warn)[1]
         self.log = MetricsLog(self.run, self.start_step) if self.dist.main else None
 
@@ -598,7 +628,8 @@ class _Trainer:
             params={k: v.cpu() for k, v in self.theta().items()},
             modality=d.modality, shape=d.shape, channels=d.channels, rate=d.summary.rate,
             algo={"name": cfg.algo, "config": strategy_config_dict(self.strategy)},
-            test={"steps": self.test.steps, "lr": self.test.lr, "gamma": self.test.gamma},
+            test={"steps": self.test.steps, "lr": self.test.lr, "gamma": self.test.gamma,
+                  **({} if d.tiling is None else {"adam_lr": TILE_ADAM_LR})},
             data=d.summary.to_json(),
             train={"steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "clip": cfg.clip, "seed": cfg.seed,
                    "processes": self.dist.world, "val_psnr": self.val_psnr, "seconds": round(self.seconds, 3),
@@ -606,6 +637,7 @@ class _Trainer:
             coords=dict(CONVENTION),
             mask=None if self.mask is None else {k: m.cpu() for k, m in self.mask.items()},
             sparsity=None if phase is None else {**phase, "val_psnr": self.val_psnr, "from": spec.init_from},
+            tiling=d.tiling,
         )
 
     def save(self, step: int) -> None:

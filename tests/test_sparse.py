@@ -243,7 +243,7 @@ def photo_crop(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_fitting_keeps_pruned_weights_zero(sparse, photo_crop, optimizer):
     init = load_init(sparse, density=0.5)
-    nf = api.fit(photo_crop, init=init, optimizer=optimizer, steps=3, adam_steps=3)
+    nf = api.fit(photo_crop, init=init, optimizer=optimizer, steps=3)
     assert nf.mask is init.mask
     for k, m in init.mask.items():
         assert (nf.params[k][~m] == 0).all()

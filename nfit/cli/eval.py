@@ -34,6 +34,8 @@ def eval_(
     sample_rate: int = typer.Option(DataConfig.sample_rate, help="Random baseline: audio sample rate."),
     duration: float = typer.Option(DataConfig.duration, help="Random baseline: audio seconds."),
     frames: int = typer.Option(DataConfig.frames, help="Random baseline: video frames."),
+    tile: Optional[int] = typer.Option(
+        None, help="Random baseline: fit whole files in tiles of this size [default: a tile initialisation's].", min=1),
     field: str = typer.Option(FieldOptions.name, help="Random baseline: " + FIELD_HELP),
     width: Optional[int] = typer.Option(None, help="Random baseline: hidden width."),
     depth: Optional[int] = typer.Option(None, help="Random baseline: linear layers."),
@@ -49,9 +51,13 @@ def eval_(
 
     Several initialisations are compared on the same files, e.g. Meta-SparseINR against its
     baselines: `nfit eval SPARSE RANDOM_PRUNED NARROW random ./test --optimizer adam --density 0.1`.
+
+    A tile initialisation (meta-train --tile) fits whole files at their own size tile by tile,
+    and the PSNR is of each whole file; "random" beside it fits random tiles of the same size.
     """
     def job():
-        data_config = DataConfig(modality=modality, res=res, sample_rate=sample_rate, duration=duration, frames=frames)
+        data_config = DataConfig(modality=modality, res=res, sample_rate=sample_rate, duration=duration, frames=frames,
+                                 tile=tile)
         config = adapt_config({}, steps, lr, gamma, True, optimizer, batch_size, device)
         with progress_display(TextColumn("[bold]eval {task.description}"), BarColumn(), MofNCompleteColumn(),
                               enabled=not as_json) as bar:

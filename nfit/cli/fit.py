@@ -12,9 +12,22 @@ from rich.table import Table
 
 from nfit.api import fit_paths
 from nfit.cli.app import EXIT_SOME_FAILED, app, err, out, run, say
-from nfit.cli.options import W0, Depth, Device, Field, FieldConfig, Json, Modality, Width, field_options
+from nfit.cli.options import (
+    W0,
+    Depth,
+    Device,
+    Field,
+    FieldConfig,
+    Json,
+    Modality,
+    Overlap,
+    Tile,
+    TileFrames,
+    Width,
+    field_options,
+)
 from nfit.cli.progress import FitProgress
-from nfit.config import AdaptConfig, FieldOptions, FitConfig, SignalOptions, StoreConfig
+from nfit.config import TILE_FIT, AdaptConfig, FieldOptions, FitConfig, SignalOptions, StoreConfig, TileConfig
 
 
 @app.command()
@@ -24,10 +37,16 @@ def fit(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .nf (one input)."),
     out_dir: Optional[Path] = typer.Option(None, "-O", "--out-dir", help="Directory for one .nf per input."),
     steps: Optional[int] = typer.Option(
-        None, help=f"Steps [default: {FitConfig.steps} Adam steps; from --init: {AdaptConfig.steps} SGD steps, "
-        f"or {AdaptConfig.adam_steps} with --optimizer adam]."),
+        None, help=f"Steps [default: at most {TILE_FIT['steps']} Adam steps per tile, {FitConfig.steps} with --tile 0; "
+        f"from --init: {AdaptConfig.steps} SGD steps, or {AdaptConfig.adam_steps} with --optimizer adam]."),
     lr: Optional[float] = typer.Option(
-        None, help=f"Learning rate [default: Adam {FitConfig.lr:g}; from --init: SGD {AdaptConfig.lr:g}, Adam {AdaptConfig.adam_lr:g}]."),
+        None, help=f"Learning rate [default: Adam {TILE_FIT['lr']:g} for tiles, {FitConfig.lr:g} with --tile 0; "
+        f"from --init: SGD {AdaptConfig.lr:g}, Adam {AdaptConfig.adam_lr:g}]."),
+    tile: Tile = None,
+    tile_frames: TileFrames = None,
+    overlap: Overlap = None,
+    seconds: Optional[float] = typer.Option(
+        None, help="Stop each file's fit after this many seconds, keeping the best so far."),
     init: Optional[str] = typer.Option(
         None, help="A learned initialisation (init file or run directory), or 'default' for the one nfit ships "
         "[default: random, Adam]."),
@@ -54,7 +73,9 @@ def fit(
         None, help="Images: resized to longest side RES (aspect kept); video: centre square crop resized to RES x RES "
         "[default: native; NeRV init: its size]."),
     seed: int = typer.Option(FitConfig.seed, help="Seed of the random initialisation."),
-    target_psnr: Optional[float] = typer.Option(None, help="Stop a file once its PSNR (dB) reaches this."),
+    target_psnr: Optional[float] = typer.Option(
+        None, help=f"Stop a file once its PSNR (dB) reaches this; 0: no target [default: {TILE_FIT['target_psnr']:g} for "
+        "tiles, none with --tile 0]."),
     batch_size: int = typer.Option(FitConfig.batch_size, help="Files of equal shape fitted together."),
     device: Device = FitConfig.device,
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave inputs whose output exists alone."),
@@ -65,7 +86,10 @@ def fit(
 ) -> None:
     """Fit neural fields to media files: `nfit fit photo.png -o photo.nf`, or many with -O DIR.
 
-    Images, audio (WAV, FLAC, OGG, MP3) and video (MP4, WebM, AVI, MOV) alike.
+    Images, audio (WAV, FLAC, OGG, MP3) and video (MP4, WebM, AVI, MOV) alike, of any
+    size: each file is cut into tiles fitted by small fields, batch by batch, in bounded
+    memory (--tile 0: one field for the whole file). A fit stops at --target-psnr, --steps
+    or --seconds, whichever comes first; the summary says which.
 
     With `--init RUN/init.safetensors` the fit starts from a learned initialisation and
     takes a few re-scaled SGD steps (GradNCP's Algorithm 2). From a sparse run
@@ -86,8 +110,8 @@ def fit(
                 store=StoreConfig(dtype, standalone), skip_existing=skip_existing, force=force,
                 context_maps=save_context_maps, on_plan=lambda files: progress.plan(len(files) if many else 0),
                 on_outcome=progress.file_done, init=init, density=density, steps=steps, lr=lr, optimizer=optimizer,
-                rescale=not no_rescale, gamma=gamma, seed=seed, target_psnr=target_psnr, batch_size=batch_size,
-                device=device)
+                rescale=not no_rescale, gamma=gamma, seed=seed, target_psnr=target_psnr, seconds=seconds,
+                batch_size=batch_size, device=device, tiles=TileConfig(tile, tile_frames, overlap))
 
     rows = [_row(o) for o in run(job)]
     if as_json:
@@ -102,14 +126,15 @@ def _table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="nfit fit", title_justify="left", caption_justify="left",
                   caption="PSNR, SSIM and steps are of what is stored: each file's best iterate (Adam), which the "
                           "bar's last PSNR, of the latest iterate, may differ from.")
-    for col in ("output", "PSNR dB", "SSIM", "steps", "seconds", "bytes", "bits/sample"):
+    for col in ("output", "PSNR dB", "SSIM", "steps", "stopped by", "seconds", "bytes", "bits/sample"):
         table.add_column(col, justify="left" if col == "output" else "right")
     for r in rows:
         if r["status"] != "fitted":
-            table.add_row(r["output"], r["status"], *[""] * 5)
+            table.add_row(r["output"], r["status"], *[""] * 6)
             continue
         ssim = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
-        table.add_row(r["output"], f"{r['psnr']:.2f}", ssim, str(r["steps"]), f"{r['seconds']:.1f}",
+        stopped = {"target_psnr": "target PSNR", "seconds": "time", "steps": "steps"}.get(r["stopped"], "-")
+        table.add_row(r["output"], f"{r['psnr']:.2f}", ssim, str(r["steps"]), stopped, f"{r['seconds']:.1f}",
                       f"{r['bytes']:,}", f"{r['bits_per_pixel']:.2f}")
     return table
 
@@ -130,6 +155,7 @@ def _row(o) -> dict[str, Any]:
     row: dict[str, Any] = {"input": str(o.input), "output": str(o.output), "status": o.status}
     if o.status == "fitted":
         row.update({k: o.summary[k] for k in ("psnr", "ssim", "steps", "seconds")})
+        row.update(stopped=o.summary.get("stopped"), tiles=o.summary.get("tiles"))
         row.update(bytes=o.bytes, bits_per_pixel=round(o.bytes * 8 / math.prod(o.shape), 4))
     if o.error is not None:
         row["error"] = str(o.error)

@@ -42,6 +42,8 @@ def info(
             ("data", json.dumps(data["data"])),
             ("training", ", ".join(f"{k}={v}" for k, v in data["train"].items())),
         ]
+        if data.get("tiling"):
+            rows.insert(4, ("tiling", _tiling_row(data)))
         sp = data.get("sparsity")
         if sp:
             rows.insert(6, ("sparsity", f"level {sp['level']} of {sp['rounds']} ({sp['prune']} pruning): density "
@@ -63,7 +65,9 @@ def info(
          + ("" if data["rate"] is None else f", {data['rate']:g} {'Hz' if data['modality'] == 'audio' else 'fps'}, "
             f"{data['duration']:g} s")),
         ("source", str(data["source"])),
-        ("field", f"{data['field']['name']} " + json.dumps(data["field"]["config"])),
+        ("tiling", _tiling_row(data)),
+        ("field", f"{data['field']['name']} " + json.dumps(data["field"]["config"])
+         + ("" if data["tiling"] is None else " (one per tile)")),
         ("parameters", f"{data['parameters']:,}"),
         ("stored values", f"{data['values']:,} {data['dtype']} (density {data['density']:.4f}"
          + (f", mask {'embedded' if data['mask'] == 'embedded' else 'in the initialisation'})" if data["mask"] else ")")),
@@ -74,6 +78,15 @@ def info(
     for k, v in rows:
         table.add_row(k, _plain(v))
     out.print(table)
+
+
+def _tiling_row(data: dict[str, Any]) -> str:
+    """How a signal is tiled, in one cell: none, or tile size, overlap and count."""
+    t = data.get("tiling")
+    if t is None:
+        return "none: one field for the whole signal"
+    grid = " x ".join(map(str, t["grid"])) + f" = {t['count']:,} tiles of " if "grid" in t else "tiles of "
+    return f"{grid}{' x '.join(map(str, t['tile']))}, overlap {' x '.join(map(str, t['overlap']))} ({t['blend']} blend)"
 
 
 def _run_row(run: dict[str, Any]) -> str:

@@ -10,7 +10,20 @@ import typer
 
 from nfit.api import meta_train as train_run
 from nfit.cli.app import EXIT_INTERRUPTED, app, run, say
-from nfit.cli.options import W0, Depth, Device, Field, FieldConfig, Modality, Width, exponent, field_options
+from nfit.cli.options import (
+    W0,
+    Depth,
+    Device,
+    Field,
+    FieldConfig,
+    Modality,
+    Overlap,
+    Tile,
+    TileFrames,
+    Width,
+    exponent,
+    field_options,
+)
 from nfit.cli.progress import TrainProgress
 from nfit.config import DEFAULT_RES, AlgoOptions, DataConfig, FieldOptions, TrainConfig
 from nfit.meta.gradncp import GradNCPConfig
@@ -42,6 +55,9 @@ def meta_train(
     duration: float = typer.Option(DataConfig.duration, help="Audio: clips cropped or padded to this many seconds."),
     frames: int = typer.Option(DataConfig.frames, help="Video: frames per clip."),
     stride: int = typer.Option(DataConfig.stride, help="Video: keep every N-th frame."),
+    tile: Tile = None,
+    tile_frames: TileFrames = None,
+    overlap: Overlap = None,
     steps: Optional[int] = typer.Option(None, help=f"Outer steps [default: {TrainConfig.steps}]."),
     batch_size: int = typer.Option(TrainConfig.batch_size, help="Signals per outer step (over all processes)."),
     micro_batch: Optional[int] = typer.Option(
@@ -89,7 +105,10 @@ def meta_train(
     """Learn an initialisation over a folder: `nfit meta-train ./faces -o runs/faces`.
 
     Folders of images, audio clips or videos: every signal is conformed to one grid
-    (--res; --sample-rate and --duration; --frames, --stride and --res).
+    (--res; --sample-rate and --duration; --frames, --stride and --res). With --tile T,
+    every signal is instead one random T x T tile (T samples of audio at --sample-rate)
+    of a file at its own scale, never resized: an initialisation for the tiles that
+    `nfit fit` cuts files of any size into.
 
     The result is RUN/init.safetensors, for `nfit fit --init`. Ctrl-C saves a checkpoint;
     `nfit meta-train --resume RUN` continues it exactly (with the run's own settings;
@@ -108,7 +127,7 @@ def meta_train(
                             nan_policy=TrainConfig.nan_policy if nan_policy is None else nan_policy)
         data_config = DataConfig(modality=modality, res=res, sample_rate=sample_rate, duration=duration, frames=frames,
                                  stride=stride, channels=channels, val_fraction=val_fraction, val_limit=val_limit,
-                                 workers=workers, strict=strict)
+                                 workers=workers, strict=strict, tile=tile, tile_frames=tile_frames, overlap=overlap)
         options = AlgoOptions(inner_steps, inner_lr, True if first_order else None,
                               True if gradient_checkpointing else None, gamma, boot_steps, boot_lr, lam, rounds,
                               prune_fraction, steps_per_round, prune, inner)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from nfit.config import FieldOptions
+from nfit.config import TILE_FIELD, TILES, FieldOptions
 from nfit.errors import ConfigError
 from nfit.fields import FIELDS, SirenConfig
 
@@ -23,6 +23,16 @@ Width = Annotated[Optional[int], typer.Option(help=f"Hidden width [default: {Sir
 Depth = Annotated[Optional[int], typer.Option(help=f"Linear layers [default: {SirenConfig.depth}].")]
 W0 = Annotated[Optional[float], typer.Option(help=f"SIREN frequency w0 [default: {SirenConfig.w0:g}].")]
 FieldConfig = Annotated[Optional[str], typer.Option(help=FIELD_CONFIG_HELP)]
+
+# Tiles: a signal cut into tiles of one size, each with its own small field.
+Tile = Annotated[Optional[int], typer.Option(
+    help=f"Tile size: images TxT pixels, audio T samples, video TxT pixels per frame; each tile gets its own small "
+    f"field (SIREN width {TILE_FIELD['width']}, depth {TILE_FIELD['depth']}) [fit's default: image {TILES['image'][0]}, "
+    f"audio {TILES['audio'][0]}, video {TILES['video'][1]}; 0: one field for the whole signal].", min=0)]
+TileFrames = Annotated[Optional[int], typer.Option(help=f"Video: frames per tile [default: {TILES['video'][0]}].", min=1)]
+Overlap = Annotated[Optional[int], typer.Option(
+    help="Samples that neighbouring tiles share, blended on rendering so that no seam shows [default: an eighth of "
+    "the tile; video: a quarter of its frames].", min=0)]
 
 # The data: which modality, and where it goes.
 Modality = Annotated[Optional[str], typer.Option(help=MODALITY_HELP)]
@@ -48,4 +58,5 @@ def field_options(name: str, width: int | None, depth: int | None, w0: float | N
     return FieldOptions(name, width, depth, w0, extra)
 
 
-__all__ = ["Depth", "Device", "Field", "FieldConfig", "Json", "Modality", "W0", "Width", "exponent", "field_options"]
+__all__ = ["Depth", "Device", "Field", "FieldConfig", "Json", "Modality", "Overlap", "Tile", "TileFrames", "W0", "Width",
+           "exponent", "field_options"]

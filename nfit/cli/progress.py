@@ -224,9 +224,19 @@ class FitProgress(_Display):
         rate = _Rate()
 
         def on_step(info) -> None:
+            if info.step >= steps and info.seconds_left is None and info.step - rate.done > 1:
+                # a target reached (or a time budget spent) before the last step: fill the bar, keep the rate
+                self.progress.update(task, completed=steps, left=_duration(0))
+                return
             rate.add(info.step)
-            self.progress.update(task, completed=info.step, stats=f"loss {info.loss:.2e}  PSNR {info.psnr:6.2f} dB",
-                                 rate=_rate_text(rate.per_step), left=rate.left(steps))
+            tiles = "" if info.tiles is None else (
+                f"tiles {info.tiles[2]:,}  " if info.tiles[1] - info.tiles[0] == info.tiles[2]
+                else f"tiles {info.tiles[0] + 1:,}-{info.tiles[1]:,} of {info.tiles[2]:,}  ")
+            left = rate.left(steps)
+            if info.seconds_left is not None and rate.per_step is not None:  # a time budget may end it sooner
+                left = _duration(min(info.seconds_left, max(0, steps - info.step) * rate.per_step))
+            self.progress.update(task, completed=info.step, stats=f"{tiles}loss {info.loss:.2e}  PSNR {info.psnr:6.2f} dB",
+                                 rate=_rate_text(rate.per_step), left=left)
 
         return on_step
 

@@ -10,14 +10,17 @@ from nfit.fields.base import FIELDS, build_field
 from nfit.signals import MODALITIES
 
 
-def field_config(options: FieldOptions, modality: str, shape: tuple[int, ...], channels: int) -> dict:
+def field_config(options: FieldOptions, modality: str, shape: tuple[int, ...], channels: int,
+                 defaults: dict | None = None) -> dict:
     """The config dict of ``options.name`` for signals of ``modality`` on grid ``shape`` with ``channels``:
-    the modality's defaults for that field, then ``options.extra``, then width, depth and w0; validated."""
+    the modality's defaults for that field, then ``defaults`` (those it knows: a tile's small field),
+    then ``options.extra``, then width, depth and w0; validated."""
     if options.name not in FIELDS:
         raise ConfigError("--field", f"unknown field {options.name!r} (known: {', '.join(sorted(FIELDS))})")
     names = {f.name for f in dataclasses.fields(FIELDS[options.name].Config)}
     config = {"in_dim": len(shape), "out_dim": channels}
     config.update(MODALITIES[modality].field_defaults(options.name, shape))
+    config.update(defaults or {})
     config = {k: v for k, v in config.items() if k in names}
     for key, value in (options.extra or {}).items():
         if key not in names:

@@ -96,6 +96,10 @@ class ImageModality:
         return image.load_image(path, opts.res, channels)
 
     @staticmethod
+    def load_whole(path: Path, opts: SignalOptions, channels: int) -> torch.Tensor:
+        return image.load_native(path, channels)
+
+    @staticmethod
     def guess_channels(path: Path) -> int:
         return 1 if image.decode_image(path).shape[-1] <= 2 else 3
 
@@ -160,6 +164,10 @@ class AudioModality:
         return audio.load_clip(path, opts.sample_rate, opts.duration, channels)
 
     @staticmethod
+    def load_whole(path: Path, opts: SignalOptions, channels: int) -> torch.Tensor:
+        return audio.load_clip(path, opts.sample_rate, None, channels)
+
+    @staticmethod
     def guess_channels(path: Path) -> int:
         return min(2, audio.read_audio(path)[0].shape[-1])
 
@@ -222,6 +230,11 @@ class VideoModality:
     @staticmethod
     def load(path: Path, opts: SignalOptions, channels: int) -> torch.Tensor:
         values, _ = video.read_video(path, frames=opts.frames, stride=opts.stride, res=opts.res)
+        return image.convert_channels(torch.from_numpy(values), channels).contiguous()
+
+    @staticmethod
+    def load_whole(path: Path, opts: SignalOptions, channels: int) -> torch.Tensor:
+        values, _ = video.read_video(path, frames=opts.frames, stride=opts.stride)  # frames at their own size
         return image.convert_channels(torch.from_numpy(values), channels).contiguous()
 
     @staticmethod

@@ -281,6 +281,14 @@ def resize_crop(pixels: torch.Tensor, res: int) -> torch.Tensor:
     return pixels[top : top + res, left : left + res]
 
 
+def load_native(path: Path, channels: int) -> torch.Tensor:
+    """Decode one image at its own size as float32 ``[H, W, channels]`` in [0, 1] (1 or 3 channels)."""
+    if channels not in (1, 3):
+        raise ConfigError("--channels", f"must be 1 or 3, got {channels}")
+    pixels = _drop_alpha(torch.from_numpy(np.ascontiguousarray(decode_image(Path(path)), dtype=np.float32)))
+    return convert_channels(pixels, channels).contiguous()
+
+
 def load_image(path: Path, res: int, channels: int) -> torch.Tensor:
     """Decode one image as a float32 ``[res, res, channels]`` target in [0, 1].
 
