@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -25,12 +26,15 @@ from nfit import metrics
 from nfit.atomic import guard_output, make_dirs
 from nfit.config import (
     INIT_SIZE_TOLERANCE,
+    MAX_SSIM_SAMPLES,
     AdaptConfig,
     DataConfig,
     FieldOptions,
     FitConfig,
     RenderConfig,
+    TILE_ADAM_LR,
     TILE_FIELD,
+    TILE_WARMUP,
     TILE_FIT,
     SignalOptions,
     StoreConfig,
@@ -56,7 +60,7 @@ from nfit.fields.base import Pointwise
 from nfit.fields.masked import narrow_width
 from nfit.fit import StepInfo, fit_batch, random_init, split_batches
 from nfit.inits import DEFAULT, default_init, default_init_path, trained_channels
-from nfit.render import decode, default_output, render_to_file, render_values
+from nfit.render import decode, default_output, field_chunks, render_to_file, render_values
 from nfit.runs import RUN_FILE, find_init, level_files, load_init, summarize_run
 from nfit.signals import EXTENSIONS, MODALITIES, Signal, modality_for, read_signal
 from nfit.tiled import fit_tiles
@@ -199,13 +203,24 @@ def _fit_tiled(signal: Signal, start: _Start, config: FitConfig, adapt: AdaptCon
         shape=signal.shape, channels=signal.channels, bit_depth=signal.bit_depth, source=signal.source.name,
         source_bytes=_file_size(signal.source), rate=signal.rate, init=start.record, dtype=store.dtype,
         mask=None if start.init is None else start.init.mask, standalone=store.standalone, tiling=start.tiling)
-    rendered = render_values(nf, device=device).unsqueeze(0)  # [1, *shape, C]
-    target = values.unsqueeze(0)
-    ssim = metrics.signal_ssim(rendered, target)
-    nf.summary = {**result.method, "psnr": round(float(metrics.psnr(rendered, target)[0]), 4),
-                  "ssim": None if ssim is None else round(float(ssim[0]), 5), "seconds": round(result.seconds, 3),
-                  "batch": 1, "device": device.type}
+    psnr, ssim = _measure(nf, values, device)
+    nf.summary = {**result.method, "psnr": round(psnr, 4), "ssim": None if ssim is None else round(ssim, 5),
+                  "seconds": round(result.seconds, 3), "batch": 1, "device": device.type}
     return nf
+
+
+def _measure(nf: NeuralField, values: torch.Tensor, device: torch.device) -> tuple[float, float | None]:
+    """PSNR of ``nf`` rendered at its own grid against ``values [*shape, C]``, accumulated block by block
+    (no second copy of a large signal), and SSIM for signals up to ``MAX_SSIM_SAMPLES``."""
+    flat = values.reshape(-1, values.shape[-1])
+    squared = 0.0
+    for start, stop, block in field_chunks(nf, nf.shape, device):
+        squared += float((block.cpu().double() - flat[start:stop].double()).pow(2).sum())
+    psnr = float(metrics.psnr_from_mse(torch.tensor(squared / flat.numel())))
+    if values.numel() > MAX_SSIM_SAMPLES:
+        return psnr, None
+    ssim = metrics.signal_ssim(render_values(nf, device=device).unsqueeze(0), values.unsqueeze(0))
+    return psnr, None if ssim is None else float(ssim[0])
 
 
 def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adapt: AdaptConfig, store: StoreConfig,
@@ -214,9 +229,10 @@ def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adap
     shape = signals[0].shape
     label = signals[0].source.name if len(signals) == 1 else f"{len(signals)} x {'x'.join(map(str, shape))}"
     grid = torch.from_numpy(np.stack([s.values for s in signals])).to(device)  # [B, *shape, C]
+    deadline = None if config.seconds is None else time.perf_counter() + config.seconds
     params, method, seconds, stopped = fit_batch(start.net, start.params, start.net.to_units(grid), shape, config,
                                                  adapt, start.init is not None,
-                                                 lambda n: progress(label, n) if progress else None)
+                                                 lambda n: progress(label, n) if progress else None, deadline=deadline)
     if store.dtype != "float32":
         params = {k: v.to(getattr(torch, store.dtype)).float() for k, v in params.items()}
     values = decode(start.net, params, shape).view(grid.shape)  # clamped
@@ -544,6 +560,8 @@ def fit_plan(files: Sequence[Path], *, init: str | Path | MetaInit | None = None
     from random, the test-time ones from an init. Tiled fits have their own defaults (``TILE_FIT``):
     a target PSNR (0 turns it off), more steps at a higher rate."""
     tiles = tiles or TileConfig()
+    if init is None and _shipped_tiles_apply(files, tiles, field):
+        init = DEFAULT  # nfit fit's default: tiles from the initialisation nfit ships for them
     learned = init not in (None, "random")
     if not learned:
         if not rescale or gamma is not None or optimizer != AdaptConfig.optimizer or density is not None:
@@ -554,18 +572,46 @@ def fit_plan(files: Sequence[Path], *, init: str | Path | MetaInit | None = None
     if init == DEFAULT:
         if not _ships_init(files):
             raise ConfigError("--init", "nfit ships no initialisation for these files")
-        test: dict[str, Any] = {}  # the shipped initialisation: test-time settings from nfit's defaults
+        if density is not None:
+            raise ConfigError("--density", "applies to fitting from a sparse run (--init RUN)")
+        shipped = default_init(modality_for(files[0]).name, 3)
         meta: MetaInit | str = DEFAULT
-        tiled = _default_is_tiled(files)
+        test, tiling = shipped.test, shipped.tiling
     else:
         meta = init if isinstance(init, MetaInit) else load_init(init, density)
-        test, tiled = meta.test, meta.tiling is not None
-    if tiles.whole and tiled or tiles.tile and not tiled:
-        raise ConfigError("--tile", "the initialisation decides the tiling: drop --tile (tile initialisations come "
-                          "from meta-train --tile)")
-    # from an initialisation, --steps and --lr are the test-time ones: Adam's refinement keeps its defaults
-    refine = fit_config(tiled, None, None, target_psnr, seconds, seed, batch_size, device)
-    return FitPlan(refine, meta, adapt_config(test, steps, lr, gamma, rescale, optimizer, batch_size, device), tiles)
+        test, tiling = meta.test, meta.tiling
+    if tiling is None and tiles.tile or tiling is not None and not _same_tiling(tiles, tiling):
+        raise ConfigError("--tile", "the initialisation decides the tiling: drop --tile, --tile-frames and --overlap "
+                          "(tile initialisations come from meta-train --tile)")
+    if tiling is None:  # --steps and --lr are the test-time ones; Adam's refinement keeps its defaults
+        refine = fit_config(False, None, None, target_psnr, seconds, seed, batch_size, device)
+        return FitPlan(refine, meta, adapt_config(test, steps, lr, gamma, rescale, optimizer, batch_size, device), tiles)
+    # Tiles: --steps counts the whole fit (the initialisation's SGD steps, then Adam), --lr is Adam's
+    adapt = adapt_config(test, None, None, gamma, rescale, optimizer, batch_size, device)
+    total = TILE_FIT["steps"] if steps is None else steps
+    adam_lr = lr if lr is not None else float(test.get("adam_lr", TILE_ADAM_LR))
+    sgd_steps = min(adapt.steps, total) if optimizer == "sgd" else 0
+    adapt = dataclasses.replace(adapt, steps=sgd_steps, adam_lr=adam_lr, adam_steps=total)
+    refine = dataclasses.replace(fit_config(True, total - sgd_steps, adam_lr, target_psnr, seconds, seed, batch_size,
+                                            device), warmup=TILE_WARMUP)
+    return FitPlan(refine, meta, adapt, tiles)
+
+
+def _same_tiling(tiles: TileConfig, tiling: Tiling) -> bool:
+    """Whether tile options (None: unset) agree with an initialisation's tiling."""
+    video = len(tiling.tile) == 3
+    return ((tiles.tile is None or tiles.tile == tiling.tile[-1])
+            and (tiles.overlap is None or tiles.overlap == tiling.overlap[-1])
+            and (tiles.frames is None or video and tiles.frames == tiling.tile[0]))
+
+
+def _shipped_tiles_apply(files: Sequence[Path], tiles: TileConfig, field: FieldOptions | None) -> bool:
+    """Whether a fit given no --init starts from the tile initialisation nfit ships for these files:
+    when it ships one, and neither the field nor the tiling asked for differs from it."""
+    if tiles.whole or (field is not None and field != FieldOptions()) or not _ships_init(files):
+        return False
+    shipped = default_init(modality_for(files[0]).name, 3)
+    return shipped is not None and shipped.tiling is not None and _same_tiling(tiles, shipped.tiling)
 
 
 def fit_config(tiled: bool, steps: int | None = None, lr: float | None = None, target_psnr: float | None = None,
@@ -583,12 +629,6 @@ def fit_config(tiled: bool, steps: int | None = None, lr: float | None = None, t
 def _tiled(tiles: TileConfig, field: FieldOptions) -> bool:
     """Whether a fit from random is tiled: unless ``--tile 0``, for fields evaluated point by point."""
     return not tiles.whole and (field.name not in FIELDS or issubclass(FIELDS[field.name], Pointwise))
-
-
-def _default_is_tiled(files: Sequence[Path]) -> bool:
-    """Whether the initialisation nfit ships for these files' modality is a tile one."""
-    init = default_init(modality_for(files[0]).name, 3) if files else None
-    return init is not None and init.tiling is not None
 
 
 def _ships_init(files: Sequence[Path]) -> bool:
@@ -655,6 +695,9 @@ def save_context_maps(
         meta = default_init(signal.modality, signal.channels) if init == DEFAULT else init
         if meta is None:
             raise ConfigError(path, f"nfit ships no initialisation for {signal.modality}: give --init")
+        if meta.tiling is not None:
+            raise ConfigError("--save-context-maps", "draws the context of a whole-signal initialisation, "
+                              "not of a tile one")
         _check_init_fits(meta, signal)
         targets = torch.from_numpy(signal.values.reshape(1, -1, signal.channels)).to(device)
         maps = selected_context(meta.field, meta.params, targets, signal.shape, adapt)  # [K, 1, N]

@@ -23,6 +23,7 @@ MAX_HEADER_BYTES = 16 << 20  # a safetensors header (tensor table + metadata); r
 MAX_METADATA_BYTES = 1 << 20  # the nfit JSON inside it; real files use 1-3 kB
 MAX_GRID_SAMPLES = 1 << 34  # a .nf declaring a bigger signal is corrupt, not data
 MAX_FIELD_SIZE = 1 << 16  # any width, depth or feature count a field file may declare
+MAX_SSIM_SAMPLES = 1 << 25  # a fit's summary gives SSIM up to 11 MP RGB: beyond, its filters need GBs
 MAX_TILES = 1 << 24  # tiles a .nf may declare (a 134 MP photo in 32 px tiles has ~170k)
 
 # Dataset grids by modality: every signal of a meta-learning batch is conformed to one.
@@ -53,6 +54,9 @@ class FitConfig:
     seed: int = 0
     target_psnr: float | None = None  # stop a signal once its PSNR (dB) reaches this
     seconds: float | None = None  # stop a signal's fit after this much wall time, keeping its best so far
+    # Adam's step size rises linearly over this many steps: its first steps move every weight by about
+    # lr whatever its gradient, which throws a learned initialisation far from where it was
+    warmup: int = 0
     batch_size: int = 16  # signals of equal shape fitted together
     # Coordinates x signals per forward/backward: larger grids are accumulated in
     # chunks, giving the exact full-grid gradient in bounded memory.
@@ -79,6 +83,7 @@ TILES = {"image": (32, 32), "audio": (1024,), "video": (8, 32, 32)}
 TILE_FIELD = {"width": 32, "depth": 4}  # 2,307 parameters for an RGB image tile
 TILE_FIT = {"lr": 3e-3, "steps": 300, "target_psnr": 38.0, "seconds": None}  # from random, per file
 TILE_ADAM_LR = 1e-3  # Adam after a tile initialisation's SGD steps (its init file records it)
+TILE_WARMUP = 10  # ...with its step size rising over 10 steps: without, its first steps cost 10 dB (BENCHMARKS.md)
 TILE_CACHE_BYTES = 1 << 30  # meta-train --tile: decoded files each data worker keeps
 TILE_SOURCE_FRAMES = 4  # meta-train --tile on video: blocks are cut from the first 4 blocks' worth of frames
 

@@ -111,6 +111,9 @@ def fit_adam(
             reached = psnr >= config.target_psnr
             frozen |= reached if not pooled else reached.new_full(reached.shape, float(
                 psnr_from_mse(mse_clamped.mean())) >= config.target_psnr)
+        if config.warmup:
+            for group in opt.param_groups:
+                group["lr"] = config.lr * min(1.0, step / config.warmup)
         now = time.perf_counter()
         if on_step is not None:
             on_step(StepInfo(step, config.steps, mse.mean().item(), _mean_psnr(psnr, mse_clamped, pooled),

@@ -23,7 +23,9 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -484,6 +486,25 @@ def meta_train(
     return trainer.train()
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a job scheduler's stop, ``kill``) ends a run as Ctrl-C does: a checkpoint at the
+    step reached, then a clean exit. Python leaves SIGTERM fatal and skips SIGINT in a process
+    started in the background, where schedulers and nohup run training."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class _Trainer:
     """One run of the outer loop. What changes as it trains (step, time, last validation,
     the sparse level) are its attributes; each method is one part of a step."""
@@ -678,12 +699,13 @@ class _Trainer:
         self.estimate, self.window = _Estimate(), (time.perf_counter(), 0)
         self.saved_at = time.monotonic()  # checkpoints by time count from the first step
         try:
-            for step, batch in self.stream:  # step: 0-based index of the outer step about to run
-                self.outer_step(step, batch)
-                self.after_step(step + 1)
-            if self.val_psnr is None and self.dist.main:
-                self.validate(self.step)
-            self.save(self.step)
+            with _terminate_as_interrupt():
+                for step, batch in self.stream:  # step: 0-based index of the outer step about to run
+                    self.outer_step(step, batch)
+                    self.after_step(step + 1)
+                if self.val_psnr is None and self.dist.main:
+                    self.validate(self.step)
+                self.save(self.step)
         except KeyboardInterrupt:
             interrupted = True
             self.save(self.step)

@@ -360,4 +360,4 @@ def test_load_all(tmp_path):
 def test_data_summary_json():
     s = DataSummary(root="/x", files=10, train=8, val=2, res=32, channels=3, bad=1)
     assert s.to_json() == {"root": "/x", "files": 10, "train": 8, "val": 2, "res": 32, "channels": 3, "bad": 1,
-                           "modality": "image", "shape": None, "rate": None}
+                           "modality": "image", "shape": None, "rate": None, "tile": None}

@@ -22,7 +22,7 @@ def test_shipped_image_init_is_valid_and_small():
     init = load_init(path)
     assert init.modality == "image" and init.channels == 3 and init.algo["name"] == "gradncp"
     assert "recipe" in init.data and init.data["held_out"]  # it says how it was made and what it never saw
-    assert inits.default_init("audio", 1) is None
+    assert init.tiling is not None and init.shape == init.tiling.tile  # a tile initialisation
 
 
 @pytest.mark.parametrize("channels", [1, 2, 4])
@@ -40,39 +40,57 @@ def test_other_channel_counts_adapt_the_output_layer(channels):
         torch.testing.assert_close(out[:, -1], torch.ones(50))  # alpha starts opaque
 
 
-def test_cli_fit_from_the_shipped_init(tmp_path, photo):
-    out = tmp_path / "a.nf"
-    r = runner.invoke(app, ["fit", str(photo), "-o", str(out), "--init", "default", "--json"])
-    assert r.exit_code == 0, r.output
-    nf = load_field(out)
-    assert nf.init["name"] == "default:image" and nf.init["sha256"] == load_init(inits.default_init_path("image")).sha256
-    assert nf.summary["method"] == "sgd-rescaled" and nf.summary["steps"] == 16
+def test_cli_fit_starts_from_the_shipped_tile_init(tmp_path, photo):
+    shipped = load_init(inits.default_init_path("image"))
+    for args in ([], ["--init", "default"]):  # without --init, as with --init default
+        out = tmp_path / f"a{len(args)}.nf"
+        r = runner.invoke(app, ["fit", str(photo), "-o", str(out), "--json", "--steps", "20", *args])
+        assert r.exit_code == 0, r.output
+        nf = load_field(out)
+        assert nf.init["name"] == "default:image" and nf.init["sha256"] == shipped.sha256
+        assert nf.tiling == shipped.tiling and nf.summary["method"].startswith("sgd-rescaled")
+        assert nf.summary["steps"] <= 20  # --steps counts the SGD steps and Adam's
     r = runner.invoke(app, ["info", str(out)])
     assert "default:image" in r.output  # info names the initialisation
-    # without --init (or with --init random) the fit starts from scratch with Adam
-    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "b.nf"), "--steps", "3"])
-    assert r.exit_code == 0 and load_field(tmp_path / "b.nf").init["name"] == "random"
-    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "c.nf"), "--init", "random", "--width", "16", "--steps", "3"])
-    assert r.exit_code == 0 and load_field(tmp_path / "c.nf").summary["method"] == "adam"
+    # --init random, another field or another tiling: random tiles with Adam
+    for i, args in enumerate((["--init", "random"], ["--width", "16"], ["--tile", "16"])):
+        out = tmp_path / f"r{i}.nf"
+        r = runner.invoke(app, ["fit", str(photo), "-o", str(out), "--steps", "3", *args])
+        assert r.exit_code == 0, r.output
+        nf = load_field(out)
+        assert nf.init["name"] == "random" and nf.summary["method"] == "adam" and nf.tiling is not None
     r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "d.nf"), "--init", "default", "--width", "16"])
     assert r.exit_code == 2 and not (tmp_path / "d.nf").exists()
 
 
-def test_target_psnr_refines_with_adam(photo):
+def test_tiles_refine_with_adam_until_the_target(photo):
     signal = read_signal(photo)
     init = inits.default_init("image", 3)
     [nf] = api.fit_signals([signal], api.FitConfig(steps=5, target_psnr=99.0), init=init,
                            adapt=api.AdaptConfig(steps=2))
-    assert nf.summary["method"] == "sgd-rescaled+adam" and nf.summary["adam_steps"] == 5
-    [plain] = api.fit_signals([signal], api.FitConfig(steps=5), init=init, adapt=api.AdaptConfig(steps=2))
-    assert nf.summary["psnr"] > plain.summary["psnr"]  # the Adam steps went on improving it
+    assert nf.summary["method"] == "sgd-rescaled+adam" and nf.summary["steps"] > 2
+    [sgd] = api.fit_signals([signal], api.FitConfig(steps=0), init=init, adapt=api.AdaptConfig(steps=2))
+    assert sgd.summary["method"] == "sgd-rescaled" and nf.summary["psnr"] > sgd.summary["psnr"]  # Adam went on
     [reached] = api.fit_signals([signal], api.FitConfig(steps=5, target_psnr=1.0), init=init, adapt=api.AdaptConfig(steps=2))
-    assert reached.summary["method"] == "sgd-rescaled"  # already above the target: no refinement
+    assert reached.summary["method"] == "sgd-rescaled" and reached.summary["stopped"] == "target_psnr"
+
+
+def _whole_signal_init(path, shape):
+    """A whole-signal initialisation file (random weights: the maps only need one to start from)."""
+    from nfit.fieldfile import MetaInit, save_init
+    from nfit.fields import build_field
+
+    config = {"in_dim": 2, "out_dim": 3, "width": 32, "depth": 3}
+    params = build_field("siren", config).init_params(torch.Generator().manual_seed(0))
+    save_init(MetaInit("siren", config, params, "image", shape, 3, {"name": "gradncp", "config": {}},
+                       {"steps": 16, "lr": 1e-2, "gamma": 0.25}), path)
+    return path
 
 
 def test_save_context_maps(tmp_path, photo):
     maps = tmp_path / "maps"
-    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "a.nf"), "--init", "default", "--steps", "3",
+    init = _whole_signal_init(tmp_path / "init.safetensors", read_signal(photo).shape)
+    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "a.nf"), "--init", str(init), "--steps", "3",
                             "--save-context-maps", str(maps)])
     assert r.exit_code == 0, r.output
     import imageio.v3 as iio
@@ -85,6 +103,7 @@ def test_save_context_maps(tmp_path, photo):
     bright = np.isclose(frames[0], image, atol=1).all(axis=2)
     assert 0.2 < bright.mean() < 0.6 and not bright.all()
     assert iio.imread(maps / f"{photo.stem}_context.gif").shape[0] == 3
-    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "b.nf"), "--init", "random",
-                            "--save-context-maps", str(tmp_path / "m2")])
-    assert r.exit_code == 2 and not (tmp_path / "b.nf").exists()
+    for init in ("random", "default"):  # none, and a tile initialisation: no maps of a whole signal's context
+        r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "b.nf"), "--init", init,
+                                "--save-context-maps", str(tmp_path / "m2")])
+        assert r.exit_code == 2 and not (tmp_path / "b.nf").exists()

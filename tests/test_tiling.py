@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import nfit
+from nfit import metrics
 from nfit.cli import app
 from nfit.config import AdaptConfig, FitConfig, TileConfig
 from nfit.errors import ConfigError
@@ -127,6 +128,8 @@ def test_a_time_budget_stops_the_fit_and_says_so():
     assert nf.summary["stopped"] == "seconds" and nf.summary["steps"] < 10_000
     nf = nfit.fit("tests/data/coffee_128x96.png", steps=500, target_psnr=20, **SMALL)
     assert nf.summary["stopped"] == "target_psnr" and nf.summary["psnr"] >= 20
+    nf = nfit.fit("tests/data/coffee_128x96.png", tile=0, steps=10_000, seconds=1.0, **SMALL)  # a whole field too
+    assert nf.summary["stopped"] == "seconds" and nf.summary["steps"] < 10_000
 
 
 def _fit_and_render_2x(tmp_path, overlap):
@@ -149,6 +152,9 @@ def test_a_2x_render_of_a_real_photo_shows_no_seams(tmp_path):
 def test_tiled_field_file_round_trip_and_info(tmp_path):
     nf = nfit.fit("tests/data/coffee_128x96.png", steps=3, dtype="float16", **SMALL)
     assert nf.tiling == Tiling((32, 32), (4, 4)) and nf.tiles == 4 * 5
+    target = torch.from_numpy(nfit.read_signal("tests/data/coffee_128x96.png").values)[None]
+    # the summary's PSNR, accumulated block by block, is that of the whole render of what is stored
+    assert nf.summary["psnr"] == pytest.approx(float(metrics.psnr(nf.render()[None], target)[0]), abs=1e-3)
     path = nf.save(tmp_path / "c.nf")
     back = nfit.load(path)
     assert back.tiling == nf.tiling and back.params["l0.weight"].shape == (20, 16, 2)
@@ -264,6 +270,11 @@ def test_meta_train_on_tiles_of_files_at_their_own_size(photos, tmp_path, algo):
     init = load_init(tmp_path / "run")
     assert init.tiling == Tiling((8, 8), (1, 1)) and init.shape == (8, 8) and init.data["tile"] == [8, 8]
     assert init.data["res"] is None  # never resized
+    if algo == "sparse":  # a sparse tiled field stores each tile's survivors; its mask is the init's
+        nf = nfit.fit("tests/data/chelsea_48x32.png", init=tmp_path / "run", steps=3)
+        back = nfit.load(nf.save(tmp_path / "s.nf"), init=tmp_path / "run")
+        assert back.mask is not None and nfit.info(tmp_path / "s.nf")["values"] == init.n_values * nf.tiles
+        torch.testing.assert_close(back.render(), nf.render())
 
 
 def test_tile_runs_resume_exactly_and_decode_in_workers(photos, tmp_path):
@@ -280,8 +291,9 @@ def test_tile_runs_resume_exactly_and_decode_in_workers(photos, tmp_path):
 
 def test_fit_and_eval_from_a_tile_initialisation(photos, tmp_path):
     _tile_run(photos, tmp_path / "run")
-    nf = nfit.fit("tests/data/coffee_128x96.png", init=tmp_path / "run", steps=2)
+    nf = nfit.fit("tests/data/coffee_128x96.png", init=tmp_path / "run", steps=5, target_psnr=0)
     assert nf.tiling == Tiling((8, 8), (1, 1)) and nf.tiles == nf.tiling.count((96, 128))
+    assert nf.summary["adam_lr"] == 1e-3 and 2 <= nf.summary["steps"] <= 5  # --steps counts SGD (the init's 2) and Adam
     assert nf.summary["method"] == "sgd-rescaled+adam" and nf.init["name"] == "meta"
     assert nf.init["sha256"] == nfit.runs.load_init(tmp_path / "run").sha256 and nf.summary["stopped"] and nf.summary["stopped"] in ("steps", "target_psnr")
     with pytest.raises(ConfigError, match="decides the tiling"):

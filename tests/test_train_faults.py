@@ -73,6 +73,28 @@ def _kill_after_a_checkpoint(faces, run, steps: int, *options: str, min_step: in
     return json.loads((run / "checkpoint.json").read_text())["step"]
 
 
+def test_sigterm_saves_a_checkpoint_at_the_step_reached_and_resumes_exactly(tmp_path, faces):
+    """A scheduler's stop (SIGTERM) ends a run as Ctrl-C does, even in a process started in the
+    background (where SIGINT is ignored): a checkpoint at the step reached, exit code 130."""
+    steps, run = 300, tmp_path / "stopped"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, "-m", "nfit", "meta-train", str(faces), "-o", str(run), *CLI_ARGS,
+                             "--steps", str(steps), "--ckpt-every", "100000"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    stopped_at = json.loads((run / "checkpoint.json").read_text())["step"]
+    assert stopped_at >= 3 and f"interrupted at step {stopped_at}" in err.decode()
+    assert meta_train(None, run, resume=True).step == steps
+    train(faces, tmp_path / "straight", steps, ckpt_every=100000)
+    assert same_params(run, tmp_path / "straight")
+
+
 def test_sigkill_then_resume_is_bit_identical(tmp_path, faces):
     steps, run = 300, tmp_path / "killed"
     killed_at = _kill_after_a_checkpoint(faces, run, steps, "--ckpt-every", "2")

@@ -16,7 +16,7 @@ from nfit.fieldfile import MetaInit, read_init
 
 HERE = Path(__file__).parent
 DEFAULT = "default"  # the ``init`` that asks for these
-DEFAULT_INITS = {"image": "image.safetensors"}  # modality -> file in this folder
+DEFAULT_INITS = {"image": "image_tiles.safetensors"}  # modality -> file in this folder
 
 
 def default_init_path(modality: str) -> Path | None:
