@@ -229,7 +229,8 @@ def border_pairs(length: int, tile: int, overlap: int, out_length: int) -> Tenso
     starts = axis_starts(length, tile, overlap)
     u = (torch.arange(out_length, dtype=torch.float64) + 0.5) * length / out_length
     mids = torch.tensor([(a + b + tile) / 2 for a, b in zip(starts[:-1], starts[1:])], dtype=torch.float64)
-    return ((u[:-1, None] < mids) & (u[1:, None] >= mids)).any(dim=1)
+    below = torch.searchsorted(mids, u, right=True)  # zone centres at or before each sample
+    return below[1:] > below[:-1]  # a centre in (u_j, u_j+1]
 
 
 def seam_ratio(values: Tensor, tiling: Tiling, shape: tuple[int, ...], axis: int) -> float:
