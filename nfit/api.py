@@ -177,14 +177,11 @@ def _init_record(init: MetaInit, default: bool, modality: str, channels: int) ->
 def _tiling(tiles: TileConfig, field: FieldOptions, modality: str) -> Tiling | None:
     """The tiling of a fit from random: the options', or none for a whole-signal field (``--tile 0``,
     and fields decoding whole frames, like NeRV, unless tiles were asked for: then that is an error)."""
-    sizes = tiles.sizes(modality)
-    if sizes is None:
-        return None
-    if field.name in FIELDS and not issubclass(FIELDS[field.name], Pointwise):
-        if tiles.tile is not None:
+    if not _tiled(tiles, field):
+        if not tiles.whole and tiles.tile is not None:
             raise ConfigError("--tile", f"the {field.name!r} field decodes whole frames: it cannot be tiled (--tile 0)")
         return None
-    return Tiling(*sizes)
+    return Tiling(*tiles.sizes(modality))
 
 
 def _fit_tiled(signal: Signal, start: _Start, config: FitConfig, adapt: AdaptConfig, store: StoreConfig,
@@ -210,17 +207,17 @@ def _fit_tiled(signal: Signal, start: _Start, config: FitConfig, adapt: AdaptCon
 
 
 def _measure(nf: NeuralField, values: torch.Tensor, device: torch.device) -> tuple[float, float | None]:
-    """PSNR of ``nf`` rendered at its own grid against ``values [*shape, C]``, accumulated block by block
-    (no second copy of a large signal), and SSIM for signals up to ``MAX_SSIM_SAMPLES``."""
+    """PSNR of ``nf`` rendered at its own grid against ``values [*shape, C]``, and SSIM, from one render;
+    above ``MAX_SSIM_SAMPLES``, PSNR alone, accumulated block by block (no second copy of a large signal)."""
+    if values.numel() <= MAX_SSIM_SAMPLES:  # small enough to render whole: one render serves both
+        rendered, target = render_values(nf, device=device).unsqueeze(0), values.unsqueeze(0)
+        ssim = metrics.signal_ssim(rendered, target)
+        return float(metrics.psnr(rendered, target)[0]), None if ssim is None else float(ssim[0])
     flat = values.reshape(-1, values.shape[-1])
     squared = 0.0
     for start, stop, block in field_chunks(nf, nf.shape, device):
         squared += float((block.cpu().double() - flat[start:stop].double()).pow(2).sum())
-    psnr = float(metrics.psnr_from_mse(torch.tensor(squared / flat.numel())))
-    if values.numel() > MAX_SSIM_SAMPLES:
-        return psnr, None
-    ssim = metrics.signal_ssim(render_values(nf, device=device).unsqueeze(0), values.unsqueeze(0))
-    return psnr, None if ssim is None else float(ssim[0])
+    return float(metrics.psnr_from_mse(torch.tensor(squared / flat.numel()))), None
 
 
 def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adapt: AdaptConfig, store: StoreConfig,

@@ -34,6 +34,7 @@ from nfit.config import TILE_CACHE_BYTES, SignalOptions
 from nfit.errors import ConfigError, InputError
 from nfit.signals import EXTENSIONS, MODALITIES, image, modality_for
 from nfit.signals.image import convert_channels, decode_image, load_image  # noqa: F401  (the old home of these names)
+from nfit.tiling import pad_to_tile
 
 Item = tuple[int, torch.Tensor | None, str | None]
 Warn = Callable[[str], None]
@@ -262,10 +263,7 @@ class TileFolder(torch.utils.data.Dataset):
 
 def random_tile(values: Tensor, tile: tuple[int, ...], origin: list[int]) -> Tensor:
     """The tile at ``origin`` of ``values [*shape, C]``, the last sample repeated where an axis is short."""
-    for axis, (n, t) in enumerate(zip(values.shape[:-1], tile)):
-        if n < t:
-            edge = values.narrow(axis, n - 1, 1)
-            values = torch.cat([values, edge.expand(*[t - n if a == axis else -1 for a in range(values.dim())])], axis)
+    values = pad_to_tile(values, tile)
     return values[tuple(slice(o, o + t) for o, t in zip(origin, tile))].contiguous()
 
 

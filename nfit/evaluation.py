@@ -85,15 +85,19 @@ def adaptation_curves(
             if step == steps:
                 last[sl] = values.cpu()
 
-        if adam:
-            fit_config = FitConfig(steps=steps, lr=config.adam_lr, batch_size=config.batch_size, chunk=config.chunk)
-            result = fit_adam(field, init, targets, shape, fit_config, observe=observe)
-        else:
-            result = fit_sgd(field, init, targets, shape, config, observe=observe)
+        result = _adapt(field, init, targets, shape, config, observe)
         psnr[:, sl] = torch.stack(result.psnr).cpu()  # [K + 1, B], clamped predictions
         if on_batch is not None:
             on_batch(len(part))
     return Curves(psnr, ssim, last)
+
+
+def _adapt(field: Field, init: Params, targets: Tensor, shape: tuple[int, ...], config: AdaptConfig, observe):
+    """The test-time fit being measured: ``adam_steps`` of Adam at ``adam_lr``, or Algorithm 2 (``config``)."""
+    if config.optimizer == "adam":
+        fit_config = FitConfig(steps=config.adam_steps, lr=config.adam_lr, batch_size=config.batch_size, chunk=config.chunk)
+        return fit_adam(field, init, targets, shape, fit_config, observe=observe)
+    return fit_sgd(field, init, targets, shape, config, observe=observe)
 
 
 def tiled_curves(
@@ -137,11 +141,7 @@ def tiled_curves(
             psnr[step] = metrics.psnr(rendered.view(1, *whole.shape), whole.unsqueeze(0))[0].cpu()
 
         tile_init = {k: v.to(device) for k, v in init.items()}
-        if adam:
-            fit_config = FitConfig(steps=steps, lr=config.adam_lr, chunk=config.chunk)
-            fit_adam(field, tile_init, targets, tiling.tile, fit_config, observe=observe)
-        else:
-            fit_sgd(field, tile_init, targets, tiling.tile, config, observe=observe)
+        _adapt(field, tile_init, targets, tiling.tile, config, observe)
         curves.append(psnr)
         if on_batch is not None:
             on_batch(1)

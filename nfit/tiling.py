@@ -90,24 +90,24 @@ def tile_origins(tiling: Tiling, shape: tuple[int, ...], index: range | list[int
     return out
 
 
+def pad_to_tile(values: Tensor, tile: tuple[int, ...]) -> Tensor:
+    """``values [*shape, C]`` with every axis shorter than the tile extended by repeating its last sample."""
+    for axis, (n, t) in enumerate(zip(values.shape[:-1], tile)):
+        if n < t:
+            edge = values.narrow(axis, n - 1, 1)
+            values = torch.cat([values, edge.expand(*[t - n if a == axis else -1 for a in range(values.dim())])], axis)
+    return values
+
+
 def extract(values: Tensor, tiling: Tiling, index: range | list[int]) -> Tensor:
     """Tiles ``index`` of a signal ``[*shape, C]``: ``[n, *tile, C]`` (a copy). Axes shorter than a
     tile are padded by repeating their last sample."""
     shape = tuple(values.shape[:-1])
-    short = [max(0, t - n) for n, t in zip(shape, tiling.tile)]
-    if any(short):
-        for axis, extra in enumerate(short):
-            if extra:
-                edge = values.narrow(axis, shape[axis] - 1, 1)
-                values = torch.cat([values, edge.expand(*[extra if a == axis else -1 for a in range(values.dim())])],
-                                   dim=axis)
+    values = pad_to_tile(values, tiling.tile)
     pieces = []
     for origin in tile_origins(tiling, shape, index):
         pieces.append(values[tuple(slice(s, s + t) for s, t in zip(origin, tiling.tile))])
     return torch.stack(pieces)
-
-
-# ---------------------------------------------------------------------------- blending
 
 
 def _smoothstep(r: Tensor) -> Tensor:
@@ -262,4 +262,4 @@ def _unravel(i: int, grid: tuple[int, ...]) -> tuple[int, ...]:
 
 
 __all__ = ["AxisSpan", "BLEND", "LAYOUT", "RenderPlan", "TileBatch", "Tiling", "axis_spans", "axis_starts",
-           "border_pairs", "extract", "seam_ratio", "tile_origins"]
+           "border_pairs", "extract", "pad_to_tile", "seam_ratio", "tile_origins"]

@@ -149,12 +149,14 @@ def test_a_2x_render_of_a_real_photo_shows_no_seams(tmp_path):
     assert max(abutting) > max(ratios) and max(abutting) > 1.3, abutting
 
 
-def test_tiled_field_file_round_trip_and_info(tmp_path):
+def test_tiled_field_file_round_trip_and_info(tmp_path, monkeypatch):
     nf = nfit.fit("tests/data/coffee_128x96.png", steps=3, dtype="float16", **SMALL)
     assert nf.tiling == Tiling((32, 32), (4, 4)) and nf.tiles == 4 * 5
     target = torch.from_numpy(nfit.read_signal("tests/data/coffee_128x96.png").values)[None]
     # the summary's PSNR, accumulated block by block, is that of the whole render of what is stored
     assert nf.summary["psnr"] == pytest.approx(float(metrics.psnr(nf.render()[None], target)[0]), abs=1e-3)
+    monkeypatch.setattr(nfit.api, "MAX_SSIM_SAMPLES", 0)  # a large signal: PSNR block by block, no SSIM
+    assert nfit.api._measure(nf, target[0], torch.device("cpu")) == (pytest.approx(nf.summary["psnr"], abs=1e-3), None)
     path = nf.save(tmp_path / "c.nf")
     back = nfit.load(path)
     assert back.tiling == nf.tiling and back.params["l0.weight"].shape == (20, 16, 2)
