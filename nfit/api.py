@@ -150,8 +150,9 @@ class _Start:
     def of(cls, init: MetaInit | None, default: bool, field: FieldOptions, config: FitConfig, adapt: AdaptConfig,
            modality: str, shape: tuple[int, ...], channels: int, tiles: TileConfig) -> _Start:
         if init is None:
-            tiling = _tiling(tiles, field, modality)
-            grid, defaults = (shape, None) if tiling is None else (tiling.tile, TILE_FIELD)
+            tiling = _tiling(tiles, field, modality, shape)
+            grid = shape if tiling is None else tiling.tile
+            defaults = TILE_FIELD if _tiled(tiles, field) else None  # NeRV's clips: a whole field's
             config_dict = field_config(field, modality, grid, channels, defaults)
             net = build_field(field.name, config_dict)
             return cls(field.name, config_dict, net, random_init(net, config.seed), config.batch_size, None,
@@ -174,14 +175,13 @@ def _init_record(init: MetaInit, default: bool, modality: str, channels: int) ->
     return record
 
 
-def _tiling(tiles: TileConfig, field: FieldOptions, modality: str) -> Tiling | None:
-    """The tiling of a fit from random: the options', or none for a whole-signal field (``--tile 0``,
-    and fields decoding whole frames, like NeRV, unless tiles were asked for: then that is an error)."""
-    if not _tiled(tiles, field):
-        if not tiles.whole and tiles.tile is not None:
-            raise ConfigError("--tile", f"the {field.name!r} field decodes whole frames: it cannot be tiled (--tile 0)")
-        return None
-    return Tiling(*tiles.sizes(modality))
+def _tiling(tiles: TileConfig, field: FieldOptions, modality: str, shape: tuple[int, ...]) -> Tiling | None:
+    """The tiling of a fit from random: the options', or none for a whole-signal field (``--tile 0``).
+    Fields that decode whole frames (NeRV) are cut along time only, into clips of a fixed length."""
+    if _tiled(tiles, field):
+        return Tiling(*tiles.sizes(modality))
+    sizes = None if tiles.whole or modality != "video" else tiles.frame_chunks(shape)
+    return None if sizes is None else Tiling(*sizes)
 
 
 def _fit_tiled(signal: Signal, start: _Start, config: FitConfig, adapt: AdaptConfig, store: StoreConfig,
@@ -624,7 +624,8 @@ def fit_config(tiled: bool, steps: int | None = None, lr: float | None = None, t
 
 
 def _tiled(tiles: TileConfig, field: FieldOptions) -> bool:
-    """Whether a fit from random is tiled: unless ``--tile 0``, for fields evaluated point by point."""
+    """Whether a fit from random is cut into tiles with small fields and the tile defaults (``TILE_FIT``):
+    unless ``--tile 0``, for fields evaluated point by point (NeRV's clips keep a whole field's defaults)."""
     return not tiles.whole and (field.name not in FIELDS or issubclass(FIELDS[field.name], Pointwise))
 
 

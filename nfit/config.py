@@ -86,6 +86,12 @@ TILE_ADAM_LR = 1e-3  # Adam after a tile initialisation's SGD steps (its init fi
 TILE_WARMUP = 10  # ...with its step size rising over 10 steps: without, its first steps cost 10 dB (BENCHMARKS.md)
 TILE_CACHE_BYTES = 1 << 30  # meta-train --tile: decoded files each data worker keeps
 TILE_SOURCE_FRAMES = 4  # meta-train --tile on video: blocks are cut from the first 4 blocks' worth of frames
+# Tiles fitted at once hold at most this many samples: 2,048 image tiles of 32x32, 256 video blocks of
+# 8x32x32, 8 NeRV chunks of 16 frames of 128x128; bounds the activations and the optimiser's memory
+TILE_BATCH_SAMPLES = 1 << 21
+# Fields decoding whole frames (NeRV) keep clip-level fields: a longer video is cut along time into
+# chunks of 16 frames (the clips of the GradNCP reference), each a field of the whole frame
+FRAME_CHUNK = 16
 
 
 @dataclass
@@ -129,6 +135,20 @@ class TileConfig:
             return (side, side), (overlap, overlap)
         frames = self.frames if self.frames is not None else default[0]
         return (frames, side, side), (frames // 4, overlap, overlap)
+
+    def frame_chunks(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """(tile, overlap) of a video of ``shape`` (T, H, W) cut along time only, for fields that decode
+        whole frames: chunks of ``frames`` (default ``FRAME_CHUNK``) sharing an eighth of them, or None
+        for a whole-signal field (``--tile 0``, or a video no longer than one chunk: the papers' clips)."""
+        if self.whole:
+            return None
+        if self.tile is not None or self.overlap is not None:
+            raise ConfigError("--tile", "a field that decodes whole frames (NeRV) is cut along time only: give "
+                              "--tile-frames F (frames per chunk), or --tile 0 for one field over the whole video")
+        frames = self.frames if self.frames is not None else FRAME_CHUNK
+        if shape[0] <= frames:
+            return None
+        return (frames, *shape[1:]), (min(max(1, frames // 8), frames // 4), 0, 0)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from nfit.config import RenderConfig
 from nfit.device import flush_denormals, resolve_device
 from nfit.errors import ConfigError
 from nfit.fields import Field, Params
+from nfit.fields.base import Pointwise
 from nfit.signals import MODALITIES, frames_of
 from nfit.signals.image import quantize
 from nfit.tiling import RenderPlan, Tiling
@@ -61,24 +62,49 @@ def evaluate_tiles(
     """
     device = next(iter(params.values())).device
     plan = RenderPlan(tiling, shape, out_shape)
+    contributions = _point_contributions if isinstance(field, Pointwise) else _frame_contributions
     acc_lo, acc = 0, None  # acc: [rows, plan.row, C], output rows acc_lo .. acc_lo + len(acc) - 1
     with torch.inference_mode():
         for lo, hi, done, tiles in plan.rows():
-            per = max(1, chunk // plan.points(tiles[:1]))
-            for i in range(0, len(tiles), per):
-                batch = plan.batch(tiles[i:i + per], lo, device)
-                index = torch.tensor(batch.tiles, device=device)
-                values = field({k: v[index] for k, v in params.items()}, batch.coords)  # [B, P, C]
+            for index, values in contributions(field, params, plan, tiles, lo, chunk, device):
                 if acc is None:
                     acc = torch.zeros(0, plan.row, values.shape[-1], device=device)
                 if acc_lo + acc.shape[0] < hi:  # grow the block down to this tile row's last row
                     acc = torch.cat([acc, acc.new_zeros(hi - acc_lo - acc.shape[0], *acc.shape[1:])])
-                flat = acc.view(-1, acc.shape[-1])
-                flat.index_add_(0, (batch.index + (lo - acc_lo) * plan.row).flatten(),
-                                (values * batch.weights.unsqueeze(-1)).flatten(0, 1))
+                acc.view(-1, acc.shape[-1]).index_add_(0, index + (lo - acc_lo) * plan.row, values)
             if done > acc_lo:
                 yield acc_lo * plan.row, done * plan.row, acc[:done - acc_lo].reshape(-1, acc.shape[-1]).clamp_(0.0, 1.0)
                 acc, acc_lo = acc[done - acc_lo:], done
+
+
+def _point_contributions(field: Field, params: Params, plan: RenderPlan, tiles: list[int], block_lo: int,
+                         chunk: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """What ``tiles`` of a point-wise field add to the block of rows from ``block_lo``: flat indices ``[N]``
+    into the block and weighted values ``[N, C]``, in batches of tiles of about ``chunk`` samples."""
+    per = max(1, chunk // plan.points(tiles[:1]))
+    for i in range(0, len(tiles), per):
+        batch = plan.batch(tiles[i:i + per], block_lo, device)
+        index = torch.tensor(batch.tiles, device=device)
+        values = field({k: v[index] for k, v in params.items()}, batch.coords)  # [B, P, C]
+        yield batch.index.flatten(), (values * batch.weights.unsqueeze(-1)).flatten(0, 1)
+
+
+def _frame_contributions(field: Field, params: Params, plan: RenderPlan, tiles: list[int], block_lo: int,
+                         chunk: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """The same for a field that decodes whole frames (NeRV), cut along time only: each chunk of frames
+    decodes the output frames it covers at its own times, resized to the render's frame size, weighted
+    by its blend along time, about ``chunk`` samples at a time."""
+    (k,) = tiles  # one tile per row of the tile grid: a chunk covers the whole frame
+    span = plan.spans[0][k]
+    one = {name: v[k:k + 1] for name, v in params.items()}
+    frame_shape = plan.out_shape[1:]
+    per = max(1, chunk // plan.row)
+    for a in range(0, span.hi - span.lo, per):
+        b = min(a + per, span.hi - span.lo)
+        frames = field.from_units(field(one, span.coords[a:b, None].to(device)), (b - a, *frame_shape))[0]
+        weights = span.weights[a:b].to(device).repeat_interleave(plan.row)  # [n * row]
+        lo = (span.lo - block_lo + a) * plan.row
+        yield torch.arange(lo, lo + frames.shape[0], device=device), frames * weights[:, None]
 
 
 def decode(field: Field, params: Params, shape: tuple[int, ...], *, chunk: int = DEFAULT_CHUNK) -> Tensor:

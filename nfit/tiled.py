@@ -6,6 +6,7 @@ tile initialisation, so memory holds one batch of tiles and time grows linearly 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nfit.config import AdaptConfig, FitConfig
+from nfit.config import TILE_BATCH_SAMPLES, AdaptConfig, FitConfig
 from nfit.fields import Field, Params
 from nfit.fit import StepInfo, fit_batch, split_batches
 from nfit.tiling import Tiling, extract
@@ -71,14 +72,15 @@ def fit_tiles(
 ) -> TiledFit:
     """Fit every tile of one signal ``values [*shape, C]`` (CPU) from the shared initialisation ``start``.
 
-    Tiles are fitted ``batch`` at a time with :func:`nfit.fit.fit_batch` (from a learned
+    Tiles are fitted ``batch`` at a time (fewer where that would hold over ``TILE_BATCH_SAMPLES``
+    samples) with :func:`nfit.fit.fit_batch` (from a learned
     initialisation: its SGD steps, then Adam up to ``config.steps``). ``config.target_psnr``
     is the signal's: a batch stops when its tiles' mean MSE reaches it. ``config.seconds`` is
     shared out over the batches by their tile counts, each starting from what is left.
     """
     shape = tuple(values.shape[:-1])
     n = tiling.count(shape)
-    parts = split_batches(n, batch)
+    parts = split_batches(n, max(1, min(batch, TILE_BATCH_SAMPLES // math.prod(tiling.tile))))
     out = {k: torch.empty(n, *s) for k, s in field.param_shapes().items()}
     bar = _Bar(progress, len(parts) * phase_steps(config, adapt, learned), n)
     began = time.perf_counter()

@@ -123,6 +123,16 @@ def test_fitting_tiles_in_batches_equals_fitting_them_all_at_once():
         torch.testing.assert_close(together.params[k], apart.params[k], rtol=1e-4, atol=1e-6)
 
 
+def test_tile_batches_hold_a_bounded_number_of_samples(monkeypatch):
+    values = torch.from_numpy(nfit.read_signal("tests/data/chelsea_48x32.png").values)
+    field = build_field("siren", {"in_dim": 2, "out_dim": 3, **SMALL})
+    start = field.init_params(torch.Generator().manual_seed(0))
+    monkeypatch.setattr(nfit.tiled, "TILE_BATCH_SAMPLES", 3 * 16 * 16 + 5)  # three 16x16 tiles
+    fitted = fit_tiles(field, start, values, Tiling((16, 16), (2, 2)), FitConfig(steps=1), AdaptConfig(), False,
+                       batch=100, device=torch.device("cpu"))
+    assert fitted.method["tiles"] == 12 and fitted.method["tile_batches"] == 4
+
+
 def test_a_time_budget_stops_the_fit_and_says_so():
     nf = nfit.fit("tests/data/coffee_128x96.png", steps=10_000, seconds=1.0, target_psnr=0, **SMALL)
     assert nf.summary["stopped"] == "seconds" and nf.summary["steps"] < 10_000
@@ -187,18 +197,47 @@ def test_tiled_files_with_a_bad_tiling_are_refused(tmp_path):
         nfit.load(bad)
 
 
-def test_tile_zero_fits_one_field_and_nerv_is_never_tiled():
+NERV = {"strides": [2, 2], "channels": [8, 8], "base_channels": 8, "mlp_width": 16, "pe_levels": 4}
+
+
+def test_tile_zero_fits_one_field_and_nerv_is_cut_along_time_only():
     whole = nfit.fit("tests/data/chelsea_48x32.png", steps=1, tile=0, **SMALL)
     assert whole.tiling is None and whole.params["l0.weight"].shape == (16, 2)
-    nerv = {"strides": [2, 2], "channels": [8, 8], "base_channels": 8, "mlp_width": 16, "pe_levels": 4}
-    clip = nfit.fit("tests/data/video/carphone_88x72.mp4", field="nerv", field_config=nerv, steps=1,
-                    options=nfit.config.SignalOptions(frames=2))
-    assert clip.tiling is None
-    with pytest.raises(ConfigError, match="cannot be tiled"):
-        nfit.fit("tests/data/video/carphone_88x72.mp4", field="nerv", field_config=nerv, tile=16, steps=1,
-                 options=nfit.config.SignalOptions(frames=2))
+    clip = nfit.fit("tests/data/video/carphone_88x72.mp4", field="nerv", field_config=NERV, steps=1,
+                    options=nfit.config.SignalOptions(frames=6))
+    assert clip.tiling is None  # no longer than one chunk: the papers' clip-level field, unchanged
+    long = nfit.fit("tests/data/video/carphone_88x72.mp4", field="nerv", field_config=NERV, steps=3, tile_frames=4,
+                    options=nfit.config.SignalOptions(frames=8))
+    assert long.tiling == Tiling((4, 72, 88), (1, 0, 0)) and long.tiles == 3 and long.summary["tiles"] == 3
+    assert long.params["head.bias"].shape == (3, 3)  # one NeRV per chunk of frames
+    assert nfit.render(long, width=44, height=36).shape == (8, 36, 44, 3)
+    for bad in (dict(tile=16), dict(overlap=1)):
+        with pytest.raises(ConfigError, match="along time only"):
+            nfit.fit("tests/data/video/carphone_88x72.mp4", field="nerv", field_config=NERV, steps=1, **bad,
+                     options=nfit.config.SignalOptions(frames=8))
     with pytest.raises(ConfigError, match="quarter"):
         TileConfig(tile=16, overlap=5).sizes("image")
+
+
+@pytest.mark.parametrize("out_shape", [(10, 8, 8), (23, 12, 4), (4, 8, 8)])
+def test_chunked_nerv_render_equals_a_per_frame_reference(out_shape):
+    shape, tiling = (10, 8, 8), Tiling((4, 8, 8), (1, 0, 0))
+    field = build_field("nerv", {**NERV, "frame_height": 8, "frame_width": 8, "out_dim": 2, "channels": [4, 4],
+                                 "base_channels": 4})
+    g = torch.Generator().manual_seed(0)
+    params = batch_params(field.init_params(g), tiling.count(shape))
+    params = {k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in params.items()}  # distinct chunks
+    chunks = list(evaluate_tiles(field, params, tiling, shape, out_shape, chunk=100))  # a frame or two at a time
+    assert [c[0] for c in chunks] == sorted(c[0] for c in chunks) and chunks[-1][1] == math.prod(out_shape)
+    got = torch.cat([v for _, _, v in chunks]).view(*out_shape, 2)
+    want = torch.zeros(*out_shape, 2, dtype=torch.float64)
+    for j in range(out_shape[0]):  # every output frame: the blend-weighted sum over ALL chunks
+        for k, span in enumerate(axis_spans(shape[0], 4, 1, out_shape[0])):
+            if span.lo <= j < span.hi:
+                one = {n: v[k:k + 1] for n, v in params.items()}
+                frame = field.from_units(field(one, span.coords[j - span.lo].view(1, 1)), (1, *out_shape[1:]))
+                want[j] += float(span.weights[j - span.lo]) * frame.view(*out_shape[1:], 2).double()
+    torch.testing.assert_close(got.double(), want.clamp(0, 1), atol=1e-5, rtol=0)
 
 
 def test_audio_windows_render_at_another_rate_without_clicks():

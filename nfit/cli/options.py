@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from nfit.config import TILE_FIELD, TILES, FieldOptions
+from nfit.config import FRAME_CHUNK, TILE_FIELD, TILES, FieldOptions
 from nfit.errors import ConfigError
 from nfit.fields import FIELDS, SirenConfig
 
@@ -29,7 +29,9 @@ Tile = Annotated[Optional[int], typer.Option(
     help=f"Tile size: images TxT pixels, audio T samples, video TxT pixels per frame; each tile gets its own small "
     f"field (SIREN width {TILE_FIELD['width']}, depth {TILE_FIELD['depth']}) [fit's default: image {TILES['image'][0]}, "
     f"audio {TILES['audio'][0]}, video {TILES['video'][1]}; 0: one field for the whole signal].", min=0)]
-TileFrames = Annotated[Optional[int], typer.Option(help=f"Video: frames per tile [default: {TILES['video'][0]}].", min=1)]
+TileFrames = Annotated[Optional[int], typer.Option(
+    help=f"Video: frames per tile [default: {TILES['video'][0]}]; with --field nerv, frames per clip-level field, "
+    f"a longer video being cut along time [default: {FRAME_CHUNK}].", min=1)]
 Overlap = Annotated[Optional[int], typer.Option(
     help="Samples that neighbouring tiles share, blended on rendering so that no seam shows [default: an eighth of "
     "the tile; video: a quarter of its frames].", min=0)]
