@@ -33,13 +33,13 @@ from nfit.config import (
     FitConfig,
     RenderConfig,
     TILE_ADAM_LR,
-    TILE_FIELD,
     TILE_WARMUP,
     TILE_FIT,
     SignalOptions,
     StoreConfig,
     TileConfig,
     TrainConfig,
+    tile_field,
 )
 from nfit.data import scan_folder
 from nfit.device import flush_denormals, resolve_device
@@ -152,7 +152,7 @@ class _Start:
         if init is None:
             tiling = _tiling(tiles, field, modality, shape)
             grid = shape if tiling is None else tiling.tile
-            defaults = TILE_FIELD if _tiled(tiles, field) else None  # NeRV's clips: a whole field's
+            defaults = tile_field(modality) if _tiled(tiles, field) else None  # NeRV's clips: a whole field's
             config_dict = field_config(field, modality, grid, channels, defaults)
             net = build_field(field.name, config_dict)
             return cls(field.name, config_dict, net, random_init(net, config.seed), config.batch_size, None,

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from nfit import metrics
-from nfit.config import TILE_FIELD, AdaptConfig, DataConfig, FieldOptions, FitConfig, SignalOptions
+from nfit.config import AdaptConfig, DataConfig, FieldOptions, FitConfig, SignalOptions, tile_field
 from nfit.data import SignalFolder, guess_channels, load_all, scan_media
 from nfit.device import flush_denormals, resolve_device
 from nfit.errors import ConfigError, InputError
@@ -224,7 +224,7 @@ def evaluate_folder(
             opts = dcfg.signal_options(modality)
             shape = MODALITIES[modality].dataset_shape(opts)
         fopts = field_options or FieldOptions()
-        defaults = None if tiling is None else TILE_FIELD
+        defaults = None if tiling is None else tile_field(modality)
         field_ = build_field(fopts.name, field_config(fopts, modality, shape, channels, defaults))
         params, sha = random_init(field_, seed), None
     elif meta.tiling is not None:  # a tile initialisation: whole files at their own scale, fitted tile by tile

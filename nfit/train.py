@@ -38,13 +38,13 @@ from torch import Tensor, nn
 from nfit.atomic import make_dirs
 from nfit.config import (
     TILE_ADAM_LR,
-    TILE_FIELD,
     AdaptConfig,
     AlgoOptions,
     DataConfig,
     FieldOptions,
     SignalOptions,
     TrainConfig,
+    tile_field,
 )
 from nfit.data import BatchStream, DataSummary, SignalFolder, TileFolder, guess_channels, load_all, scan_media, split_files
 from nfit.device import flush_denormals, peak_memory, resolve_device, tune_cpu_allocator
@@ -496,13 +496,19 @@ def _terminate_as_interrupt():
         return
 
     def interrupt(signum, frame):
+        # A scheduler signals every process of the job: the data workers die of it too, and PyTorch's
+        # SIGCHLD handler would raise about them while the checkpoint is written. Their end is part of
+        # this stop; a second SIGTERM must not cut the checkpoint short either.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt), signal.getsignal(signal.SIGCHLD)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGCHLD, previous[1])
 
 
 class _Trainer:
@@ -531,7 +537,7 @@ class _Trainer:
 
     def _build_model(self) -> None:
         spec, d = self.spec, self.data
-        defaults = None if d.tiling is None else TILE_FIELD  # tiles: the small field nfit fit gives each tile
+        defaults = None if d.tiling is None else tile_field(d.modality)  # tiles: the small field nfit fit gives each tile
         field_ = build_field(spec.field.name, field_config(spec.field, d.modality, d.shape, d.channels, defaults))
         if spec.init_from is not None and not self.resume:
             theta = load_init(spec.init_from["path"]).params  # --algo sparse starts from the dense result

@@ -46,7 +46,9 @@ def test_every_audio_format_fits_and_round_trips(tmp_path, name):
     nf = nfit.fit(DATA / "audio" / name, steps=5, **TINY)
     signal = read_signal(DATA / "audio" / name)
     assert (nf.modality, nf.shape, nf.channels, nf.rate) == ("audio", signal.shape, signal.channels, signal.rate)
-    assert nf.field_config["in_dim"] == 1 and nf.field_config["coord_scale"] == 50.0  # GradNCP's audio coordinates
+    # time scaled for 1,024-sample windows; one field over a clip keeps GradNCP's audio coordinates
+    assert nf.field_config["in_dim"] == 1 and nf.tiling.tile == (1024,) and nf.field_config["coord_scale"] == 10.0
+    assert nfit.fit(DATA / "audio" / name, steps=1, tile=0, **TINY).field_config["coord_scale"] == 50.0
     nf.save(tmp_path / "a.nf")
     back = nfit.load(tmp_path / "a.nf")
     assert back.rate == nf.rate and back.shape == nf.shape

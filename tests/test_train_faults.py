@@ -74,18 +74,20 @@ def _kill_after_a_checkpoint(faces, run, steps: int, *options: str, min_step: in
 
 
 def test_sigterm_saves_a_checkpoint_at_the_step_reached_and_resumes_exactly(tmp_path, faces):
-    """A scheduler's stop (SIGTERM) ends a run as Ctrl-C does, even in a process started in the
-    background (where SIGINT is ignored): a checkpoint at the step reached, exit code 130."""
+    """A scheduler's stop (SIGTERM to every process of the job, data workers included) ends a run as
+    Ctrl-C does, even in a process started in the background (where SIGINT is ignored): a checkpoint
+    at the step reached, exit code 130."""
     steps, run = 300, tmp_path / "stopped"
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-m", "nfit", "meta-train", str(faces), "-o", str(run), *CLI_ARGS,
+    args = [*CLI_ARGS[:CLI_ARGS.index("--workers")], "--workers", "1", "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "nfit", "meta-train", str(faces), "-o", str(run), *args,
                              "--steps", str(steps), "--ckpt-every", "100000"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 120
     while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
         time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole process group, as a scheduler does
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
     stopped_at = json.loads((run / "checkpoint.json").read_text())["step"]

@@ -14,7 +14,7 @@ from nfit.api import adapt_config, compare
 from nfit.cli.app import app, err, out, run, say
 from nfit.cli.options import FIELD_CONFIG_HELP, FIELD_HELP, MODALITY_HELP, Device, field_options
 from nfit.cli.progress import progress_display
-from nfit.config import AdaptConfig, DataConfig, FieldOptions
+from nfit.config import DEFAULT_SAMPLE_RATE, AdaptConfig, DataConfig, FieldOptions
 
 
 @app.command("eval")
@@ -31,7 +31,8 @@ def eval_(
     batch_size: int = typer.Option(AdaptConfig.batch_size, help="Signals fitted together."),
     modality: Optional[str] = typer.Option(None, help="Random baseline: " + MODALITY_HELP),
     res: Optional[int] = typer.Option(None, help="Random baseline: image or video frame side [default: as meta-train]."),
-    sample_rate: int = typer.Option(DataConfig.sample_rate, help="Random baseline: audio sample rate."),
+    sample_rate: Optional[int] = typer.Option(
+        None, help=f"Random baseline: audio sample rate [default: {DEFAULT_SAMPLE_RATE}].", min=1),
     duration: float = typer.Option(DataConfig.duration, help="Random baseline: audio seconds."),
     frames: int = typer.Option(DataConfig.frames, help="Random baseline: video frames."),
     tile: Optional[int] = typer.Option(

@@ -25,7 +25,7 @@ from nfit.cli.options import (
     field_options,
 )
 from nfit.cli.progress import TrainProgress
-from nfit.config import DEFAULT_RES, AlgoOptions, DataConfig, FieldOptions, TrainConfig
+from nfit.config import DEFAULT_RES, DEFAULT_SAMPLE_RATE, AlgoOptions, DataConfig, FieldOptions, TrainConfig
 from nfit.meta.gradncp import GradNCPConfig
 from nfit.meta.maml import MamlConfig
 from nfit.meta.sparse import SparseConfig
@@ -51,7 +51,8 @@ def meta_train(
     res: Optional[int] = typer.Option(
         None, help="Images, video: shorter side resized, centre-cropped square "
         f"[default: {', '.join(f'{k} {v}' for k, v in DEFAULT_RES.items())}]."),
-    sample_rate: int = typer.Option(DataConfig.sample_rate, help="Audio: clips resampled to this many Hz."),
+    sample_rate: Optional[int] = typer.Option(
+        None, help=f"Audio: resampled to this many Hz [default: {DEFAULT_SAMPLE_RATE} for whole clips; with --tile, each file's own rate].", min=1),
     duration: float = typer.Option(DataConfig.duration, help="Audio: clips cropped or padded to this many seconds."),
     frames: int = typer.Option(DataConfig.frames, help="Video: frames per clip."),
     stride: int = typer.Option(DataConfig.stride, help="Video: keep every N-th frame."),
