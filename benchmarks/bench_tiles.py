@@ -5,6 +5,7 @@
     PYTHONPATH=. python benchmarks/bench_tiles.py cli        # `nfit fit photo.png` as it ships, 768x512
     PYTHONPATH=. python benchmarks/bench_tiles.py big        # a 50-megapixel photo: fit and render memory
     PYTHONPATH=. python benchmarks/bench_tiles.py audio      # a 10-minute recording: memory, 48 kHz, clicks
+    PYTHONPATH=. python benchmarks/bench_tiles.py audio-curves --audio-init runs/tiles-audio  # see build_tile_init.py
     PYTHONPATH=. python benchmarks/bench_tiles.py plot --json-in benchmarks/results/tiles_curves.json
 
 Photos are the held-out ones (``--pattern``, default the 24 KPhotoAlbum snapshots of
@@ -250,6 +251,43 @@ def audio(args) -> dict:
                                "seam_ratio": round(clicks, 3)}}
 
 
+def audio_curves(args) -> dict:
+    """``curves`` for recordings: the held-out clips of the audio tile initialisation's recipe, end to
+    end (speech at 22.05 kHz, music at 44.1 kHz, mono), fitted (a) whole, (b) in random windows,
+    (c) in windows from ``--audio-init``; the step ratio as for photos."""
+    import soundfile as sf
+
+    from build_tile_init import held_out_and_training
+
+    from nfit.signals.audio import read_audio, resample
+
+    held, _ = held_out_and_training("audio")
+    init = load_init(args.audio_init) if args.audio_init else None
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, rate in (("speech", 22_050), ("music", 44_100)):
+            parts = []
+            for path in (p for p in held if p.parent.name == f"audio_{name}"):
+                values, _, r = read_audio(path)
+                mono = values.mean(axis=1, keepdims=True)
+                parts.append(resample(mono, r, rate) if r != rate else mono)
+            src = Path(tmp) / f"{name}.wav"
+            sf.write(src, np.concatenate(parts)[:, 0] * 2 - 1, rate, subtype="PCM_16")
+            signal = read_signal(src)
+            row = {"recording": name, "files": len(parts), "rate": rate, "seconds": round(signal.shape[0] / rate, 1)}
+            whole, c = fit_curve(signal, tiles=TileConfig(tile=0),
+                                 config=FitConfig(steps=10_000, seconds=args.whole_seconds, device="cpu"))
+            row["whole"] = {"psnr": whole.summary["psnr"], "curve": c.to_json()}
+            rand, c = fit_curve(signal, tiles=TileConfig(), config=nfit.api.fit_config(True, steps=args.steps,
+                                                                                       target_psnr=0, device="cpu"))
+            row["random_tiles"] = {"psnr": rand.summary["psnr"], "curve": c.to_json(), "tiles": rand.tiles}
+            if init is not None:
+                row.update(_init_variant(signal, init, row, args))
+            rows.append(row)
+            print(json.dumps({k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "curve"})
+                              for k, v in row.items()}), flush=True)
+    return {"machine": _machine(), "args": {k: str(v) for k, v in vars(args).items() if k != "func"}, "recordings": rows}
+
 def plot(args) -> dict:
     """The README's picture from the JSON of ``curves``: mean PSNR against wall time and against steps."""
     import matplotlib
@@ -288,11 +326,12 @@ def plot(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["curves", "cli", "big", "audio", "plot"])
+    ap.add_argument("part", choices=["curves", "cli", "big", "audio", "audio-curves", "plot"])
     ap.add_argument("--data", default=str(DATA / "photos"))
     ap.add_argument("--pattern", default="kphotoalbum_*.jpg")
     ap.add_argument("--limit", type=int, default=6)
     ap.add_argument("--init", help="a tile initialisation for variant (c)")
+    ap.add_argument("--audio-init", help="audio-curves: an audio tile initialisation for variant (c)")
     ap.add_argument("--reuse", type=Path, help="curves: keep (a) and (b) of this earlier JSON, measure (c) again")
     ap.add_argument("--steps", type=int, default=150, help="steps of the tile fits in `curves`")
     ap.add_argument("--whole-seconds", type=float, default=90.0)
@@ -303,7 +342,8 @@ def main() -> None:
     ap.add_argument("--json-in", type=Path, help="plot: the JSON of a `curves` run")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "tiles.png", help="plot: the picture")
     args = ap.parse_args()
-    result = {"curves": curves, "cli": cli, "big": big, "audio": audio, "plot": plot}[args.part](args)
+    result = {"curves": curves, "cli": cli, "big": big, "audio": audio, "audio-curves": audio_curves,
+              "plot": plot}[args.part](args)
     text = json.dumps(result, indent=1)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

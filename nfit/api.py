@@ -59,7 +59,7 @@ from nfit.fields import FIELDS, Params, build_field, count_params, field_config,
 from nfit.fields.base import Pointwise
 from nfit.fields.masked import narrow_width
 from nfit.fit import StepInfo, fit_batch, random_init, split_batches
-from nfit.inits import DEFAULT, default_init, default_init_path, trained_channels
+from nfit.inits import DEFAULT, default_init, default_init_path, shipped_init, trained_channels
 from nfit.render import decode, default_output, field_chunks, render_to_file, render_values
 from nfit.runs import RUN_FILE, find_init, level_files, load_init, summarize_run
 from nfit.signals import EXTENSIONS, MODALITIES, Signal, modality_for, read_signal
@@ -571,7 +571,7 @@ def fit_plan(files: Sequence[Path], *, init: str | Path | MetaInit | None = None
             raise ConfigError("--init", "nfit ships no initialisation for these files")
         if density is not None:
             raise ConfigError("--density", "applies to fitting from a sparse run (--init RUN)")
-        shipped = default_init(modality_for(files[0]).name, 3)
+        shipped = shipped_init(modality_for(files[0]).name)
         meta: MetaInit | str = DEFAULT
         test, tiling = shipped.test, shipped.tiling
     else:
@@ -607,7 +607,7 @@ def _shipped_tiles_apply(files: Sequence[Path], tiles: TileConfig, field: FieldO
     when it ships one, and neither the field nor the tiling asked for differs from it."""
     if tiles.whole or (field is not None and field != FieldOptions()) or not _ships_init(files):
         return False
-    shipped = default_init(modality_for(files[0]).name, 3)
+    shipped = shipped_init(modality_for(files[0]).name)
     return shipped is not None and shipped.tiling is not None and _same_tiling(tiles, shipped.tiling)
 
 

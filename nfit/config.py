@@ -86,7 +86,7 @@ TILE_FIELD = {"width": 32, "depth": 4}  # 2,307 parameters for an RGB image tile
 TILE_FIELD_BY_MODALITY = {"audio": {"coord_scale": 10.0}}
 TILE_FIT = {"lr": 3e-3, "steps": 300, "target_psnr": 38.0, "seconds": None}  # from random, per file
 TILE_ADAM_LR = 1e-3  # Adam after a tile initialisation's SGD steps (its init file records it)
-TILE_WARMUP = 10  # ...with its step size rising over 10 steps: without, its first steps cost 10 dB (BENCHMARKS.md)
+TILE_WARMUP = 10  # ...with its step size rising over 10 steps: without, its first steps cost 5 dB (BENCHMARKS.md)
 TILE_CACHE_BYTES = 1 << 30  # meta-train --tile: decoded files each data worker keeps
 TILE_SOURCE_FRAMES = 4  # meta-train --tile on video: blocks are cut from the first 4 blocks' worth of frames
 # Tiles fitted at once hold at most this many samples: 2,048 image tiles of 32x32, 256 video blocks of

@@ -157,6 +157,8 @@ def fit_sgd(
     on_step: Callable[[StepInfo], None] | None = None,
     observe: Callable[[int, Params], None] | None = None,
     on_context: Callable[[int, Tensor], None] | None = None,
+    *,
+    pooled: bool = False,
 ) -> AdaptResult:
     """GradNCP's test-time adaptation (Algorithm 2) of B signals from a shared initialisation.
 
@@ -171,6 +173,8 @@ def fit_sgd(
     targets [B, N, out_dim] (``field.to_units`` of the signals on grid ``shape``) on the compute device. ``observe(step, params)`` is
     called with the parameters after each step 0..K (0: the initialisation), and
     ``on_context(step, index)`` with the points [B, k] that set step ``step + 1``'s size.
+    ``pooled``: the B signals are the tiles of one, and ``on_step`` reports the PSNR of their mean
+    MSE, as :func:`fit_adam` does (the mean of their PSNRs flatters: flat tiles score 50 dB and more).
     """
     device = targets.device
     coords = field.unit_coords(shape, device=device)  # [N, d]
@@ -190,7 +194,7 @@ def fit_sgd(
         psnr = psnr_from_mse(mse_clamped)
         history.append(psnr)
         if on_step is not None and step > 0:
-            on_step(StepInfo(step, config.steps, mse.mean().item(), psnr.mean().item(), 0))
+            on_step(StepInfo(step, config.steps, mse.mean().item(), _mean_psnr(psnr, mse_clamped, pooled), 0))
         if last:
             break
         lr: float | Tensor = config.lr
@@ -220,7 +224,7 @@ def fit_batch(
     signal's method summary, the seconds and what stopped the fit."""
     batch = targets.shape[0]
     if learned and adapt.optimizer == "sgd":
-        result = fit_sgd(field, start, targets, shape, adapt, progress(adapt.steps))
+        result = fit_sgd(field, start, targets, shape, adapt, progress(adapt.steps), pooled=pooled)
         method: dict[str, Any] = {"method": "sgd-rescaled" if adapt.rescale else "sgd", "steps": adapt.steps,
                                   "lr": adapt.lr}
         if adapt.rescale:

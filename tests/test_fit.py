@@ -110,3 +110,24 @@ def test_keeps_the_best_parameters_not_the_last(photo):
     assert kept >= max(seen) - 1e-3
     assert res.steps[0] < 25  # this lr diverges: the kept parameters are early ones
     assert abs(kept - seen[res.steps[0]]) < 1e-3  # seen[t] is the PSNR of the parameters after t updates
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_sgd_and_adam_report_the_same_psnr_for_the_tiles_of_one_signal(pooled):
+    """Tiles of one signal: both phases of a fit from an initialisation report the PSNR of the tiles'
+    mean MSE (the signal's), not the mean of their PSNRs, which a flat tile inflates."""
+    from nfit.config import AdaptConfig
+    from nfit.fit import fit_sgd
+
+    field = build_field("siren", {"in_dim": 1, "out_dim": 1, "width": 8, "depth": 2})
+    g = torch.Generator().manual_seed(0)
+    targets = torch.stack([torch.full((16, 1), 0.5), torch.rand(16, 1, generator=g)])  # a flat tile, a busy one
+    seen = {"sgd": [], "adam": []}
+    sgd = fit_sgd(field, random_init(field, 0), targets, (16,), AdaptConfig(steps=2), seen["sgd"].append, pooled=pooled)
+    adam = fit_adam(field, sgd.params, targets, (16,), FitConfig(steps=2), seen["adam"].append, batched=True,
+                    pooled=pooled)
+    # fit_sgd reports each step's result; fit_adam the iterate each step starts from
+    for phase, psnr in (("sgd", sgd.psnr[-1]), ("adam", adam.psnr[-2])):
+        mse = torch.pow(10.0, -psnr.double() / 10)
+        want = float(-10 * torch.log10(mse.mean())) if pooled else float(psnr.mean())
+        assert seen[phase][-1].psnr == pytest.approx(want, abs=1e-3), phase

@@ -27,7 +27,8 @@ def default_init_path(modality: str) -> Path | None:
 
 
 @lru_cache(maxsize=None)
-def _load(modality: str) -> MetaInit | None:
+def shipped_init(modality: str) -> MetaInit | None:
+    """The shipped initialisation of a modality as it was trained, or None."""
     path = default_init_path(modality)
     return None if path is None else read_init(path)
 
@@ -40,7 +41,7 @@ def default_init(modality: str, channels: int) -> MetaInit | None:
     predicts the mean-of-channels grey exactly), and an alpha channel starts opaque
     (zero weights, and a bias that puts the output at 1).
     """
-    init = _load(modality)
+    init = shipped_init(modality)
     if init is None or channels == init.channels:
         return init
     if init.channels != 3 or channels not in (1, 2, 4):
@@ -59,8 +60,8 @@ def default_init(modality: str, channels: int) -> MetaInit | None:
 
 def trained_channels(modality: str) -> int | None:
     """The channel count the shipped initialisation of a modality was trained on."""
-    init = _load(modality)
+    init = shipped_init(modality)
     return None if init is None else init.channels
 
 
-__all__ = ["DEFAULT", "DEFAULT_INITS", "default_init", "default_init_path", "trained_channels"]
+__all__ = ["DEFAULT", "DEFAULT_INITS", "default_init", "default_init_path", "shipped_init", "trained_channels"]

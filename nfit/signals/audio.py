@@ -226,8 +226,9 @@ def write_audio(path: Path, samples: np.ndarray, fmt: str, sample_rate: int, bit
         raise OutputError(path, f"cannot write ({os.strerror(code) if code else _reason(err)})") from None
 
 
-def load_clip(path: Path, sample_rate: int, duration: float | None, channels: int) -> torch.Tensor:
-    """A dataset example: float32 tensor [T, channels] in [0, 1] at ``sample_rate``.
+def load_clip(path: Path, sample_rate: int | None, duration: float | None, channels: int) -> torch.Tensor:
+    """A dataset example: float32 tensor [T, channels] in [0, 1] at ``sample_rate`` (None: the file's own,
+    which needs no ``duration``: clips of several rates do not batch, but tiles cut from them do).
 
     Channels are mixed down by their mean or up by repeating mono. With a
     ``duration`` (seconds) every clip has T = round(duration * sample_rate):
@@ -235,10 +236,12 @@ def load_clip(path: Path, sample_rate: int, duration: float | None, channels: in
     so that clips stack into a batch.
     """
 
-    if sample_rate < 1 or channels < 1 or (duration is not None and round(duration * sample_rate) < 1):
+    if (sample_rate is None and duration is not None or sample_rate is not None and sample_rate < 1 or channels < 1
+            or duration is not None and round(duration * sample_rate) < 1):
         raise ConfigError(None, f"need a positive sample rate, channel count and duration, not "
                                 f"{sample_rate} Hz, {channels} channels, {duration} s")
     values, _, rate = read_audio(path)
+    sample_rate = sample_rate or rate
     have = values.shape[1]
     if have != channels:
         if channels == 1:
