@@ -704,22 +704,23 @@ class _Trainer:
         interrupted = False
         self.estimate, self.window = _Estimate(), (time.perf_counter(), 0)
         self.saved_at = time.monotonic()  # checkpoints by time count from the first step
-        try:
-            with _terminate_as_interrupt():
+        # the checkpoint of an interrupted run, too, is written while SIGTERM's handling holds (see below)
+        with _terminate_as_interrupt():
+            try:
                 for step, batch in self.stream:  # step: 0-based index of the outer step about to run
                     self.outer_step(step, batch)
                     self.after_step(step + 1)
                 if self.val_psnr is None and self.dist.main:
                     self.validate(self.step)
                 self.save(self.step)
-        except KeyboardInterrupt:
-            interrupted = True
-            self.save(self.step)
-        finally:
-            if self.log is not None:
-                self.log.close()
-            if self.dist.world > 1:
-                torch.distributed.destroy_process_group()
+            except KeyboardInterrupt:
+                interrupted = True
+                self.save(self.step)
+            finally:
+                if self.log is not None:
+                    self.log.close()
+                if self.dist.world > 1:
+                    torch.distributed.destroy_process_group()
         return TrainResult(self.run, self.run / INIT_FILE, self.step, self.val_psnr, interrupted, len(self.stream.bad),
                            self.skipped)
 
