@@ -92,6 +92,15 @@ def first_reaching(curve: list[list[float]], psnr: float) -> int | None:
     return next((n for n, _, p in curve if p >= psnr), None)
 
 
+def _print_summary(row: dict) -> None:
+    """One line per measured file as it is done: its row without the per-step curves."""
+    print(json.dumps({k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "curve"})
+                      for k, v in row.items()}), flush=True)
+
+
+def _result(args, **rows) -> dict:
+    return {"machine": _machine(), "args": {k: str(v) for k, v in vars(args).items() if k != "func"}, **rows}
+
 def curves(args) -> dict:
     photos = sorted(Path(args.data).glob(args.pattern))[: args.limit]
     init = load_init(args.init) if args.init else None
@@ -120,9 +129,8 @@ def curves(args) -> dict:
         if init is not None:
             row.update(_init_variant(signal, init, row, args))
         rows.append(row)
-        print(json.dumps({k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "curve"})
-                          for k, v in row.items()}), flush=True)
-    return {"machine": _machine(), "args": {k: str(v) for k, v in vars(args).items() if k != "func"}, "photos": rows}
+        _print_summary(row)
+    return _result(args, photos=rows)
 
 
 def _init_variant(signal, init, row: dict, args) -> dict:
@@ -284,9 +292,9 @@ def audio_curves(args) -> dict:
             if init is not None:
                 row.update(_init_variant(signal, init, row, args))
             rows.append(row)
-            print(json.dumps({k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "curve"})
-                              for k, v in row.items()}), flush=True)
-    return {"machine": _machine(), "args": {k: str(v) for k, v in vars(args).items() if k != "func"}, "recordings": rows}
+            _print_summary(row)
+    return _result(args, recordings=rows)
+
 
 def plot(args) -> dict:
     """The README's picture from the JSON of ``curves``: mean PSNR against wall time and against steps."""

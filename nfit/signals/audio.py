@@ -236,8 +236,8 @@ def load_clip(path: Path, sample_rate: int | None, duration: float | None, chann
     so that clips stack into a batch.
     """
 
-    if (sample_rate is None and duration is not None or sample_rate is not None and sample_rate < 1 or channels < 1
-            or duration is not None and round(duration * sample_rate) < 1):
+    if (channels < 1 or sample_rate is not None and sample_rate < 1
+            or duration is not None and (sample_rate is None or round(duration * sample_rate) < 1)):
         raise ConfigError(None, f"need a positive sample rate, channel count and duration, not "
                                 f"{sample_rate} Hz, {channels} channels, {duration} s")
     values, _, rate = read_audio(path)
