@@ -138,6 +138,55 @@ def test_bicubic_overshoot_is_clamped(tmp_path):
     torch.testing.assert_close(out[..., 0], x[0, 0].clamp(0, 1), rtol=0, atol=1e-6)
 
 
+def _jpeg(path: Path, pixels: np.ndarray, mode: str = "RGB") -> Path:
+    from PIL import Image
+
+    Image.fromarray(pixels).convert(mode).save(path, "JPEG", quality=95)
+    return path
+
+
+@pytest.fixture
+def smooth():
+    """A 96x128 photo-like RGB image: smooth gradients and a few edges (a JPEG decodes it well)."""
+    y, x = np.mgrid[0:96, 0:128] / 32.0
+    pixels = np.stack([np.sin(x) * np.cos(y), np.cos(0.7 * x + y), (x > 2) * 0.5 + 0.2 * np.sin(y)], -1)
+    return ((pixels - pixels.min()) / np.ptp(pixels) * 255).astype(np.uint8)
+
+
+def test_jpeg_draft_decodes_at_a_reduced_scale_that_keeps_res(tmp_path, smooth, monkeypatch):
+    """A JPEG twice the grid or more is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling),
+    never below the grid: the target stays close to the full decode's, and smaller ones are unchanged."""
+    from PIL import Image, JpegImagePlugin
+
+    path = _jpeg(tmp_path / "s.jpg", smooth)
+    sizes = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda im, mode, size: sizes.append(size) or draft(im, mode, size))
+    for res, scale in ((48, 2), (40, 2), (24, 4), (12, 8), (8, 8)):
+        sizes.clear()
+        reduced = load_image(path, res, 3)
+        full = load_image(path, res, 3, draft=False)
+        assert sizes and min(sizes[0]) == res  # asked for the smallest scale that still covers the grid
+        assert reduced.shape == full.shape == (res, res, 3)
+        mse = (reduced - full).pow(2).mean().item()
+        assert 0 < mse and -10 * np.log10(mse) > 30, (res, mse)  # a reduced decode happened, and it is close
+        with Image.open(path) as im:  # libjpeg's choice: the largest reduction still >= the request
+            im.draft("RGB", sizes[0])
+            assert im.size == (128 // scale, 96 // scale)
+    sizes.clear()
+    assert torch.equal(load_image(path, 49, 3), load_image(path, 49, 3, draft=False))  # 1/2 scale (48 rows) is too small
+    assert torch.equal(load_image(path, 96, 3), load_image(path, 96, 3, draft=False))
+
+
+def test_jpeg_draft_handles_cmyk_and_grey(tmp_path, smooth):
+    for mode, channels in (("CMYK", 3), ("L", 1)):
+        path = _jpeg(tmp_path / f"{mode}.jpg", smooth, mode)
+        reduced, full = load_image(path, 24, channels), load_image(path, 24, channels, draft=False)
+        assert reduced.shape == full.shape == (24, 24, channels)
+        assert (reduced - full).abs().mean() < 0.02
+
+
 def test_grey_to_rgb_repeats_and_rgb_to_grey_is_bt601_luma(tmp_path, data_dir):
     grey = load_image(data_dir / "camera_32.png", 16, 3)
     assert grey.shape == (16, 16, 3)

@@ -12,6 +12,7 @@ pixels (a decompression bomb) is refused without allocating anything.
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 import warnings
@@ -104,7 +105,7 @@ def _read_png16(path: Path) -> np.ndarray:
     return arr.reshape(height, width, planes)
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path: Path, at_least: int | None = None) -> np.ndarray:
     import imageio.v3 as iio
 
     if _png_bit_depth(path) == 16:
@@ -112,22 +113,39 @@ def _decode(path: Path) -> np.ndarray:
     mode = _probe(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # imageio/pillow chatter; errors still raise
-        if mode in _NOT_RGB_MODES:
+        if mode in _NOT_RGB_MODES or at_least is not None:
             from PIL import Image
 
             with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
+                if im.format == "JPEG" and at_least is not None:
+                    _draft(im, at_least)
+                if mode in _NOT_RGB_MODES:
+                    return np.asarray(im.convert("RGB"))
+                if im.format == "JPEG":
+                    return np.asarray(im)  # what imageio returns for a JPEG, less its overhead
         return iio.imread(path, index=0)
 
 
-def read_image(path: Path) -> tuple[np.ndarray, int]:
+def _draft(im, at_least: int) -> None:
+    """Have libjpeg decode ``im`` at the smallest of 1/1, 1/2, 1/4, 1/8 scale whose shorter side
+    is still ``at_least`` pixels: it drops the DCT coefficients that scale cannot show, which
+    skips most of the decoding work and is itself an averaging filter (BENCHMARKS.md, "Decoding")."""
+    scale = at_least / min(im.size)
+    if scale < 1:
+        im.draft(im.mode, (math.ceil(im.width * scale), math.ceil(im.height * scale)))
+
+
+def read_image(path: Path, at_least: int | None = None) -> tuple[np.ndarray, int]:
     """Decode an image file. Returns values float32 [H, W, C] in [0, 1] and the bit depth.
 
-    Every failure is an :class:`InputError` naming the file: decoders (Pillow, pypng,
-    tifffile, imageio's plugins) raise many types, and all mean "not an image we can read".
+    ``at_least``: the values will be shrunk until their shorter side is this long, so a JPEG
+    may be decoded at a reduced scale (1/2, 1/4, 1/8) that keeps at least that many pixels;
+    other formats decode whole. Every failure is an :class:`InputError` naming the file:
+    decoders (Pillow, pypng, tifffile, imageio's plugins) raise many types, and all mean
+    "not an image we can read".
     """
     with decoding(path, "an image"):
-        raw = _decode(path)
+        raw = _decode(path, at_least)
     return to_unit_range(raw, path)
 
 
@@ -245,9 +263,9 @@ def resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 LUMA_601 = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights: the usual RGB -> grey
 
 
-def decode_image(path: Path) -> np.ndarray:
+def decode_image(path: Path, at_least: int | None = None) -> np.ndarray:
     """read_image's values: every failure is already an InputError naming the file."""
-    return read_image(path)[0]
+    return read_image(path, at_least)[0]
 
 
 def _drop_alpha(pixels: torch.Tensor) -> torch.Tensor:
@@ -265,14 +283,19 @@ def convert_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:
     return pixels @ torch.tensor(LUMA_601, dtype=pixels.dtype).unsqueeze(1)  # c == 3 -> 1
 
 
-def resize_crop(pixels: torch.Tensor, res: int) -> torch.Tensor:
-    """[H, W, C] -> [res, res, C]: shorter side to ``res`` (antialiased bicubic), centre crop."""
-    h, w = pixels.shape[:2]
+def resize_crop(pixels: torch.Tensor, res: int, like: tuple[int, int] | None = None) -> torch.Tensor:
+    """[H, W, C] -> [res, res, C]: shorter side to ``res`` (antialiased bicubic), centre crop.
+
+    ``like``: the (height, width) of the picture ``pixels`` were decoded from at a reduced
+    scale; the output is the one that picture would give (the rounding of a reduced decode's
+    size must not move the crop: half a pixel of it is 10 dB on a fine texture).
+    """
+    h, w = like or pixels.shape[:2]
     if h <= w:
         size = (res, max(res, round(w * res / h)))
     else:
         size = (max(res, round(h * res / w)), res)
-    if (h, w) != size:
+    if tuple(pixels.shape[:2]) != size:
         x = pixels.permute(2, 0, 1).unsqueeze(0)  # [1, C, H, W]
         x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
         pixels = x.squeeze(0).permute(1, 2, 0)
@@ -289,11 +312,12 @@ def load_native(path: Path, channels: int) -> torch.Tensor:
     return convert_channels(pixels, channels).contiguous()
 
 
-def load_image(path: Path, res: int, channels: int) -> torch.Tensor:
+def load_image(path: Path, res: int, channels: int, *, draft: bool = True) -> torch.Tensor:
     """Decode one image as a float32 ``[res, res, channels]`` target in [0, 1].
 
     Every image in a meta-learning batch must share one grid, so the shorter side is
-    resized to ``res`` and the centre square kept (no padding, no distortion).
+    resized to ``res`` and the centre square kept (no padding, no distortion). ``draft``:
+    a JPEG at least twice that size is decoded at a reduced scale first (:func:`read_image`).
     Any failure is an :class:`InputError` naming the file.
     """
     if channels not in (1, 3):
@@ -301,10 +325,10 @@ def load_image(path: Path, res: int, channels: int) -> torch.Tensor:
     if res < 1:
         raise ConfigError("--res", f"must be at least 1, got {res}")
     path = Path(path)
-    pixels = torch.from_numpy(np.ascontiguousarray(decode_image(path), dtype=np.float32))
+    pixels = torch.from_numpy(np.ascontiguousarray(decode_image(path, res if draft else None), dtype=np.float32))
     pixels = _drop_alpha(pixels)
     if channels == 1:
         pixels = convert_channels(pixels, 1)  # luma before resizing: a third of the work
-    pixels = resize_crop(pixels, res)
+    pixels = resize_crop(pixels, res, header_size(path) if draft else None)
     # grey -> RGB after resizing, same reason; every step is per channel, so the order does not matter
     return convert_channels(pixels, channels).contiguous()
