@@ -36,6 +36,7 @@ class StepInfo:
     done: int  # signals that reached the target PSNR
     seconds_left: float | None = None  # until the wall-time budget runs out, when there is one
     tiles: tuple[int, int, int] | None = None  # tiled fits: the tiles at work (first, last + 1) of how many
+    bound: bool = False  # ``steps`` is at most: a target PSNR may end the fit sooner
 
 
 @dataclass
@@ -117,7 +118,8 @@ def fit_adam(
         now = time.perf_counter()
         if on_step is not None:
             on_step(StepInfo(step, config.steps, mse.mean().item(), _mean_psnr(psnr, mse_clamped, pooled),
-                             int(frozen.sum()), None if deadline is None else max(0.0, deadline - now)))
+                             int(frozen.sum()), None if deadline is None else max(0.0, deadline - now),
+                             bound=config.target_psnr is not None))
         if frozen.all():
             stopped = "target_psnr"
             break

@@ -36,9 +36,10 @@ class _Bar:
     """One progress bar over every tile batch of a signal and every phase of each (SGD, then Adam):
     steps are counted on from one phase to the next, and each step says which tiles are at work."""
 
-    def __init__(self, progress: StepFactory | None, total: int, tiles: int):
+    def __init__(self, progress: StepFactory | None, total: int, tiles: int, bound: bool):
         self.on_step = progress(total) if progress is not None else None
         self.total, self.tiles, self.offset, self.last = total, tiles, 0, None
+        self.bound = bound  # a target PSNR may end every batch before its last step
 
     def phases(self, part: range) -> Callable[[int], Callable[[StepInfo], None] | None]:
         def factory(steps: int):
@@ -48,7 +49,7 @@ class _Bar:
 
             def on_step(info: StepInfo) -> None:
                 self.last = dataclasses.replace(info, step=base + info.step, steps=self.total,
-                                                tiles=(part.start, part.stop, self.tiles))
+                                                tiles=(part.start, part.stop, self.tiles), bound=self.bound)
                 self.on_step(self.last)
             return on_step
         return factory
@@ -82,7 +83,7 @@ def fit_tiles(
     n = tiling.count(shape)
     parts = split_batches(n, max(1, min(batch, TILE_BATCH_SAMPLES // math.prod(tiling.tile))))
     out = {k: torch.empty(n, *s) for k, s in field.param_shapes().items()}
-    bar = _Bar(progress, len(parts) * phase_steps(config, adapt, learned), n)
+    bar = _Bar(progress, len(parts) * phase_steps(config, adapt, learned), n, config.target_psnr is not None)
     began = time.perf_counter()
     end = None if config.seconds is None else began + config.seconds
     stops, steps, method = [], [], {}

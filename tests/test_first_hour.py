@@ -323,6 +323,12 @@ def test_progress_lines_when_stderr_is_a_file(photo, faces, tmp_path, monkeypatc
     assert result.exit_code == 0
     lines = [ln for ln in result.output.splitlines() if "elapsed" in ln]
     assert lines and "3/3" in lines[-1] and "PSNR" in lines[-1]
+    for target, bound in ((60, True), (0, False)):  # a target may end the fit sooner: the time left is a bound
+        result = run("fit", photo, "-o", tmp_path / f"t{target}.nf", "--steps", 3, "--target-psnr", target,
+                     "--tile", 16, "--init", "random")
+        assert result.exit_code == 0, result.output
+        lines = [ln for ln in result.output.splitlines() if "elapsed" in ln and "tiles" in ln]
+        assert lines and any("left at most" in ln for ln in lines) == bound
     result = run("meta-train", faces, "-o", tmp_path / "run", "--res", RES, "--steps", 4, "--batch-size", 4,
                  "--width", 16, "--depth", 3, "--inner-steps", 2, "--workers", 0)
     assert result.exit_code == 0, result.output

@@ -235,6 +235,8 @@ class FitProgress(_Display):
             left = rate.left(steps)
             if info.seconds_left is not None and rate.per_step is not None:  # a time budget may end it sooner
                 left = _duration(min(info.seconds_left, max(0, steps - info.step) * rate.per_step))
+            if info.bound and left != "-":  # a target PSNR may end it sooner: the steps left are a bound
+                left = f"at most {left}"
             self.progress.update(task, completed=info.step, stats=f"{tiles}loss {info.loss:.2e}  PSNR {info.psnr:6.2f} dB",
                                  rate=_rate_text(rate.per_step), left=left)
 
