@@ -69,6 +69,35 @@ def test_unusual_media_are_read_and_fitted(tmp_path):
     assert load_field(tmp_path / "out" / "one.nf").shape == (1, 1)
 
 
+def test_meta_train_on_class_folders_of_mixed_kinds(tmp_path):
+    """ImageNet's mix in class folders: every unusual image and progressive, grey, RGBA and broken
+    files are trained on together; each broken file is named once and counted at the end."""
+    from PIL import Image
+
+    from corpus import encode, pixels
+
+    data = tmp_path / "data"
+    (data / "n01").mkdir(parents=True)
+    (data / "n02").mkdir()
+    for name, build, _ in UNUSUAL_MEDIA.values():
+        write(data / "n01", name, build())
+    photo = Image.fromarray(pixels())
+    write(data / "n02", "progressive.JPEG", encode(photo, "JPEG", progressive=True))
+    write(data / "n02", "grey.JPEG", encode(photo.convert("L"), "JPEG"))
+    write(data / "n02", "rgba.png", encode(photo.convert("RGBA"), "PNG"))
+    good = encode(photo, "JPEG")
+    write(data / "n02", "truncated.JPEG", good[: len(good) // 3])
+    write(data / "n02", "empty.JPEG", b"")
+    r = runner.invoke(app, ["meta-train", str(data), "-o", str(tmp_path / "run"), "--res", "8", "--steps", "3",
+                            "--batch-size", "10", "--width", "8", "--depth", "2", "--inner-steps", "1",
+                            "--algo", "maml", "--val-fraction", "0", "--workers", "0", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    for broken in ("truncated.JPEG", "empty.JPEG"):
+        assert sum(broken in line for line in r.output.splitlines()) == 1, r.output  # once, though drawn 3 times
+    assert "2 unreadable file(s) skipped" in r.output
+    assert load_init(tmp_path / "run").train["steps"] == 3
+
+
 @pytest.mark.parametrize("case", list(BAD_FIELD_FILES))
 def test_bad_field_files(tmp_path, case):
     make, reason = BAD_FIELD_FILES[case]
