@@ -408,7 +408,8 @@ def _finite(loss: Tensor, grad_norm: Tensor, world: int) -> bool:
 def _spec_for(data, run: Path, train: TrainConfig | None, data_config, field_options, algo_options, val_dir, resume: bool,
               init_from, nan_policy, force: bool) -> tuple[RunSpec, bool]:
     """The run's configuration: run.json's when resuming (with a new target or NaN policy), else a new one;
-    and whether ``run`` holds a run that stopped before its first checkpoint (it starts again)."""
+    and whether ``run`` holds a run that stopped before its first checkpoint (it starts again, also
+    under ``resume``: from step 0 with its own configuration, which loses nothing that was saved)."""
     if resume:
         spec = read_run(run)
         if train is not None and spec.train.algo == "sparse":
@@ -419,10 +420,7 @@ def _spec_for(data, run: Path, train: TrainConfig | None, data_config, field_opt
             spec.train = dataclasses.replace(spec.train, nan_policy=nan_policy)
         if data is not None:
             spec.data = str(data)
-        if not (run / CHECKPOINT).is_file():
-            raise ConfigError(run, f"nothing to resume: the run stopped before its first checkpoint; start it again "
-                                   f"with the command that began it (nfit meta-train {spec.data} -o {run})")
-        return spec, False
+        return spec, not (run / CHECKPOINT).is_file()
     if data is None:
         raise ConfigError(None, "give a data folder (or --resume RUN)")
     restarted = check_run_dir(run, [data, val_dir], force)
@@ -471,7 +469,7 @@ def meta_train(
     The run directory may not be, or lie inside, the data folder, and files of other
     programs are never replaced (a folder holding files of the names a run writes is
     refused unless ``force``). A run that stopped before its first checkpoint is
-    started again by the same call. ``train.micro_batch=None`` measures the memory of
+    started again by the same call, or by ``resume``. ``train.micro_batch=None`` measures the memory of
     a step first (nfit.memory) and takes the largest micro-batch that fits.
 
     Raises :class:`TrainingError` when a step's loss or gradient is not finite under
@@ -481,6 +479,7 @@ def meta_train(
     run = Path(run)
     spec, restarted = _spec_for(data, run, train, data_config, field_options, algo_options, val_dir, resume, init_from,
                                 nan_policy, force)
+    resume = resume and not restarted  # killed before its first checkpoint: it starts again from run.json
     trainer = _Trainer(spec, run, resume, on_event)
     trainer.open(restarted, new_target=resume and train is not None)
     return trainer.train()

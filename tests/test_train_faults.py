@@ -257,3 +257,28 @@ def test_resume_refuses_a_changed_data_folder(tmp_path, faces):
     (data / "new.png").write_bytes((data / "crop_0.png").read_bytes())
     with pytest.raises(nfit.errors.ConfigError, match="data folder changed"):
         meta_train(None, tmp_path / "run", TrainConfig(steps=4), resume=True)
+
+
+def test_resume_after_a_kill_before_the_first_checkpoint_starts_the_run_again(tmp_path, faces):
+    """kill -9 before any checkpoint: --resume starts the run again from its own run.json (it used to
+    refuse with "nothing to resume", leaving the user to retype the command) and ends as a straight run."""
+    steps, run = 40, tmp_path / "early"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, "-m", "nfit", "meta-train", str(faces), "-o", str(run), *CLI_ARGS,
+                             "--steps", str(steps), "--ckpt-every", "100000", "--ckpt-minutes", "1000"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert not (run / "checkpoint.json").exists()
+    events = []
+    assert meta_train(None, run, resume=True, on_event=events.append).step == steps
+    assert any("starting it again" in str(e.values) for e in events if e.kind == "warning")
+    logged = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, steps + 1))  # the killed attempt's lines are gone
+    train(faces, tmp_path / "straight", steps, ckpt_every=100000)
+    assert same_params(run, tmp_path / "straight")
