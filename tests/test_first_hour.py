@@ -157,14 +157,18 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_again(faces, tmp_pat
     with pytest.raises(RuntimeError):
         train(faces, run_dir, steps=4, on_event=die)
     assert (run_dir / "run.json").exists() and not (run_dir / "checkpoint.safetensors").exists()
-    with pytest.raises(ConfigError, match="start it again"):
-        meta_train(None, run_dir, resume=True)
     events = []
     result = train(faces, run_dir, steps=2, on_event=events.append)  # the same command: starts again
     assert result.step == 2
     assert any(e.kind == "warning" and "starting it again" in e.values["message"] for e in events)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "val"] == [0, 2]  # nothing left of the first attempt
+
+    with pytest.raises(RuntimeError):  # --resume starts it again too, from its run.json (it used to refuse)
+        train(faces, tmp_path / "again", steps=4, on_event=die)
+    events = []
+    assert meta_train(None, tmp_path / "again", resume=True, on_event=events.append).step == 4
+    assert any(e.kind == "warning" and "starting it again" in e.values["message"] for e in events)
 
 
 # ---------------------------------------------------------------------------- paths: one line, exit 2
