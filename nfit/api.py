@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 import warnings
@@ -26,7 +27,7 @@ from nfit import metrics
 from nfit.atomic import guard_output, make_dirs
 from nfit.config import (
     INIT_SIZE_TOLERANCE,
-    MAX_SSIM_SAMPLES,
+    CODING_MARGIN_DB,
     AdaptConfig,
     DataConfig,
     FieldOptions,
@@ -53,14 +54,17 @@ from nfit.fieldfile import (
     load_field,
     read_field_header,
     read_format,
+    read_metadata,
     save_field,
 )
 from nfit.fields import FIELDS, Params, build_field, count_params, field_config, field_config_dict, unbatch_params
 from nfit.fields.base import Pointwise
 from nfit.fields.masked import narrow_width
 from nfit.fit import StepInfo, fit_batch, random_init, split_batches
-from nfit.inits import DEFAULT, default_init, default_init_path, shipped_init, trained_channels
-from nfit.render import decode, default_output, field_chunks, render_to_file, render_values
+from nfit.inits import DEFAULT, DEFAULT_INITS, default_init, default_init_path, shipped_init, trained_channels
+from nfit.rate import measure
+from nfit.rate import store as store_field
+from nfit.render import default_output, render_to_file, render_values
 from nfit.runs import RUN_FILE, find_init, level_files, load_init, summarize_run
 from nfit.signals import EXTENSIONS, MODALITIES, Signal, modality_for, read_signal
 from nfit.tiled import fit_tiles
@@ -110,6 +114,9 @@ def fit_signals(
     if store.standalone and (init is None or default or init.mask is None):
         raise ConfigError("--standalone", "applies to fields fitted from a sparse initialisation (they alone have a mask)")
     device = resolve_device(adapt.device if init is not None else config.device)
+    target = config.target_psnr
+    if store.by_quality and target is not None:
+        config = dataclasses.replace(config, target_psnr=target + CODING_MARGIN_DB)  # room for the rounding
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, s in enumerate(signals):
         if init is not None and not default:
@@ -121,12 +128,12 @@ def fit_signals(
                           modality, shape, channels, tiles or TileConfig(tile=0))
         if start.tiling is not None:  # tiles batch within a signal: one signal at a time
             for i in members:
-                fitted[i] = _fit_tiled(signals[i], start, config, adapt, store, progress, device)
+                fitted[i] = _fit_tiled(signals[i], start, config, adapt, store, progress, device, target)
             continue
         for part in split_batches(len(members), start.batch_size):
             idx = [members[j] for j in part]
             for i, nf in zip(idx, _fit_one_batch([signals[i] for i in idx], start, config, adapt, store, progress,
-                                                  device)):
+                                                  device, target)):
                 fitted[i] = nf
     return fitted  # type: ignore[return-value]
 
@@ -185,43 +192,37 @@ def _tiling(tiles: TileConfig, field: FieldOptions, modality: str, shape: tuple[
 
 
 def _fit_tiled(signal: Signal, start: _Start, config: FitConfig, adapt: AdaptConfig, store: StoreConfig,
-               progress: ProgressFactory | None, device: torch.device) -> NeuralField:
+               progress: ProgressFactory | None, device: torch.device, target: float | None) -> NeuralField:
     """Fit one signal tile by tile and describe it (PSNR and SSIM of what is stored, rendered whole)."""
     values = torch.from_numpy(signal.values)  # [*shape, C]
     label = f"{signal.source.name}: {start.tiling.count(signal.shape):,} tiles"
     result = fit_tiles(start.net, start.params, values, start.tiling, config, adapt, start.init is not None,
                        device=device, batch=start.tile_batch,
                        progress=None if progress is None else lambda steps: progress(label, steps))
-    params = result.params
-    if store.dtype != "float32":
-        params = {k: v.to(getattr(torch, store.dtype)).float() for k, v in params.items()}
     nf = NeuralField(
-        field_name=start.field_name, field_config=start.field_config, params=params, modality=signal.modality,
+        field_name=start.field_name, field_config=start.field_config, params=result.params, modality=signal.modality,
         shape=signal.shape, channels=signal.channels, bit_depth=signal.bit_depth, source=signal.source.name,
         source_bytes=_file_size(signal.source), rate=signal.rate, init=start.record, dtype=store.dtype,
         mask=None if start.init is None else start.init.mask, standalone=store.standalone, tiling=start.tiling)
-    psnr, ssim = _measure(nf, values, device)
-    nf.summary = {**result.method, "psnr": round(psnr, 4), "ssim": None if ssim is None else round(ssim, 5),
-                  "seconds": round(result.seconds, 3), "batch": 1, "device": device.type}
+    return _stored(nf, start, values, store, target, device, {**result.method, "seconds": round(result.seconds, 3),
+                                                              "batch": 1, "device": device.type})
+
+
+def _stored(nf: NeuralField, start: _Start, values: torch.Tensor, store: StoreConfig, target: float | None,
+            device: torch.device, summary: dict[str, Any]) -> NeuralField:
+    """``nf`` as it will be written (coded or rounded: see :mod:`nfit.rate`), its summary measured on that."""
+    nf = store_field(nf, None if start.init is None else start.params, values, store, target, device)
+    psnr, ssim = measure(nf, values, device)
+    nf.summary = {**summary, "psnr": round(psnr, 4), "ssim": None if ssim is None else round(ssim, 5)}
+    if "target_psnr" in summary and summary["target_psnr"] != target:  # the fit aimed higher, for the coding
+        nf.summary.update(target_psnr=target, fit_target_psnr=summary["target_psnr"])
+    if nf.quantised is not None:
+        nf.summary["bits"] = nf.quantised.bits
     return nf
 
 
-def _measure(nf: NeuralField, values: torch.Tensor, device: torch.device) -> tuple[float, float | None]:
-    """PSNR of ``nf`` rendered at its own grid against ``values [*shape, C]``, and SSIM, from one render;
-    above ``MAX_SSIM_SAMPLES``, PSNR alone, accumulated block by block (no second copy of a large signal)."""
-    if values.numel() <= MAX_SSIM_SAMPLES:  # small enough to render whole: one render serves both
-        rendered, target = render_values(nf, device=device).unsqueeze(0), values.unsqueeze(0)
-        ssim = metrics.signal_ssim(rendered, target)
-        return float(metrics.psnr(rendered, target)[0]), None if ssim is None else float(ssim[0])
-    flat = values.reshape(-1, values.shape[-1])
-    squared = 0.0
-    for start, stop, block in field_chunks(nf, nf.shape, device):
-        squared += float((block.cpu().double() - flat[start:stop].double()).pow(2).sum())
-    return float(metrics.psnr_from_mse(torch.tensor(squared / flat.numel()))), None
-
-
 def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adapt: AdaptConfig, store: StoreConfig,
-                   progress: ProgressFactory | None, device: torch.device) -> list[NeuralField]:
+                   progress: ProgressFactory | None, device: torch.device, target: float | None) -> list[NeuralField]:
     """Fit signals of one grid together and describe each result as a NeuralField (PSNR, SSIM of what is stored)."""
     shape = signals[0].shape
     label = signals[0].source.name if len(signals) == 1 else f"{len(signals)} x {'x'.join(map(str, shape))}"
@@ -230,22 +231,14 @@ def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adap
     params, method, seconds, stopped = fit_batch(start.net, start.params, start.net.to_units(grid), shape, config,
                                                  adapt, start.init is not None,
                                                  lambda n: progress(label, n) if progress else None, deadline=deadline)
-    if store.dtype != "float32":
-        params = {k: v.to(getattr(torch, store.dtype)).float() for k, v in params.items()}
-    values = decode(start.net, params, shape).view(grid.shape)  # clamped
-    psnr = metrics.psnr(values, grid).tolist()
-    ssim = metrics.signal_ssim(values, grid)
-    ssim = ssim.tolist() if ssim is not None else [None] * len(signals)
     summary = {"seconds": round(seconds, 3), "batch": len(signals), "device": device.type, "stopped": stopped}
-    return [NeuralField(
+    return [_stored(NeuralField(
         field_name=start.field_name, field_config=start.field_config,
         params={k: v.cpu() for k, v in unbatch_params(params, b).items()},
         modality=s.modality, shape=shape, channels=s.channels, bit_depth=s.bit_depth, source=s.source.name,
-        source_bytes=_file_size(s.source), rate=s.rate,
-        summary={**method[b], "psnr": round(psnr[b], 4), "ssim": None if ssim[b] is None else round(ssim[b], 5), **summary},
-        init=start.record, dtype=store.dtype, mask=None if start.init is None else start.init.mask,
-        standalone=store.standalone,
-    ) for b, s in enumerate(signals)]
+        source_bytes=_file_size(s.source), rate=s.rate, init=start.record, dtype=store.dtype,
+        mask=None if start.init is None else start.init.mask, standalone=store.standalone,
+    ), start, grid[b].cpu(), store, target, device, {**method[b], **summary}) for b, s in enumerate(signals)]
 
 
 def _check_field_given_init(init: MetaInit | str | Path | None, field: FieldOptions | None) -> None:
@@ -310,8 +303,11 @@ def fit(
     progress: ProgressFactory | None = None,
     init: str | Path | MetaInit | None = None,
     density: float | None = None,
+    bits: int | None = StoreConfig.bits,
     dtype: str = StoreConfig.dtype,
     standalone: bool = StoreConfig.standalone,
+    max_bytes: int | None = None,
+    bpp: float | None = None,
     options: SignalOptions | None = None,
     tile: int | None = None,
     tile_frames: int | None = None,
@@ -323,6 +319,8 @@ def fit(
     Signals are cut into tiles (``tile``, ``tile_frames``, ``overlap``: see
     :class:`nfit.config.TileConfig`; ``tile=0`` fits one field to the whole signal).
     ``field_config`` sets any other option of the field, e.g. NeRV's ``{"strides": [2, 2]}``.
+    ``bits``, ``dtype``, ``max_bytes``, ``bpp``: how the field is stored (:class:`nfit.config.StoreConfig`;
+    coded, with its bit width chosen by :mod:`nfit.rate`, by default).
     ``fit_options`` are the settings of :func:`fit_plan`: steps, lr, seed, target_psnr, seconds,
     batch_size, device, and with ``init`` (an init file or run from ``nfit meta-train``, or
     "default" for the one nfit ships) optimizer, rescale and gamma. ``density`` picks the level
@@ -338,7 +336,7 @@ def fit(
     opts = reading_options(options, plan.init)
     signals = [x if isinstance(x, Signal) else read_signal(x, opts) for x in items]
     result = fit_signals(signals, plan.config, fields, progress, init=plan.init, adapt=plan.adapt,
-                         store=StoreConfig(dtype, standalone), tiles=plan.tiles)
+                         store=StoreConfig(bits, dtype, standalone, max_bytes, bpp), tiles=plan.tiles)
     return result[0] if single else result
 
 
@@ -704,13 +702,29 @@ def save_context_maps(
 
 
 def load(path: str | Path, init: str | Path | MetaInit | None = None) -> NeuralField:
-    """Read and validate a .nf file. A sparse field stored without its mask needs ``init``:
-    the initialisation it was fitted from, or a run directory holding it (found by SHA-256)."""
+    """Read and validate a .nf file. A sparse field stored without its mask, and a field coded as
+    its difference from an initialisation, need ``init``: the initialisation it was fitted from, or
+    a run directory holding it (found by SHA-256); one that nfit ships is found by itself."""
+    if init is None:
+        init = _shipped_for(Path(path))
     if init is None or isinstance(init, MetaInit):
         return load_field(path, init)
     nf, _ = read_field_header(path)
     sha = nf.init.get("sha256")
     return load_field(path, find_init(init, sha) if sha else load_init(init))
+
+
+def _shipped_for(path: Path) -> MetaInit | None:
+    """The shipped initialisation a .nf file names (as adapted to its channels), or None; read from
+    its metadata alone (the loader reports whatever is wrong with the file)."""
+    try:
+        meta = json.loads(read_metadata(path))
+        modality, channels, sha = meta["modality"], meta["signal"]["channels"], meta["init"]["sha256"]
+    except Exception:  # unreadable or malformed: nothing to look up
+        return None
+    if sha is None or modality not in DEFAULT_INITS or default_init_path(modality) is None:
+        return None
+    return default_init(modality, channels) if shipped_init(modality).sha256 == sha else None
 
 
 def save(nf: NeuralField, path: str | Path) -> Path:
@@ -784,6 +798,8 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
         "values": sparse["values"] if sparse else nf.n_params,
         "density": sparse["density"] if sparse else 1.0,
         "dtype": storage["dtype"],
+        # coder, bits, what the integers are relative to, and (read from a file) the payload's bytes
+        "coding": None if storage["coding"] is None else {k: v for k, v in storage["coding"].items() if k != "tensors"},
         "mask": None if not sparse else sparse["mask"],
         "bytes": nbytes,
         "bits_per_sample": None if nbytes is None else round(nbytes * 8 / samples, 4),

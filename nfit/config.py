@@ -189,16 +189,55 @@ class AdaptConfig:
             raise ConfigError("--batch-size", "must be >= 1")
 
 
+# Coded storage (nfit.coding; the bit width is chosen by nfit.rate). Measured on held-out photos,
+# BENCHMARKS.md "Compact files".
+CODING_BITS = (2, 16)  # the bit widths a file may use; rate control searches them
+CODING_MARGIN_DB = 0.5  # with a target PSNR and no --bits, the fit aims this far above it: room for the rounding
+CODING_LOSS_DB = 0.3  # without a target: the fewest bits within this of the float field's PSNR
+
+
 @dataclass
 class StoreConfig:
-    """How a fitted field is written."""
+    """How a fitted field is written: coded (``bits``, see :mod:`nfit.coding`) or as floats (``bits=0``)."""
 
-    dtype: str = "float32"  # or "float16": half the bytes, values rounded (the summary's PSNR is of the rounded field)
+    # None: the fewest bits that keep the target PSNR, else within CODING_LOSS_DB of the float field
+    # (see nfit.rate); 2-16: that many; 0: floats of ``dtype``
+    bits: int | None = None
+    dtype: str = "float32"  # floats: float32, or float16 (half the bytes; values rounded, the summary is of them)
     standalone: bool = False  # sparse fields: embed the packed mask instead of naming the initialisation that holds it
+    max_bytes: int | None = None  # the largest file: the most bits that fit
+    bpp: float | None = None  # the same per sample (pixel): max_bytes = bpp * samples / 8
 
     def __post_init__(self):
         if self.dtype not in ("float32", "float16"):
             raise ConfigError("--dtype", f"must be float32 or float16, not {self.dtype!r}")
+        if self.dtype == "float16" and self.bits is None:
+            self.bits = 0  # asking for half floats is asking for floats
+        lo, hi = CODING_BITS
+        if self.bits is not None and self.bits != 0 and not lo <= self.bits <= hi:
+            raise ConfigError("--bits", f"must be 0 (floats) or {lo} to {hi}, not {self.bits}")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ConfigError("--max-bytes", "must be >= 1")
+        if self.bpp is not None and not 0 < self.bpp < 1e6:
+            raise ConfigError("--bpp", "must be positive")
+        budget = "--max-bytes" if self.max_bytes is not None else "--bpp" if self.bpp is not None else None
+        if budget and self.bpp is not None and self.max_bytes is not None:
+            raise ConfigError("--bpp", "give --bpp or --max-bytes, not both")
+        if budget and self.bits is not None:
+            raise ConfigError(budget, "chooses the bit width itself: leave out --bits and --dtype")
+
+    @property
+    def coded(self) -> bool:
+        return self.bits != 0
+
+    @property
+    def by_quality(self) -> bool:
+        """Whether nfit picks the bit width for a PSNR (no --bits, no budget): the fit then aims higher."""
+        return self.bits is None and self.max_bytes is None and self.bpp is None
+
+    def budget(self, samples: int) -> int | None:
+        """The most bytes a file of a signal of ``samples`` samples may take, or None."""
+        return self.max_bytes if self.bpp is None else int(self.bpp * samples / 8)
 
 
 @dataclass

@@ -19,6 +19,12 @@ Layout: one tensor per field parameter (unbatched, float32) and one metadata key
                                (see nfit.tiling): the file holds one field per tile, each tensor
                                with a leading dimension of the tile count, row-major over the tiles
 
+A coded field (format 4, ``storage.coding`` not null; see :mod:`nfit.coding`) holds one
+uint8 tensor, ``payload``: the range-coded integers of every stored tensor, in parameter
+order. ``storage.coding`` gives the coder, the bit width, what the integers are relative
+to ("init": the initialisation named in ``init``, which reading then needs; "zero"), and
+per tensor its name, step, Laplace scale and stored shape, and the payload's size and CRC-32.
+
 A field fitted from a sparse initialisation (Meta-SparseINR) stores each weight
 matrix as the 1-D vector of its surviving values, in row-major order of the mask.
 The mask itself is the initialisation's, named by its SHA-256, so reading the
@@ -54,6 +60,7 @@ from torch import Tensor
 from nfit._version import __version__
 from nfit.atomic import atomic_output
 from nfit.config import MAX_FIELD_SIZE, MAX_GRID_SAMPLES, MAX_HEADER_BYTES, MAX_METADATA_BYTES, MAX_TILES
+from nfit.coding import CODER, MAX_BITS, MIN_BITS, CodingError, Quantised, checksum, decode, dequantise, encode
 from nfit.errors import ConfigError, FieldFileError, OutputError
 from nfit.fields import Field, Params, build_field, count_params
 from nfit.fields.masked import Mask, Masked, density, pack_mask, prunable, stored_values, unpack_mask
@@ -62,14 +69,16 @@ from nfit.signals import CONVENTION, MODALITIES
 from nfit.tiling import BLEND, LAYOUT, Tiling
 
 FORMAT = "nfit-field"
-FORMAT_VERSION = 3  # 3: "tiling"; 2: the "storage" entry (float16 values, sparse fields); 1 and 2 still read
-READ_VERSIONS = {1, 2, 3}
+FORMAT_VERSION = 4  # 4: "storage.coding"; 3: "tiling"; 2: the "storage" entry (float16, sparse); all still read
+READ_VERSIONS = {1, 2, 3, 4}
 INIT_FORMAT = "nfit-init"
 INIT_FORMAT_VERSION = 1
 META_KEY = "nfit"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 MASK_PREFIX = "mask/"
+PAYLOAD = "payload"  # the one tensor of a coded field (besides an embedded mask)
+RELATIVE_TO = ("init", "zero")
 
 
 @dataclass
@@ -97,10 +106,18 @@ class NeuralField:
     mask: Mask | None = None
     standalone: bool = False
     tiling: Tiling | None = None  # None: one field over the whole signal
+    # Coded storage (nfit.coding): the integers ``params`` were decoded from, relative to the
+    # initialisation's parameters when the field was fitted from one, else to zero. None: floats.
+    quantised: Quantised | None = None
 
     @cached_property
     def field(self) -> Field:
         return build_field(self.field_name, self.field_config)
+
+    @property
+    def relative_to(self) -> str:
+        """What coded integers are differences from: the initialisation the field was fitted from, or zero."""
+        return "init" if self.init.get("sha256") else "zero"
 
     @property
     def tiles(self) -> int:
@@ -121,9 +138,15 @@ class NeuralField:
         if self.mask is not None:
             sparse = {"mask": "embedded" if self.standalone else "init", "density": round(density(self.mask), 6),
                       "values": self.n_values}
-        return {"dtype": self.dtype, "sparse": sparse}
+        coding = None if self.quantised is None else {
+            "coder": CODER, "bits": self.quantised.bits, "relative_to": self.relative_to}
+        return {"dtype": self.dtype, "sparse": sparse, "coding": coding}
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self, coding: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The file's JSON; ``coding``: the full ``storage.coding`` entry of a coded file, from :func:`save_field`."""
+        storage = self.storage()
+        if coding is not None:
+            storage["coding"] = coding
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -142,7 +165,7 @@ class NeuralField:
             "field": {"name": self.field_name, "config": self.field_config},
             "fit": self.summary,
             "init": self.init,
-            "storage": self.storage(),
+            "storage": storage,
             "tiling": None if self.tiling is None else self.tiling.to_json(),
         }
 
@@ -158,7 +181,7 @@ def write_safetensors(path: str | Path, tensors: dict[str, Tensor], metadata: di
     """Tensors (as they are, moved to the CPU) plus the nfit JSON metadata, written atomically."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = json.dumps(metadata, separators=(",", ":"), allow_nan=False)
+    meta = _meta_json(metadata)
     with atomic_output(path) as tmp:
         save_tensors(path, tmp, tensors, {META_KEY: meta})
     return path
@@ -179,19 +202,52 @@ def save_tensors(path: Path, tmp: Path, tensors: dict[str, Tensor], metadata: di
         raise OutputError(path, f"cannot write ({_short(err)})") from None
 
 
-def save_field(nf: NeuralField, path: str | Path) -> Path:
-    """Write ``nf`` to ``path`` atomically. Returns the path."""
-    if nf.dtype not in DTYPES:
-        raise ConfigError("--dtype", f"must be one of {', '.join(DTYPES)}, not {nf.dtype!r}")
-    tensors = {}
-    for k, v in nf.params.items():
+def _stored(nf: NeuralField, values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """What the file holds of each parameter: all of it, or a sparse weight's surviving values."""
+    out = {}
+    for k, v in values.items():
         if nf.mask is not None and k in nf.mask:
             m = nf.mask[k].to(v.device)
             v = v[m] if nf.tiling is None else v[:, m]  # the surviving values, row-major: [nnz] (or [tiles, nnz])
-        tensors[k] = v.to(DTYPES[nf.dtype])
+        out[k] = v
+    return out
+
+
+def field_tensors(nf: NeuralField) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """The tensors a .nf file of ``nf`` holds, and for a coded field its ``storage.coding`` entry."""
+    if nf.dtype not in DTYPES:
+        raise ConfigError("--dtype", f"must be one of {', '.join(DTYPES)}, not {nf.dtype!r}")
+    coding = None
+    if nf.quantised is None:
+        tensors = {k: v.to(DTYPES[nf.dtype]) for k, v in _stored(nf, nf.params).items()}
+    else:
+        ints = _stored(nf, {k: nf.quantised.q[k] for k in nf.field.param_shapes()})
+        payload, scales = encode(ints, nf.quantised.bits)
+        tensors = {PAYLOAD: torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload
+                   else torch.zeros(0, dtype=torch.uint8)}
+        coding = {**nf.storage()["coding"], "bytes": len(payload), "crc32": checksum(payload),
+                  "tensors": [[k, nf.quantised.steps[k], scales[k], list(v.shape)] for k, v in ints.items()]}
     if nf.mask is not None and nf.standalone:
         tensors["mask"] = pack_mask(nf.mask)
-    return write_safetensors(path, tensors, nf.metadata())
+    return tensors, coding
+
+
+def save_field(nf: NeuralField, path: str | Path) -> Path:
+    """Write ``nf`` to ``path`` atomically. Returns the path."""
+    tensors, coding = field_tensors(nf)
+    return write_safetensors(path, tensors, nf.metadata(coding))
+
+
+def field_bytes(nf: NeuralField) -> int:
+    """The size of the .nf file :func:`save_field` would write, without writing it."""
+    from safetensors.torch import save
+
+    tensors, coding = field_tensors(nf)
+    return len(save({k: v.contiguous() for k, v in tensors.items()}, metadata={META_KEY: _meta_json(nf.metadata(coding))}))
+
+
+def _meta_json(metadata: dict[str, Any]) -> str:
+    return json.dumps(metadata, separators=(",", ":"), allow_nan=False)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -335,7 +391,63 @@ def _storage_meta(meta: dict, path: Path) -> dict[str, Any]:
     sparse = storage.get("sparse")
     if sparse is not None and (not isinstance(sparse, dict) or sparse.get("mask") not in ("init", "embedded")):
         raise FieldFileError(path, "metadata field 'storage.sparse' is malformed")
+    coding = storage.setdefault("coding", None)  # before format version 4: floats
+    if coding is not None and not _valid_coding(coding):
+        raise FieldFileError(path, f"metadata field 'storage.coding' is malformed or of another coder ({_r(coding)})")
     return storage
+
+
+def _valid_coding(coding: Any) -> bool:
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v < 1e30
+
+    def count(v: Any) -> bool:
+        return type(v) is int and 0 <= v < 1 << 40
+
+    return (isinstance(coding, dict) and coding.get("coder") == CODER and type(coding.get("bits")) is int
+            and MIN_BITS <= coding["bits"] <= MAX_BITS and coding.get("relative_to") in RELATIVE_TO
+            and count(coding.get("bytes")) and count(coding.get("crc32")) and isinstance(coding.get("tensors"), list)
+            and all(isinstance(e, list) and len(e) == 4 and isinstance(e[0], str) and number(e[1]) and number(e[2])
+                    and isinstance(e[3], list) and len(e[3]) <= 8 and all(count(n) for n in e[3])
+                    for e in coding["tensors"]))
+
+
+def _coded_ints(path: Path, tensors: dict[str, Tensor], coding: dict[str, Any], limit: int) -> dict[str, Tensor]:
+    """The integers of a coded field, per stored tensor (the shapes its metadata declares, at most
+    ``limit`` values in all), from its payload: checked by size and CRC-32 before it is decoded."""
+    payload = tensors.pop(PAYLOAD, None)
+    if payload is None or payload.dtype != torch.uint8 or payload.dim() != 1:
+        raise FieldFileError(path, f"a coded field needs one 1-D uint8 tensor {PAYLOAD!r}")
+    data = payload.numpy().tobytes()
+    if len(data) != coding["bytes"] or checksum(data) != coding["crc32"]:
+        raise FieldFileError(path, f"coded payload is corrupt ({len(data):,} bytes, CRC-32 {checksum(data)}; "
+                             f"its metadata says {coding['bytes']:,} bytes, CRC-32 {coding['crc32']})")
+    shapes = {name: tuple(shape) for name, _, _, shape in coding["tensors"]}
+    scales = {name: scale for name, _, scale, _ in coding["tensors"]}
+    if len(shapes) != len(coding["tensors"]) or sum(math.prod(s) for s in shapes.values()) > limit:
+        raise FieldFileError(path, f"coded payload declares other tensors than the field's {limit:,} values")
+    try:
+        return decode(data, coding["bits"], shapes, scales)
+    except CodingError as err:
+        raise FieldFileError(path, f"coded payload is corrupt ({err})") from None
+
+
+def _coding_reference(path: Path, nf: NeuralField, field_: Field, coding: dict[str, Any],
+                      init: MetaInit | None) -> Params | None:
+    """The parameters a coded field's integers are differences from: its initialisation's (checked by hash), or None."""
+    if coding["relative_to"] == "zero":
+        return None
+    sha = nf.init.get("sha256")
+    if sha is None:
+        raise FieldFileError(path, "is coded relative to an initialisation but names none")
+    if init is None:
+        raise FieldFileError(path, f"is stored as its difference from an initialisation: give it with --init (sha256 {sha})")
+    if init.sha256 != sha:
+        raise FieldFileError(path, f"was fitted from the initialisation with sha256 {sha}, not {init.sha256} (--init)")
+    shapes = field_.param_shapes()
+    if set(init.params) != set(shapes) or any(tuple(init.params[k].shape) != tuple(s) for k, s in shapes.items()):
+        raise FieldFileError(path, "its initialisation's parameters do not match the field")
+    return init.params
 
 
 def _field_mask(path: Path, field_: Field, tensors: dict[str, Tensor], storage: dict, init_meta: dict,
@@ -379,9 +491,22 @@ def load_field(path: str | Path, init: MetaInit | None = None) -> NeuralField:
 
 def _read_values(path: Path, nf: NeuralField, field_: Field, tensors: dict[str, Tensor], storage: dict,
                  init: MetaInit | None) -> None:
-    """Fill ``nf.params`` (and its mask) from the file's tensors, validated."""
+    """Fill ``nf.params`` (and its mask, and a coded field's integers) from the file's tensors, validated."""
     mask = _field_mask(path, field_, tensors, storage, nf.init, init)
-    nf.params = check_params(path, field_, tensors, mask=mask, tiles=None if nf.tiling is None else nf.tiles)
+    tiles = None if nf.tiling is None else nf.tiles
+    coding = storage["coding"]
+    if coding is None:
+        nf.params = check_params(path, field_, tensors, mask=mask, tiles=tiles)
+    else:
+        reference = _coding_reference(path, nf, field_, coding, init)
+        ints = {k: v.float() for k, v in _coded_ints(path, tensors, coding, nf.n_params).items()}  # exact: |q| < 2**15
+        ints = check_params(path, field_, {**tensors, **ints}, mask=mask, tiles=tiles)  # shapes; sparse: scattered
+        steps = {name: float(step) for name, step, _, _ in coding["tensors"]}
+        nf.quantised = Quantised(coding["bits"], {k: v.to(torch.int32) for k, v in ints.items()}, steps)
+        nf.params = dequantise(nf.quantised, reference)
+        for k, v in nf.params.items():
+            if not torch.isfinite(v).all():
+                raise FieldFileError(path, f"tensor {k!r} decodes to NaN or infinite values")
     nf.mask, nf.standalone = mask, mask is not None and storage["sparse"]["mask"] == "embedded"
 
 
@@ -425,7 +550,10 @@ def read_field_header(path: str | Path) -> tuple[NeuralField, dict[str, Any]]:
     path = Path(path)
     tensors, meta = read_safetensors(path)
     nf, field_, storage = _field_header(path, meta)
-    if storage["sparse"] is None or storage["sparse"]["mask"] == "embedded":
+    coding = storage["coding"]
+    if coding is not None and coding["relative_to"] == "init":
+        _coded_ints(path, tensors, coding, nf.n_params)  # the values need the initialisation: check what the file holds
+    elif storage["sparse"] is None or storage["sparse"]["mask"] == "embedded":
         _read_values(path, nf, field_, tensors, storage, None)  # everything is in the file: validate all of it
     else:
         _check_sparse_values(path, field_, tensors, storage["sparse"], None if nf.tiling is None else nf.tiles)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 import nfit.inits as inits
 from nfit import api
 from nfit.cli import app
-from nfit.fieldfile import load_field
+
 from nfit.runs import load_init
 from nfit.signals import read_signal
 
@@ -46,7 +46,7 @@ def test_cli_fit_starts_from_the_shipped_tile_init(tmp_path, photo):
         out = tmp_path / f"a{len(args)}.nf"
         r = runner.invoke(app, ["fit", str(photo), "-o", str(out), "--json", "--steps", "20", *args])
         assert r.exit_code == 0, r.output
-        nf = load_field(out)
+        nf = api.load(out)
         assert nf.init["name"] == "default:image" and nf.init["sha256"] == shipped.sha256
         assert nf.tiling == shipped.tiling and nf.summary["method"].startswith("sgd-rescaled")
         assert nf.summary["steps"] <= 20  # --steps counts the SGD steps and Adam's
@@ -57,7 +57,7 @@ def test_cli_fit_starts_from_the_shipped_tile_init(tmp_path, photo):
         out = tmp_path / f"r{i}.nf"
         r = runner.invoke(app, ["fit", str(photo), "-o", str(out), "--steps", "3", *args])
         assert r.exit_code == 0, r.output
-        nf = load_field(out)
+        nf = api.load(out)
         assert nf.init["name"] == "random" and nf.summary["method"] == "adam" and nf.tiling is not None
     r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "d.nf"), "--init", "default", "--width", "16"])
     assert r.exit_code == 2 and not (tmp_path / "d.nf").exists()

@@ -179,17 +179,17 @@ def test_fit_and_eval_from_the_result(tmp_path, faces, data_dir):
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["steps"] == 2  # the init's own K_test
-    nf = load_field(out)
+    nf = load_field(out, load_init(run))
     assert nf.init["sha256"] == load_init(run).sha256 and nf.summary["method"] == "sgd-rescaled"
     assert nf.shape == (32, 48)  # fitted at the image's own size, not the training grid
     assert nf.field_config == load_init(run).field_config
 
     r = runner.invoke(app, ["fit", str(photo), "--init", str(run), "-o", str(out), "--no-rescale", "--steps", "3",
                             "--json"])
-    assert r.exit_code == 0 and load_field(out).summary["method"] == "sgd"
+    assert r.exit_code == 0 and load_field(out, load_init(run)).summary["method"] == "sgd"
     r = runner.invoke(app, ["fit", str(photo), "--init", str(run), "-o", str(out), "--optimizer", "adam",
                             "--steps", "5", "--json"])
-    assert r.exit_code == 0 and load_field(out).summary["method"] == "adam"
+    assert r.exit_code == 0 and load_field(out, load_init(run)).summary["method"] == "adam"
 
     r = runner.invoke(app, ["info", str(run), "--json"])
     assert r.exit_code == 0, r.output

@@ -27,7 +27,7 @@ from nfit.cli.options import (
     field_options,
 )
 from nfit.cli.progress import FitProgress
-from nfit.config import TILE_FIT, AdaptConfig, FieldOptions, FitConfig, SignalOptions, StoreConfig, TileConfig
+from nfit.config import CODING_BITS, CODING_LOSS_DB, TILE_FIT, AdaptConfig, FieldOptions, FitConfig, SignalOptions, StoreConfig, TileConfig
 
 
 @app.command()
@@ -54,7 +54,14 @@ def fit(
         None, help="From a sparse run (--init RUN): fit at the level whose density is nearest this, e.g. 0.1."),
     standalone: bool = typer.Option(
         False, "--standalone", help="Sparse fields: embed the packed mask, so rendering needs no --init."),
-    dtype: str = typer.Option(StoreConfig.dtype, help="Stored values: float32, or float16 (half the bytes)."),
+    bits: Optional[int] = typer.Option(
+        None, help=f"Store values coded at this many bits ({CODING_BITS[0]}-{CODING_BITS[1]}), or 0 for floats "
+        f"[default: the fewest that keep --target-psnr, else within {CODING_LOSS_DB:g} dB of the fit]."),
+    max_bytes: Optional[int] = typer.Option(
+        None, help="Largest file in bytes: the most bits that fit (never written bigger; fails if even "
+        f"{CODING_BITS[0]} bits do not)."),
+    bpp: Optional[float] = typer.Option(None, help="Largest file in bits per pixel (per sample for audio), as --max-bytes."),
+    dtype: str = typer.Option(StoreConfig.dtype, help="With --bits 0: float32, or float16 (half the bytes)."),
     optimizer: str = typer.Option(AdaptConfig.optimizer, help="From --init: sgd (GradNCP's Algorithm 2) or adam."),
     no_rescale: bool = typer.Option(False, "--no-rescale", help="From --init: plain full-context SGD, no gradient re-scaling."),
     gamma: Optional[float] = typer.Option(None, help="From --init: fraction of points that sets the step size [default: the init's]."),
@@ -107,7 +114,7 @@ def fit(
             return fit_paths(
                 inputs, output=output, out_dir=out_dir, field=fields, progress=progress,
                 options=SignalOptions(modality, sample_rate, duration, frames, stride, res),
-                store=StoreConfig(dtype, standalone), skip_existing=skip_existing, force=force,
+                store=StoreConfig(bits, dtype, standalone, max_bytes, bpp), skip_existing=skip_existing, force=force,
                 context_maps=save_context_maps, on_plan=lambda files: progress.plan(len(files) if many else 0),
                 on_outcome=progress.file_done, init=init, density=density, steps=steps, lr=lr, optimizer=optimizer,
                 rescale=not no_rescale, gamma=gamma, seed=seed, target_psnr=target_psnr, seconds=seconds,
@@ -126,16 +133,17 @@ def _table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="nfit fit", title_justify="left", caption_justify="left",
                   caption="PSNR, SSIM and steps are of what is stored: each file's best iterate (Adam), which the "
                           "bar's last PSNR, of the latest iterate, may differ from.")
-    for col in ("output", "PSNR dB", "SSIM", "steps", "stopped by", "seconds", "bytes", "bits/sample"):
+    for col in ("output", "PSNR dB", "SSIM", "steps", "stopped by", "seconds", "coding", "bytes", "bits/sample"):
         table.add_column(col, justify="left" if col == "output" else "right")
     for r in rows:
         if r["status"] != "fitted":
-            table.add_row(r["output"], r["status"], *[""] * 6)
+            table.add_row(r["output"], r["status"], *[""] * 7)
             continue
         ssim = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
         stopped = {"target_psnr": "target PSNR", "seconds": "time", "steps": "steps"}.get(r["stopped"], "-")
+        coding = "float" if r["bits"] is None else f"{r['bits']} bits"
         table.add_row(r["output"], f"{r['psnr']:.2f}", ssim, str(r["steps"]), stopped, f"{r['seconds']:.1f}",
-                      f"{r['bytes']:,}", f"{r['bits_per_pixel']:.2f}")
+                      coding, f"{r['bytes']:,}", f"{r['bits_per_pixel']:.2f}")
     return table
 
 
@@ -155,7 +163,7 @@ def _row(o) -> dict[str, Any]:
     row: dict[str, Any] = {"input": str(o.input), "output": str(o.output), "status": o.status}
     if o.status == "fitted":
         row.update({k: o.summary[k] for k in ("psnr", "ssim", "steps", "seconds")})
-        row.update(stopped=o.summary.get("stopped"), tiles=o.summary.get("tiles"))
+        row.update(stopped=o.summary.get("stopped"), tiles=o.summary.get("tiles"), bits=o.summary.get("bits"))
         row.update(bytes=o.bytes, bits_per_pixel=round(o.bytes * 8 / math.prod(o.shape), 4))
     if o.error is not None:
         row["error"] = str(o.error)

@@ -69,7 +69,7 @@ def info(
         ("field", f"{data['field']['name']} " + json.dumps(data["field"]["config"])
          + ("" if data["tiling"] is None else " (one per tile)")),
         ("parameters", f"{data['parameters']:,}"),
-        ("stored values", f"{data['values']:,} {data['dtype']} (density {data['density']:.4f}"
+        ("stored values", f"{data['values']:,} " + _coding_row(data) + f" (density {data['density']:.4f}"
          + (f", mask {'embedded' if data['mask'] == 'embedded' else 'in the initialisation'})" if data["mask"] else ")")),
         ("bytes", _size_row(data)),
         ("init", json.dumps(data["init"])),
@@ -102,6 +102,15 @@ def _run_row(run: dict[str, Any]) -> str:
     if run["plot"]:
         parts.append(f"plot: {run['plot']}")
     return "; ".join(parts)
+
+
+def _coding_row(data: dict[str, Any]) -> str:
+    coding = data["coding"]
+    if coding is None:
+        return data["dtype"]
+    diff = "differences from the initialisation" if coding["relative_to"] == "init" else "values"
+    payload = "" if coding.get("bytes") is None else f", {coding['bytes']:,}-byte payload"
+    return f"coded: {coding['bits']}-bit {diff}, {coding['coder']}{payload}"
 
 
 def _size_row(data: dict[str, Any]) -> str:

@@ -1,0 +1,211 @@
+#!/usr/bin/env python
+"""Rate-distortion of coded .nf files against JPEG and WebP on held-out photos (issue 18).
+
+Photos: the KPhotoAlbum snapshots of ``dev/photos`` (no shipped initialisation saw them),
+centre-cropped to 768x512 (Kodak's size). For each photo, nfit fits tiles once per quality
+target (``--targets``) from the shipped tile initialisation and from random, stores each fit
+at every bit width of ``--bits`` (the same coding ``nfit fit`` writes: nfit.rate.coded), and
+counts the bytes of the .nf file as written (header and metadata included) and the PSNR of
+what it decodes to (8-bit, against the photo). JPEG and WebP (Pillow) are swept over their
+quality settings; their PSNR at nfit's bits per pixel is read off their curves (linear in
+log bpp). Encode seconds: the fit plus the coding; decode: loading the .nf and rendering it.
+
+    PYTHONPATH=. python benchmarks/bench_rd.py --json benchmarks/results/rd.json --plot docs/rd.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import nfit  # noqa: E402
+from nfit.fieldfile import field_bytes  # noqa: E402
+from nfit.rate import coded  # noqa: E402
+
+# Published Kodak figures (PSNR dB at bpp), drawn for reference (DESIGN.md; issue 18)
+PUBLISHED = {
+    "JPEG (Kodak, published)": [(0.3, 26.0), (0.5, 29.0), (1.0, 32.6)],
+    "COIN (Kodak)": [(0.3, 26.4), (0.5, 27.8), (1.0, 30.0)],
+    "Strumpler et al. 2022 (Kodak)": [(0.3, 28.9), (0.5, 30.6), (0.78, 32.1)],
+    "BPG (Kodak)": [(0.3, 31.0), (0.5, 33.3), (1.0, 37.2)],
+}
+
+
+def psnr8(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * math.log10(255.0 ** 2 / mse)
+
+
+def crop(path: Path, size=(768, 512)) -> Image.Image:
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        left, top = (w - size[0]) // 2, (h - size[1]) // 2
+        return im.crop((left, top, left + size[0], top + size[1]))
+
+
+def codec_curve(im: Image.Image, fmt: str) -> list[tuple[float, float]]:
+    ref = np.asarray(im)
+    points = []
+    for quality in (2, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95, 98, 100):
+        buf = io.BytesIO()
+        im.save(buf, fmt, quality=quality)
+        back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        points.append((buf.tell() * 8 / (im.width * im.height), psnr8(back, ref)))
+    return sorted(points)
+
+
+def at_bpp(curve: list[tuple[float, float]], bpp: float) -> float | None:
+    """A codec's PSNR at ``bpp``, linear in log bpp between its measured points; None outside them."""
+    xs = [math.log(b) for b, _ in curve]
+    if not xs[0] <= math.log(bpp) <= xs[-1]:
+        return None
+    return float(np.interp(math.log(bpp), xs, [p for _, p in curve]))
+
+
+def nfit_points(png: Path, ref: np.ndarray, init: str | None, targets: list[float], bits: list[int]) -> list[dict]:
+    points = []
+    pixels = ref.shape[0] * ref.shape[1]
+    for target in targets:
+        began = time.perf_counter()
+        nf = nfit.fit(png, init=init, target_psnr=target, bits=0)  # float; coded below at every width
+        fit_seconds = time.perf_counter() - began
+        reference = None if init is None else nfit.api.default_init("image", 3).params
+        for b in bits:
+            began = time.perf_counter()
+            c = coded(nf, reference, b)
+            size = field_bytes(c)
+            code_seconds = time.perf_counter() - began
+            with tempfile.TemporaryDirectory() as tmp:
+                path = c.save(Path(tmp) / "x.nf")
+                began = time.perf_counter()
+                out = nfit.render(path)
+                decode_seconds = time.perf_counter() - began
+            rendered = np.round(out.numpy() * 255).clip(0, 255).astype(np.uint8)
+            points.append({"init": init or "random", "target": target, "bits": b, "bytes": size,
+                           "bpp": size * 8 / pixels, "psnr": psnr8(rendered, ref), "float_psnr": nf.summary["psnr"],
+                           "steps": nf.summary["steps"], "encode_s": fit_seconds + code_seconds,
+                           "decode_s": decode_seconds})
+            print(f"  {init or 'random'} target {target} bits {b}: {size:,} B, {size * 8 / pixels:.2f} bpp, "
+                  f"{points[-1]['psnr']:.2f} dB (float {nf.summary['psnr']:.2f})", flush=True)
+    return points
+
+
+def pareto(points: list[dict]) -> list[dict]:
+    """Points no other beats on both size and PSNR, by bpp."""
+    best, out = -1.0, []
+    for p in sorted(points, key=lambda p: (p["bpp"], -p["psnr"])):
+        if p["psnr"] > best:
+            out.append(p)
+            best = p["psnr"]
+    return out
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for name, style in (("default", "o-"), ("random", "s-")):
+        xs, ys = mean_curve(results, name)
+        if xs:
+            ax.plot(xs, ys, style, label=f"nfit, tiles from {'the shipped init' if name == 'default' else 'random'}")
+    for codec, style in (("JPEG", "^-"), ("WEBP", "v-")):
+        xs = sorted({round(b, 3) for photo in results["photos"] for b, _ in photo[codec]})
+        grid = np.geomspace(0.2, 12, 40)
+        ys = [statistics.mean(at_bpp(p[codec], g) or float("nan") for p in results["photos"]) for g in grid]
+        ax.plot(grid, ys, style, markersize=3, label=f"{'WebP' if codec == 'WEBP' else codec} (Pillow), same photos")
+    for name, pts in PUBLISHED.items():
+        ax.plot(*zip(*pts), "--", alpha=0.6, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(f"Rate-distortion, {len(results['photos'])} held-out 768x512 photos (mean)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def mean_curve(results: dict, init: str) -> tuple[list[float], list[float]]:
+    """nfit's mean PSNR over the photos at each (target, bits) setting, on its mean bpp."""
+    settings: dict[tuple, list[dict]] = {}
+    for photo in results["photos"]:
+        for p in photo["nfit"]:
+            if p["init"] == init:
+                settings.setdefault((p["target"], p["bits"]), []).append(p)
+    pts = [{"bpp": statistics.mean(p["bpp"] for p in v), "psnr": statistics.mean(p["psnr"] for p in v)}
+           for v in settings.values() if len(v) == len(results["photos"])]
+    front = pareto(pts)
+    return [p["bpp"] for p in front], [p["psnr"] for p in front]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/dev/photos"))
+    ap.add_argument("--photos", nargs="+", default=["anne_helene", "bar55_2", "donna", "grand_canyon_1"])
+    ap.add_argument("--targets", type=float, nargs="+", default=[30.0, 34.0, 38.0])
+    ap.add_argument("--bits", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8, 10])
+    ap.add_argument("--no-random", action="store_true", help="only the shipped initialisation")
+    ap.add_argument("--json")
+    ap.add_argument("--json-in", help="plot and tabulate an earlier run")
+    ap.add_argument("--plot")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.json_in:
+        results = json.loads(Path(args.json_in).read_text())
+    else:
+        results = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}, "
+                              f"{torch.get_num_threads()} threads", "date": time.strftime("%Y-%m-%d"),
+                   "command": " ".join(sys.argv), "photos": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in args.photos:
+                im = crop(Path(args.data) / f"kphotoalbum_{name}.jpg")
+                png = Path(tmp) / f"{name}.png"
+                im.save(png)
+                ref = np.asarray(im)
+                print(f"{name}: PNG {png.stat().st_size * 8 / (768 * 512):.2f} bpp", flush=True)
+                entry = {"name": name, "png_bytes": png.stat().st_size, "JPEG": codec_curve(im, "JPEG"),
+                         "WEBP": codec_curve(im, "WEBP"), "nfit": []}
+                for init in ("default",) + (() if args.no_random else (None,)):
+                    entry["nfit"] += nfit_points(png, ref, init, args.targets, args.bits)
+                results["photos"].append(entry)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+    table(results)
+    if args.plot:
+        plot(results, Path(args.plot))
+
+
+def table(results: dict) -> None:
+    print("\n| photo | nfit init | bpp | PSNR | bits | JPEG at that bpp | WebP at that bpp | PNG bpp |")
+    print("|---|---|---|---|---|---|---|---|")
+    for photo in results["photos"]:
+        for init in ("default", "random"):
+            front = pareto([p for p in photo["nfit"] if p["init"] == init])
+            for p in front[:: max(1, len(front) // 4)]:
+                j, w = at_bpp(photo["JPEG"], p["bpp"]), at_bpp(photo["WEBP"], p["bpp"])
+                print(f"| {photo['name']} | {init} | {p['bpp']:.2f} | {p['psnr']:.2f} | {p['bits']} (target "
+                      f"{p['target']:g}) | {'-' if j is None else f'{j:.2f}'} | {'-' if w is None else f'{w:.2f}'} | "
+                      f"{photo['png_bytes'] * 8 / (768 * 512):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
