@@ -35,7 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 import nfit  # noqa: E402
 from nfit.fieldfile import field_bytes  # noqa: E402
-from nfit.rate import coded  # noqa: E402
+from nfit.config import CODING_FINETUNE  # noqa: E402
+from nfit.inits import default_init  # noqa: E402
+from nfit.rate import coded, finetune  # noqa: E402
+
+FINETUNE_STEPS = CODING_FINETUNE["steps"]
 
 # Published Kodak figures (PSNR dB at bpp), drawn for reference (DESIGN.md; issue 18)
 PUBLISHED = {
@@ -78,17 +82,23 @@ def at_bpp(curve: list[tuple[float, float]], bpp: float) -> float | None:
     return float(np.interp(math.log(bpp), xs, [p for _, p in curve]))
 
 
-def nfit_points(png: Path, ref: np.ndarray, init: str | None, targets: list[float], bits: list[int]) -> list[dict]:
-    points = []
+def nfit_points(png: Path, ref: np.ndarray, init: str, targets: list[float], bits: list[int],
+                tuned_bits: list[int]) -> list[dict]:
+    """``init``: "default" (the shipped tile initialisation) or "random"."""
+    points, seen = [], set()
     pixels = ref.shape[0] * ref.shape[1]
+    reference = None if init == "random" else default_init("image", 3).params
     for target in targets:
         began = time.perf_counter()
         nf = nfit.fit(png, init=init, target_psnr=target, bits=0)  # float; coded below at every width
         fit_seconds = time.perf_counter() - began
-        reference = None if init is None else nfit.api.default_init("image", 3).params
-        for b in bits:
+        if nf.summary["steps"] in seen:  # the initialisation's SGD steps passed this target too: the same fit
+            continue
+        seen.add(nf.summary["steps"])
+        values = torch.from_numpy(np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255)
+        for b, tuned in [(b, False) for b in bits] + [(b, True) for b in tuned_bits]:
             began = time.perf_counter()
-            c = coded(nf, reference, b)
+            c = finetune(nf, reference, values, b, torch.device("cpu"), steps=FINETUNE_STEPS) if tuned else coded(nf, reference, b)
             size = field_bytes(c)
             code_seconds = time.perf_counter() - began
             with tempfile.TemporaryDirectory() as tmp:
@@ -97,11 +107,11 @@ def nfit_points(png: Path, ref: np.ndarray, init: str | None, targets: list[floa
                 out = nfit.render(path)
                 decode_seconds = time.perf_counter() - began
             rendered = np.round(out.numpy() * 255).clip(0, 255).astype(np.uint8)
-            points.append({"init": init or "random", "target": target, "bits": b, "bytes": size,
+            points.append({"init": init, "target": target, "bits": b, "finetuned": tuned, "bytes": size,
                            "bpp": size * 8 / pixels, "psnr": psnr8(rendered, ref), "float_psnr": nf.summary["psnr"],
                            "steps": nf.summary["steps"], "encode_s": fit_seconds + code_seconds,
                            "decode_s": decode_seconds})
-            print(f"  {init or 'random'} target {target} bits {b}: {size:,} B, {size * 8 / pixels:.2f} bpp, "
+            print(f"  {init} target {target} bits {b}{' fine-tuned' if tuned else ''}: {size:,} B, {size * 8 / pixels:.2f} bpp, "
                   f"{points[-1]['psnr']:.2f} dB (float {nf.summary['psnr']:.2f})", flush=True)
     return points
 
@@ -128,7 +138,6 @@ def plot(results: dict, path: Path) -> None:
         if xs:
             ax.plot(xs, ys, style, label=f"nfit, tiles from {'the shipped init' if name == 'default' else 'random'}")
     for codec, style in (("JPEG", "^-"), ("WEBP", "v-")):
-        xs = sorted({round(b, 3) for photo in results["photos"] for b, _ in photo[codec]})
         grid = np.geomspace(0.2, 12, 40)
         ys = [statistics.mean(at_bpp(p[codec], g) or float("nan") for p in results["photos"]) for g in grid]
         ax.plot(grid, ys, style, markersize=3, label=f"{'WebP' if codec == 'WEBP' else codec} (Pillow), same photos")
@@ -150,7 +159,7 @@ def mean_curve(results: dict, init: str) -> tuple[list[float], list[float]]:
     for photo in results["photos"]:
         for p in photo["nfit"]:
             if p["init"] == init:
-                settings.setdefault((p["target"], p["bits"]), []).append(p)
+                settings.setdefault((p["target"], p["bits"], p.get("finetuned", False)), []).append(p)
     pts = [{"bpp": statistics.mean(p["bpp"] for p in v), "psnr": statistics.mean(p["psnr"] for p in v)}
            for v in settings.values() if len(v) == len(results["photos"])]
     front = pareto(pts)
@@ -161,20 +170,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/dev/photos"))
     ap.add_argument("--photos", nargs="+", default=["anne_helene", "bar55_2", "donna", "grand_canyon_1"])
-    ap.add_argument("--targets", type=float, nargs="+", default=[30.0, 34.0, 38.0])
-    ap.add_argument("--bits", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8, 10])
+    ap.add_argument("--targets", type=float, nargs="+", default=[34.0, 40.0])
+    ap.add_argument("--bits", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8])
+    ap.add_argument("--tuned-bits", type=int, nargs="*", default=[4, 5, 6],
+                    help="bit widths also coded after quantisation-aware fine-tuning (nfit.rate.finetune)")
     ap.add_argument("--no-random", action="store_true", help="only the shipped initialisation")
+    ap.add_argument("--finetune-steps", type=int, default=CODING_FINETUNE["steps"])
     ap.add_argument("--json")
     ap.add_argument("--json-in", help="plot and tabulate an earlier run")
     ap.add_argument("--plot")
     args = ap.parse_args()
+    global FINETUNE_STEPS
+    FINETUNE_STEPS = args.finetune_steps
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.json_in:
         results = json.loads(Path(args.json_in).read_text())
     else:
         results = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}, "
                               f"{torch.get_num_threads()} threads", "date": time.strftime("%Y-%m-%d"),
-                   "command": " ".join(sys.argv), "photos": []}
+                   "command": " ".join(sys.argv), "finetune_steps": FINETUNE_STEPS, "photos": []}
         with tempfile.TemporaryDirectory() as tmp:
             for name in args.photos:
                 im = crop(Path(args.data) / f"kphotoalbum_{name}.jpg")
@@ -184,8 +198,8 @@ def main() -> None:
                 print(f"{name}: PNG {png.stat().st_size * 8 / (768 * 512):.2f} bpp", flush=True)
                 entry = {"name": name, "png_bytes": png.stat().st_size, "JPEG": codec_curve(im, "JPEG"),
                          "WEBP": codec_curve(im, "WEBP"), "nfit": []}
-                for init in ("default",) + (() if args.no_random else (None,)):
-                    entry["nfit"] += nfit_points(png, ref, init, args.targets, args.bits)
+                for init in ("default",) + (() if args.no_random else ("random",)):
+                    entry["nfit"] += nfit_points(png, ref, init, args.targets, args.bits, args.tuned_bits)
                 results["photos"].append(entry)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
@@ -194,17 +208,30 @@ def main() -> None:
         plot(results, Path(args.plot))
 
 
+def bpp_at(curve: list[tuple[float, float]], psnr: float) -> float | None:
+    """A codec's bpp at ``psnr`` (log bpp linear in PSNR between its points); None outside them."""
+    ys = [p for _, p in curve]
+    if not min(ys) <= psnr <= max(ys):
+        return None
+    order = np.argsort(ys)
+    return float(math.exp(np.interp(psnr, np.array(ys)[order], np.log([b for b, _ in curve])[order])))
+
+
 def table(results: dict) -> None:
-    print("\n| photo | nfit init | bpp | PSNR | bits | JPEG at that bpp | WebP at that bpp | PNG bpp |")
-    print("|---|---|---|---|---|---|---|---|")
+    """nfit's best points per photo (Pareto front: fits x bit widths x fine-tuning), and the bpp JPEG
+    and WebP need for the same PSNR."""
+    print("\n| photo | nfit from | nfit bpp | PSNR dB | coding | JPEG bpp, same PSNR | WebP bpp | PNG bpp |"
+          " encode s | decode s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for photo in results["photos"]:
         for init in ("default", "random"):
-            front = pareto([p for p in photo["nfit"] if p["init"] == init])
-            for p in front[:: max(1, len(front) // 4)]:
-                j, w = at_bpp(photo["JPEG"], p["bpp"]), at_bpp(photo["WEBP"], p["bpp"])
-                print(f"| {photo['name']} | {init} | {p['bpp']:.2f} | {p['psnr']:.2f} | {p['bits']} (target "
-                      f"{p['target']:g}) | {'-' if j is None else f'{j:.2f}'} | {'-' if w is None else f'{w:.2f}'} | "
-                      f"{photo['png_bytes'] * 8 / (768 * 512):.2f} |")
+            front = [p for p in pareto([p for p in photo["nfit"] if p["init"] == init]) if p["psnr"] >= 25]
+            for p in front:
+                j, w = bpp_at(photo["JPEG"], p["psnr"]), bpp_at(photo["WEBP"], p["psnr"])
+                how = f"{p['bits']} bits{' + fine-tuning' if p.get('finetuned') else ''}, fit to {p['target']:g} dB"
+                print(f"| {photo['name']} | {'shipped init' if init == 'default' else 'random'} | {p['bpp']:.2f} | "
+                      f"{p['psnr']:.2f} | {how} | {'-' if j is None else f'{j:.2f}'} | {'-' if w is None else f'{w:.2f}'}"
+                      f" | {photo['png_bytes'] * 8 / (768 * 512):.2f} | {p['encode_s']:.0f} | {p['decode_s']:.1f} |")
 
 
 if __name__ == "__main__":

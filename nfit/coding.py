@@ -50,19 +50,39 @@ def levels(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def quantise(params: dict[str, Tensor], reference: dict[str, Tensor] | None, bits: int) -> Quantised:
+def quantise(params: dict[str, Tensor], reference: dict[str, Tensor] | None, bits: int,
+             steps: dict[str, float] | None = None) -> Quantised:
     """``params`` as integers at ``bits`` bits relative to ``reference`` (broadcast: an unbatched
-    initialisation serves every tile of a tiled field; None means zero)."""
+    initialisation serves every tile of a tiled field; None means zero). ``steps``: given (values
+    beyond L steps are clipped), else each tensor's largest difference over L."""
     top = levels(bits)
-    q, steps = {}, {}
+    q, chosen = {}, {}
     for name, value in params.items():
         diff = value.float() - (0.0 if reference is None else reference[name].float())
-        peak = float(diff.abs().max()) if diff.numel() else 0.0
-        # float32, as dequantise uses it: the integers must come back from the stored values exactly
-        step = float(np.float32(peak / top)) if peak > 0 else 1.0
+        step = steps[name] if steps is not None else step_for(diff, bits)
         q[name] = torch.round(diff / step).clamp_(-top, top).to(torch.int32)
-        steps[name] = step
-    return Quantised(bits, q, steps)
+        chosen[name] = step
+    return Quantised(bits, q, chosen)
+
+
+def step_for(diff: Tensor, bits: int) -> float:
+    """The step that puts a tensor's largest ``diff`` on the last level: nothing is clipped. A float32
+    value, as :func:`dequantise` uses it, so integers come back from the stored values exactly."""
+    peak = float(diff.abs().max()) if diff.numel() else 0.0
+    return float(np.float32(peak / levels(bits))) if peak > 0 else 1.0
+
+
+def rounded(params: dict[str, Tensor], reference: dict[str, Tensor] | None, bits: int,
+            steps: dict[str, float]) -> dict[str, Tensor]:
+    """The values a file at these ``steps`` decodes ``params`` to, differentiable straight through the
+    rounding (quantisation-aware fine-tuning): forward the rounded values, backward the identity."""
+    top = levels(bits)
+    out = {}
+    for name, value in params.items():
+        ref = 0.0 if reference is None else reference[name].to(value.device)
+        q = torch.round((value - ref) / steps[name]).clamp(-top, top)
+        out[name] = value + (ref + q * steps[name] - value).detach()
+    return out
 
 
 def dequantise(quantised: Quantised, reference: dict[str, Tensor] | None) -> dict[str, Tensor]:
@@ -130,4 +150,4 @@ def checksum(payload: bytes) -> int:
 
 
 __all__ = ["CODER", "CodingError", "MAX_BITS", "MIN_BITS", "Quantised", "checksum", "decode", "dequantise", "encode",
-           "levels", "quantise"]
+           "levels", "quantise", "rounded", "step_for"]

@@ -194,6 +194,11 @@ class AdaptConfig:
 CODING_BITS = (2, 16)  # the bit widths a file may use; rate control searches them
 CODING_MARGIN_DB = 0.5  # with a target PSNR and no --bits, the fit aims this far above it: room for the rounding
 CODING_LOSS_DB = 0.3  # without a target: the fewest bits within this of the float field's PSNR
+# Quantisation-aware fine-tuning of a coded field: Adam steps on the rounded values (straight-through).
+# At 6 bits on two 768x512 photos: +0.7-1.0 dB in 10 steps (5-7 s on 2 CPU cores), +1.4-1.5 in 20,
+# +1.8-1.9 in 40; lr 6e-5 gained less, 1e-4 to 1e-3 less still. A PSNR goal tries one bit fewer
+# when rounding alone misses it by at most reach_db.
+CODING_FINETUNE = {"steps": 10, "lr": 3e-5, "reach_db": 1.0}
 
 
 @dataclass

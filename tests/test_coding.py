@@ -125,6 +125,25 @@ def test_at_35_db_a_coded_photo_is_smaller_than_its_samples_and_its_floats(photo
     assert path.stat().st_size < floats.stat().st_size / 4
 
 
+def test_finetuning_codes_better_at_the_same_width_and_zero_steps_is_plain_rounding(photo):
+    from nfit.inits import default_init
+    from nfit.rate import finetune, measure
+
+    nf = nfit.fit(PHOTO, init="default", steps=2, bits=0)
+    ref = default_init("image", 3).params
+    values = torch.from_numpy(photo.values)
+    cpu = torch.device("cpu")
+    plain = coded(nf, ref, 4)
+    same = finetune(nf, ref, values, 4, cpu, steps=0)
+    assert all(torch.equal(same.quantised.q[k], plain.quantised.q[k]) for k in nf.params)
+    tuned = finetune(nf, ref, values, 4, cpu)
+    assert tuned.quantised.steps == plain.quantised.steps  # the same grid: only the integers moved
+    assert measure(tuned, values, cpu, ssim=False)[0] > measure(plain, values, cpu, ssim=False)[0] + 0.5
+    # the fine-tuned values are exactly what its file decodes to
+    for k in nf.params:
+        assert torch.equal(tuned.params[k], ref[k] + tuned.quantised.q[k].float() * tuned.quantised.steps[k])
+
+
 def test_float_storage_is_still_there(photo):
     nf = nfit.fit(PHOTO, init="default", steps=2, bits=0)
     assert nf.quantised is None and nf.storage()["coding"] is None
