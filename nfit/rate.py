@@ -125,9 +125,10 @@ def _bisect(lo: int, hi: int, good: Callable[[int], bool]) -> int | None:
 
 
 def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, config: StoreConfig,
-          target_psnr: float | None, device: torch.device) -> NeuralField:
+          target_psnr: float | None, device: torch.device, tune: bool = True) -> NeuralField:
     """``nf`` (float32 values as fitted) as it will be written under ``config``, its values those the file
-    decodes to. Raises ConfigError naming the source when a budget cannot be met."""
+    decodes to; ``tune``: with quantisation-aware fine-tuning (else rounding alone). Raises ConfigError
+    naming the source when a budget cannot be met."""
     if not config.coded:
         if config.dtype != "float32":
             nf = dataclasses.replace(nf, params={k: v.to(getattr(torch, config.dtype)).float() for k, v in nf.params.items()})
@@ -148,7 +149,7 @@ def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, confi
 
     budget = config.budget(math.prod(nf.shape))
     if config.bits is not None:
-        return finetune(nf, reference, values, config.bits, device)
+        return finetune(nf, reference, values, config.bits, device) if tune else at(config.bits)
     if budget is not None:
         # the most bits that fit: the fewest that do not, less one
         over = _bisect(lo, hi, lambda b: field_bytes(at(b)) > budget)
@@ -156,6 +157,8 @@ def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, confi
             raise ConfigError(nf.source, f"cannot be stored in {budget:,} bytes: at {lo} bits its field takes "
                               f"{field_bytes(at(lo)):,} (fit a smaller field: --width, or --tile 0 --width W)")
         bits = hi if over is None else over - 1
+        if not tune:
+            return at(bits)
         tuned = finetune(nf, reference, values, bits, device)  # other integers: its size may differ a little
         return tuned if field_bytes(tuned) <= budget else at(bits)
     floor = measure(nf, values, device, ssim=False)[0]
@@ -163,7 +166,7 @@ def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, confi
     bits = _bisect(lo, hi, lambda b: psnr(b) >= goal) or hi
     # fine-tuned, one bit fewer may reach the goal too: tried where rounding alone falls short by
     # less than fine-tuning usually gains
-    if bits > lo and goal - psnr(bits - 1) <= CODING_FINETUNE["reach_db"]:
+    if tune and bits > lo and goal - psnr(bits - 1) <= CODING_FINETUNE["reach_db"]:
         tuned = finetune(nf, reference, values, bits - 1, device)
         if measure(tuned, values, device, ssim=False)[0] >= goal:
             return tuned

@@ -249,3 +249,17 @@ def test_cli_fit_reports_the_coding_and_info_shows_it(tmp_path):
     assert result.exit_code == 0 and "coded: 6-bit" in result.output
     rendered = CliRunner().invoke(app, ["render", str(out), "-o", str(tmp_path / "r.png")])
     assert rendered.exit_code == 0 and (tmp_path / "r.png").exists()
+
+
+def test_a_time_budget_leaves_out_the_fine_tuning(monkeypatch, photo):
+    """--seconds bounds the fit; the coding after it is then rounding alone, not more Adam steps."""
+    import nfit.rate
+
+    def no(*args, **kwargs):
+        raise AssertionError("fine-tuned under a time budget")
+
+    monkeypatch.setattr(nfit.rate, "finetune", no)
+    nf = nfit.fit(PHOTO, init="default", steps=2, bits=5, seconds=60)
+    assert nf.quantised.bits == 5
+    with pytest.raises(AssertionError, match="fine-tuned"):
+        nfit.fit(PHOTO, init="default", steps=2, bits=5)
