@@ -11,6 +11,13 @@ quality settings; their PSNR at nfit's bits per pixel is read off their curves (
 log bpp). Encode seconds: the fit plus the coding; decode: loading the .nf and rendering it.
 
     PYTHONPATH=. python benchmarks/bench_rd.py --json benchmarks/results/rd.json --plot docs/rd.png
+    PYTHONPATH=. python benchmarks/bench_rd.py audio --json benchmarks/results/rd_audio.json
+
+``audio``: a speech and a music clip of ``dev/audio_*`` (at their own rate and channels): nfit's
+tiles (from random: nfit ships no audio initialisation) fitted to each ``--targets`` and coded
+at each ``--bits``, against Opus and MP3 (PyAV's libopus and libmp3lame) over their bit rates.
+PSNR as nfit measures audio: samples mapped from [-1, 1] to [0, 1]; a codec's output is aligned
+to the clip by cross-correlation first (encoder delay). Rate: bits per second and per sample.
 """
 
 from __future__ import annotations
@@ -166,7 +173,116 @@ def mean_curve(results: dict, init: str) -> tuple[list[float], list[float]]:
     return [p["bpp"] for p in front], [p["psnr"] for p in front]
 
 
+def _audio_psnr(decoded: np.ndarray, ref: np.ndarray) -> float:
+    """PSNR on nfit's audio scale ((x + 1) / 2) of ``decoded`` [T', C] against ``ref`` [T, C] (both in
+    [-1, 1]), after shifting ``decoded`` by the lag that best aligns it (codecs delay their output)."""
+    a, b = decoded.mean(1), ref.mean(1)
+    n = min(len(b), 1 << 16)
+    corr = np.correlate(a[: n + 4096], b[:n], mode="valid")[:4096]
+    lag = int(np.argmax(corr))
+    out = np.zeros_like(ref)
+    part = decoded[lag: lag + len(ref)]
+    out[: len(part)] = part
+    mse = np.mean(((np.clip(out, -1, 1) - ref) / 2) ** 2)
+    return 10 * math.log10(1 / mse)
+
+
+def codec_audio(ref: np.ndarray, rate: int, codec: str, kbps: int) -> tuple[int, float]:
+    """Bytes of ``ref`` [T, C] in [-1, 1] encoded by PyAV's ``codec`` at ``kbps``, and its PSNR."""
+    import av
+
+    layout = "mono" if ref.shape[1] == 1 else "stereo"
+    out_rate = rate if codec != "libopus" else min((r for r in (8000, 12000, 16000, 24000, 48000) if r >= rate),
+                                                  default=48000)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="ogg" if codec == "libopus" else "mp3") as container:
+        stream = container.add_stream(codec, rate=out_rate, layout=layout)
+        stream.bit_rate = kbps * 1000
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(ref.T.astype(np.float32)), format="fltp", layout=layout)
+        frame.sample_rate = rate
+        resampler = av.AudioResampler(format=stream.format.name, layout=layout, rate=out_rate)
+        for f in resampler.resample(frame) + resampler.resample(None):
+            for packet in stream.encode(f):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    size = buf.tell()
+    buf.seek(0)
+    chunks = []
+    with av.open(buf) as container:
+        back = av.AudioResampler(format="flt", layout=layout, rate=rate)
+        for f in container.decode(audio=0):
+            for g in back.resample(f):
+                chunks.append(g.to_ndarray().reshape(-1, ref.shape[1]))
+    return size, _audio_psnr(np.concatenate(chunks), ref)
+
+
+def audio(args) -> dict:
+    import soundfile as sf
+
+    results = {"machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+               "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "clips": []}
+    for path in (Path(args.data).parent / c for c in args.clips):
+        ref, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        seconds = len(ref) / rate
+        print(f"{path.name}: {rate} Hz, {ref.shape[1]} channel(s), {seconds:.2f} s", flush=True)
+        entry = {"name": path.name, "rate": rate, "channels": ref.shape[1], "seconds": seconds,
+                 "file_bytes": path.stat().st_size, "nfit": [], "codecs": []}
+        for codec in ("libopus", "libmp3lame"):
+            for kbps in (8, 16, 24, 32, 48, 64, 96, 128):
+                try:
+                    size, psnr = codec_audio(ref, rate, codec, kbps)
+                except Exception as err:  # a rate the codec refuses at this sample rate
+                    print(f"  {codec} {kbps} kb/s: {type(err).__name__}: {err}")
+                    continue
+                entry["codecs"].append({"codec": codec, "kbps": kbps, "bytes": size, "psnr": psnr})
+                print(f"  {codec} {kbps} kb/s: {size:,} B, {psnr:.2f} dB", flush=True)
+        values = torch.from_numpy((np.clip(ref, -1, 1) + 1) / 2)
+        for target in args.targets:
+            began = time.perf_counter()
+            nf = nfit.fit(path, target_psnr=target, bits=0)
+            fit_seconds = time.perf_counter() - began
+            for b in args.bits:
+                c = coded(nf, None, b)
+                size = field_bytes(c)
+                psnr = float(10 * torch.log10(1 / ((c.render().clamp(0, 1) - values) ** 2).mean()))
+                entry["nfit"].append({"target": target, "bits": b, "bytes": size, "psnr": psnr,
+                                      "float_psnr": nf.summary["psnr"], "fit_s": fit_seconds})
+                print(f"  nfit target {target} bits {b}: {size:,} B ({size * 8 / seconds / 1000:.0f} kb/s), "
+                      f"{psnr:.2f} dB (float {nf.summary['psnr']:.2f})", flush=True)
+        results["clips"].append(entry)
+    return results
+
+
+def audio_table(results: dict) -> None:
+    print("\n| clip | coder | setting | kb/s | bits/sample | PSNR dB |")
+    print("|---|---|---|---|---|---|")
+    for clip in results["clips"]:
+        samples = clip["seconds"] * clip["rate"] * clip["channels"]
+        rows = [("nfit", f"{p['bits']} bits, fit to {p['target']:g} dB", p) for p in clip["nfit"]]
+        rows += [("Opus" if p["codec"] == "libopus" else "MP3", f"{p['kbps']} kb/s", p) for p in clip["codecs"]]
+        for coder, setting, p in rows:
+            print(f"| {clip['name']} | {coder} | {setting} | {p['bytes'] * 8 / clip['seconds'] / 1000:.1f} | "
+                  f"{p['bytes'] * 8 / samples:.2f} | {p['psnr']:.2f} |")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["audio"]:
+        ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        ap.add_argument("mode")
+        ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/dev/photos"))
+        ap.add_argument("--clips", nargs="+", default=["audio_speech/airplane_cs_let-v-budrada.ogg",
+                                                        "audio_music/ambi_drone.flac"])
+        ap.add_argument("--targets", type=float, nargs="+", default=[38.0, 45.0])
+        ap.add_argument("--bits", type=int, nargs="+", default=[6, 8, 10, 12])
+        ap.add_argument("--json")
+        ap.add_argument("--json-in")
+        args = ap.parse_args()
+        results = json.loads(Path(args.json_in).read_text()) if args.json_in else audio(args)
+        if args.json and not args.json_in:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        audio_table(results)
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/dev/photos"))
     ap.add_argument("--photos", nargs="+", default=["anne_helene", "bar55_2", "donna", "grand_canyon_1"])
