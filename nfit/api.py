@@ -205,15 +205,17 @@ def _fit_tiled(signal: Signal, start: _Start, config: FitConfig, adapt: AdaptCon
         source_bytes=_file_size(signal.source), rate=signal.rate, init=start.record, dtype=store.dtype,
         mask=None if start.init is None else start.init.mask, standalone=store.standalone, tiling=start.tiling)
     return _stored(nf, start, values, store, target, device, {**result.method, "seconds": round(result.seconds, 3),
-                                                              "batch": 1, "device": device.type}, config)
+                                                              "batch": 1, "device": device.type}, config, progress, label)
 
 
 def _stored(nf: NeuralField, start: _Start, values: torch.Tensor, store: StoreConfig, target: float | None,
-            device: torch.device, summary: dict[str, Any], config: FitConfig) -> NeuralField:
+            device: torch.device, summary: dict[str, Any], config: FitConfig, progress: ProgressFactory | None,
+            label: str) -> NeuralField:
     """``nf`` as it will be written (coded or rounded: see :mod:`nfit.rate`), its summary measured on that.
     Under a time budget (``--seconds``) the coding is not fine-tuned: the budget was the fit's."""
     nf = store_field(nf, None if start.init is None else start.params, values, store, target, device,
-                     tune=config.seconds is None)
+                     tune=config.seconds is None,
+                     progress=None if progress is None else lambda steps: progress(f"{label}: coding", steps))
     psnr, ssim = measure(nf, values, device)
     nf.summary = {**summary, "psnr": round(psnr, 4), "ssim": None if ssim is None else round(ssim, 5)}
     if "target_psnr" in summary and summary["target_psnr"] != target:  # the fit aimed higher, for the coding
@@ -240,7 +242,8 @@ def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adap
         modality=s.modality, shape=shape, channels=s.channels, bit_depth=s.bit_depth, source=s.source.name,
         source_bytes=_file_size(s.source), rate=s.rate, init=start.record, dtype=store.dtype,
         mask=None if start.init is None else start.init.mask, standalone=store.standalone,
-    ), start, grid[b].cpu(), store, target, device, {**method[b], **summary}, config) for b, s in enumerate(signals)]
+    ), start, grid[b].cpu(), store, target, device, {**method[b], **summary}, config, progress, s.source.name)
+        for b, s in enumerate(signals)]
 
 
 def _check_field_given_init(init: MetaInit | str | Path | None, field: FieldOptions | None) -> None:

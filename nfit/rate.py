@@ -37,7 +37,8 @@ from nfit.errors import ConfigError
 from nfit.fieldfile import NeuralField, field_bytes
 from nfit.fields import Field, Params
 from nfit.fields.masked import Masked
-from nfit.fit import fit_adam, split_batches
+from nfit.fit import StepInfo, fit_adam, split_batches
+from nfit.tiled import StepFactory
 from nfit.render import field_chunks, render_values
 from nfit.tiling import extract
 
@@ -79,10 +80,11 @@ class _Rounded:
 
 
 def finetune(nf: NeuralField, reference: Params | None, values: torch.Tensor, bits: int, device: torch.device,
-             steps: int | None = None, lr: float | None = None) -> NeuralField:
+             steps: int | None = None, lr: float | None = None, progress: StepFactory | None = None) -> NeuralField:
     """``nf`` coded at ``bits`` after ``steps`` Adam steps on the coded field itself (straight-through
     rounding, the quantisation steps fixed from ``nf``): each tile keeps its best coded iterate, the
-    first being plain rounding, so it never scores worse than :func:`coded`."""
+    first being plain rounding, so it never scores worse than :func:`coded`. ``progress(total)``
+    gives the callback of one bar over every batch of tiles."""
     steps = CODING_FINETUNE["steps"] if steps is None else steps
     lr = CODING_FINETUNE["lr"] if lr is None else lr
     fixed = quantise(nf.params, reference, bits).steps
@@ -95,13 +97,15 @@ def finetune(nf: NeuralField, reference: Params | None, values: torch.Tensor, bi
     else:
         grid = nf.tiling.tile
         parts = split_batches(nf.tiles, max(1, TILE_BATCH_SAMPLES // math.prod(grid)))
-    for part in parts:
+    on_step = None if progress is None else progress(steps * len(parts))
+    for i, part in enumerate(parts):
         if part is None:  # one field over the whole signal: a batch of one
             targets, start = values.unsqueeze(0), {k: v.unsqueeze(0) for k, v in params.items()}
         else:
             targets, start = extract(values, nf.tiling, part), {k: v[part.start:part.stop] for k, v in params.items()}
         result = fit_adam(net, {k: v.to(device) for k, v in start.items()}, base.to_units(targets.to(device)), grid,
-                          config, batched=True, pooled=part is not None)
+                          config, None if on_step is None else _offset(on_step, i * steps, steps * len(parts)),
+                          batched=True, pooled=part is not None)
         for k, v in result.params.items():
             if part is None:
                 params[k] = v[0].cpu()
@@ -109,6 +113,10 @@ def finetune(nf: NeuralField, reference: Params | None, values: torch.Tensor, bi
                 params[k][part.start:part.stop] = v.cpu()
     q = quantise(params, reference, bits, fixed)
     return dataclasses.replace(nf, params=dequantise(q, reference), quantised=q)
+
+
+def _offset(on_step: Callable[[StepInfo], None], base: int, total: int) -> Callable[[StepInfo], None]:
+    return lambda info: on_step(dataclasses.replace(info, step=base + info.step, steps=total))
 
 
 def _bisect(lo: int, hi: int, good: Callable[[int], bool]) -> int | None:
@@ -125,10 +133,11 @@ def _bisect(lo: int, hi: int, good: Callable[[int], bool]) -> int | None:
 
 
 def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, config: StoreConfig,
-          target_psnr: float | None, device: torch.device, tune: bool = True) -> NeuralField:
+          target_psnr: float | None, device: torch.device, tune: bool = True,
+          progress: StepFactory | None = None) -> NeuralField:
     """``nf`` (float32 values as fitted) as it will be written under ``config``, its values those the file
     decodes to; ``tune``: with quantisation-aware fine-tuning (else rounding alone). Raises ConfigError
-    naming the source when a budget cannot be met."""
+    naming the source when a budget cannot be met. ``progress``: a bar for the fine-tuning."""
     if not config.coded:
         if config.dtype != "float32":
             nf = dataclasses.replace(nf, params={k: v.to(getattr(torch, config.dtype)).float() for k, v in nf.params.items()})
@@ -149,7 +158,7 @@ def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, confi
 
     budget = config.budget(math.prod(nf.shape))
     if config.bits is not None:
-        return finetune(nf, reference, values, config.bits, device) if tune else at(config.bits)
+        return finetune(nf, reference, values, config.bits, device, progress=progress) if tune else at(config.bits)
     if budget is not None:
         # the most bits that fit: the fewest that do not, less one
         over = _bisect(lo, hi, lambda b: field_bytes(at(b)) > budget)
@@ -159,7 +168,7 @@ def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, confi
         bits = hi if over is None else over - 1
         if not tune:
             return at(bits)
-        tuned = finetune(nf, reference, values, bits, device)  # other integers: its size may differ a little
+        tuned = finetune(nf, reference, values, bits, device, progress=progress)  # other integers: its size may differ a little
         return tuned if field_bytes(tuned) <= budget else at(bits)
     floor = measure(nf, values, device, ssim=False)[0]
     goal = target_psnr if target_psnr is not None and floor >= target_psnr else floor - CODING_LOSS_DB
@@ -167,7 +176,7 @@ def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, confi
     # fine-tuned, one bit fewer may reach the goal too: tried where rounding alone falls short by
     # less than fine-tuning usually gains
     if tune and bits > lo and goal - psnr(bits - 1) <= CODING_FINETUNE["reach_db"]:
-        tuned = finetune(nf, reference, values, bits - 1, device)
+        tuned = finetune(nf, reference, values, bits - 1, device, progress=progress)
         if measure(tuned, values, device, ssim=False)[0] >= goal:
             return tuned
     return at(bits)
