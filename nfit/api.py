@@ -50,6 +50,7 @@ from nfit.fieldfile import (
     INIT_FORMAT,
     MetaInit,
     NeuralField,
+    field_bytes,
     is_field_file,
     load_field,
     read_field_header,
@@ -213,16 +214,24 @@ def _stored(nf: NeuralField, start: _Start, values: torch.Tensor, store: StoreCo
             label: str) -> NeuralField:
     """``nf`` as it will be written (coded or rounded: see :mod:`nfit.rate`), its summary measured on that.
     Under a time budget (``--seconds``) the coding is not fine-tuned: the budget was the fit's."""
-    nf = store_field(nf, None if start.init is None else start.params, values, store, target, device,
-                     tune=config.seconds is None,
-                     progress=None if progress is None else lambda steps: progress(f"{label}: coding", steps))
-    psnr, ssim = measure(nf, values, device)
-    nf.summary = {**summary, "psnr": round(psnr, 4), "ssim": None if ssim is None else round(ssim, 5)}
     if "target_psnr" in summary and summary["target_psnr"] != target:  # the fit aimed higher, for the coding
-        nf.summary.update(target_psnr=target, fit_target_psnr=summary["target_psnr"])
-    if nf.quantised is not None:
-        nf.summary["bits"] = nf.quantised.bits
-    return nf
+        summary = {**summary, "target_psnr": target, "fit_target_psnr": summary["target_psnr"]}
+    budget = store.budget(math.prod(nf.shape))
+    for _ in range(3):
+        # a budget counts the metadata too: size the file with a summary as long as the final one will be
+        nf.summary = {**summary, "psnr": -99.9999, "ssim": -0.99999, "bits": 16}
+        coded = store_field(nf, None if start.init is None else start.params, values, store, target, device,
+                            tune=config.seconds is None,
+                            progress=None if progress is None else lambda steps: progress(f"{label}: coding", steps))
+        psnr, ssim = measure(coded, values, device)
+        coded.summary = {**summary, "psnr": round(psnr, 4), "ssim": None if ssim is None else round(ssim, 5)}
+        if coded.quantised is not None:
+            coded.summary["bits"] = coded.quantised.bits
+        over = 0 if budget is None else field_bytes(coded) - budget
+        if over <= 0:
+            return coded
+        store = dataclasses.replace(store, max_bytes=budget - over, bpp=None)  # a longer summary than foreseen
+    raise ConfigError(nf.source, f"cannot be stored in {budget:,} bytes")
 
 
 def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adapt: AdaptConfig, store: StoreConfig,

@@ -162,6 +162,16 @@ def test_max_bytes_is_never_exceeded_and_uses_the_budget(tmp_path, photo):
     assert field_bytes(bpp) <= 6.0 * 128 * 96 / 8
 
 
+@pytest.mark.parametrize("budget", [3000, 4000, 6000])
+def test_the_written_file_with_its_summary_keeps_the_budget(tmp_path, budget):
+    """The file as written, metadata and the fit's summary included (a tiny field: the header is a large share)."""
+    out = tmp_path / "b.nf"
+    result = CliRunner().invoke(app, ["fit", str(PHOTO), "-o", str(out), "--init", "random", "--width", "8",
+                                      "--steps", "20", "--max-bytes", str(budget)])
+    assert result.exit_code == 0, result.output
+    assert 0.7 * budget < out.stat().st_size <= budget
+
+
 def test_an_impossible_budget_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "x.nf"
     result = CliRunner().invoke(app, ["fit", str(PHOTO), "-o", str(out), "--max-bytes", "2000", "--steps", "1"])
