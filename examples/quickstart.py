@@ -31,10 +31,11 @@ def main() -> None:
         return on_step
 
     nf = nfit.fit(photo, steps=steps, progress=progress)
-    nf.save(args.out / "chelsea.nf")
+    path = nf.save(args.out / "chelsea.nf")
     print(f"fitted {photo.name} in {nf.tiles} tiles: {nf.summary['psnr']:.2f} dB PSNR, SSIM {nf.summary['ssim']:.4f}, "
           f"{nf.summary['steps']} steps (stopped by {nf.summary['stopped']}), {nf.summary['seconds']:.1f} s "
-          f"-> {args.out / 'chelsea.nf'}")
+          f"-> {path}, {path.stat().st_size:,} bytes coded at {nf.summary['bits']} bits "
+          f"(the PNG: {photo.stat().st_size:,})")
 
     big, shape = render_to_file(nfit.load(args.out / "chelsea.nf"), args.out / "chelsea_512.png", res=512)
     print(f"rendered {big} at {shape[1]}x{shape[0]}")
