@@ -273,3 +273,39 @@ def test_a_time_budget_leaves_out_the_fine_tuning(monkeypatch, photo):
     assert nf.quantised.bits == 5
     with pytest.raises(AssertionError, match="fine-tuned"):
         nfit.fit(PHOTO, init="default", steps=2, bits=5)
+
+
+def _rewrite(path: Path, out: Path, change) -> Path:
+    """``path`` with its metadata's storage.coding changed by ``change`` (the payload kept)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["nfit"])
+    change(meta["storage"]["coding"])
+    save_file(tensors, str(out), metadata={"nfit": json.dumps(meta)})
+    return out
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda c: c["tensors"][0].__setitem__(2, 1e-300), "corrupt|scale|decodes"),
+    (lambda c: c["tensors"][0].__setitem__(2, 1e29), "corrupt|scale|decodes"),
+    (lambda c: c["tensors"][0].__setitem__(1, 1e29), "NaN or infinite"),
+    (lambda c: c["tensors"][0].__setitem__(3, [10 ** 9]), "declares other tensors"),
+    (lambda c: c["tensors"][0].__setitem__(0, "nope"), "do not match|unexpected|missing"),
+    (lambda c: c.__setitem__("bits", 3), "corrupt|decodes|out of"),
+    (lambda c: c.__setitem__("bits", 40), "malformed"),
+    (lambda c: c.__setitem__("coder", "zip"), "another coder"),
+    (lambda c: c.__setitem__("relative_to", "elsewhere"), "malformed"),
+    (lambda c: c["tensors"].pop(), "declares other tensors|do not match|missing"),
+])
+def test_crafted_coding_metadata_is_refused_in_one_line(tmp_path, change, reason):
+    path = nfit.fit(PHOTO, steps=2, bits=6, init="random").save(tmp_path / "c.nf")
+    bad = _rewrite(path, tmp_path / "bad.nf", change)
+    try:
+        nf = load_field(bad)
+    except FieldFileError as err:
+        assert __import__("re").search(reason, str(err)), str(err)
+        return
+    # a change that still decodes must decode to finite values of the field's shapes (never a crash)
+    assert all(torch.isfinite(v).all() for v in nf.params.values())
