@@ -116,7 +116,8 @@ def encode(q: dict[str, Tensor], bits: int) -> tuple[bytes, dict[str, float]]:
     return encoder.get_compressed().tobytes(), scales
 
 
-def decode(payload: bytes, bits: int, shapes: dict[str, tuple[int, ...]], scales: dict[str, float]) -> dict[str, Tensor]:
+def decode(payload: bytes, bits: int, shapes: dict[str, tuple[int, ...]],
+           scales: dict[str, float]) -> dict[str, Tensor]:
     """The integers :func:`encode` wrote for tensors of these ``shapes`` (in order).
 
     Raises :class:`CodingError` when the payload cannot hold them: the caller checks its CRC first.

@@ -243,7 +243,8 @@ def field_bytes(nf: NeuralField) -> int:
     from safetensors.torch import save
 
     tensors, coding = field_tensors(nf)
-    return len(save({k: v.contiguous() for k, v in tensors.items()}, metadata={META_KEY: _meta_json(nf.metadata(coding))}))
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    return len(save(tensors, metadata={META_KEY: _meta_json(nf.metadata(coding))}))
 
 
 def _meta_json(metadata: dict[str, Any]) -> str:
@@ -441,7 +442,8 @@ def _coding_reference(path: Path, nf: NeuralField, field_: Field, coding: dict[s
     if sha is None:
         raise FieldFileError(path, "is coded relative to an initialisation but names none")
     if init is None:
-        raise FieldFileError(path, f"is stored as its difference from an initialisation: give it with --init (sha256 {sha})")
+        raise FieldFileError(path, "is stored as its difference from an initialisation: give it with --init "
+                             f"(sha256 {sha})")
     if init.sha256 != sha:
         raise FieldFileError(path, f"was fitted from the initialisation with sha256 {sha}, not {init.sha256} (--init)")
     shapes = field_.param_shapes()

@@ -15,8 +15,8 @@ Then a short quantisation-aware fine-tuning (:func:`finetune`, ``CODING_FINETUNE
 on the coded field, straight through the rounding) at that width, or for a PSNR goal at one
 bit fewer (when rounding alone misses the goal by at most ``CODING_FINETUNE["reach_db"]``),
 kept when it still meets the rule: measured on held-out photos it adds 0.7-1 dB in 10 steps
-and 1.4-2.5 dB in 20 at 4-6 bits, so a goal is often met one bit lower (BENCHMARKS.md
-"Compact files").
+at 6 bits, and 0.6-3.5 dB in 20 at 4-6 bits (the fewer the bits, the more), so a goal is
+often met one bit lower (BENCHMARKS.md "Compact files").
 
 Field width and steps are not searched: they are the initialisation's (or ``--width``) and
 the fit's stopping rule.
@@ -32,18 +32,27 @@ import torch
 
 from nfit import metrics
 from nfit.coding import dequantise, quantise, rounded
-from nfit.config import CODING_BITS, CODING_FINETUNE, CODING_LOSS_DB, MAX_SSIM_SAMPLES, TILE_BATCH_SAMPLES, FitConfig, StoreConfig
+from nfit.config import (
+    CODING_BITS,
+    CODING_FINETUNE,
+    CODING_LOSS_DB,
+    MAX_SSIM_SAMPLES,
+    TILE_BATCH_SAMPLES,
+    FitConfig,
+    StoreConfig,
+)
 from nfit.errors import ConfigError
 from nfit.fieldfile import NeuralField, field_bytes
 from nfit.fields import Field, Params
 from nfit.fields.masked import Masked
 from nfit.fit import StepInfo, fit_adam, split_batches
-from nfit.tiled import StepFactory
 from nfit.render import field_chunks, render_values
+from nfit.tiled import StepFactory
 from nfit.tiling import extract
 
 
-def measure(nf: NeuralField, values: torch.Tensor, device: torch.device, ssim: bool = True) -> tuple[float, float | None]:
+def measure(nf: NeuralField, values: torch.Tensor, device: torch.device,
+            ssim: bool = True) -> tuple[float, float | None]:
     """PSNR of ``nf`` rendered at its own grid against ``values [*shape, C]``, and SSIM, from one render;
     above ``MAX_SSIM_SAMPLES`` (or without ``ssim``), PSNR alone, accumulated block by block (no second
     copy of a large signal)."""
@@ -140,7 +149,8 @@ def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, confi
     naming the source when a budget cannot be met. ``progress``: a bar for the fine-tuning."""
     if not config.coded:
         if config.dtype != "float32":
-            nf = dataclasses.replace(nf, params={k: v.to(getattr(torch, config.dtype)).float() for k, v in nf.params.items()})
+            half = getattr(torch, config.dtype)
+            nf = dataclasses.replace(nf, params={k: v.to(half).float() for k, v in nf.params.items()})
         return nf
     lo, hi = CODING_BITS
     versions: dict[int, NeuralField] = {}
@@ -164,12 +174,13 @@ def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, confi
         over = _bisect(lo, hi, lambda b: field_bytes(at(b)) > budget)
         if over == lo:
             raise ConfigError(nf.source, f"cannot be stored in {budget:,} bytes: at {lo} bits its field takes "
-                              f"{field_bytes(at(lo)):,} (fit a smaller field: --width, or --tile 0 --width W)")
+                              f"{field_bytes(at(lo)):,} (a smaller field takes less: --init random --width 8, "
+                              "or --tile 0 --width W)")
         bits = hi if over is None else over - 1
         if not tune:
             return at(bits)
-        tuned = finetune(nf, reference, values, bits, device, progress=progress)  # other integers: its size may differ a little
-        return tuned if field_bytes(tuned) <= budget else at(bits)
+        tuned = finetune(nf, reference, values, bits, device, progress=progress)
+        return tuned if field_bytes(tuned) <= budget else at(bits)  # other integers: its size may differ a little
     floor = measure(nf, values, device, ssim=False)[0]
     goal = target_psnr if target_psnr is not None and floor >= target_psnr else floor - CODING_LOSS_DB
     bits = _bisect(lo, hi, lambda b: psnr(b) >= goal) or hi
@@ -182,4 +193,4 @@ def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, confi
     return at(bits)
 
 
-__all__ = ["coded", "measure", "store"]
+__all__ = ["coded", "finetune", "measure", "store"]
