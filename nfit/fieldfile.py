@@ -60,7 +60,7 @@ from torch import Tensor
 from nfit._version import __version__
 from nfit.atomic import atomic_output
 from nfit.config import MAX_FIELD_SIZE, MAX_GRID_SAMPLES, MAX_HEADER_BYTES, MAX_METADATA_BYTES, MAX_TILES
-from nfit.coding import CODER, MAX_BITS, MIN_BITS, CodingError, Quantised, checksum, decode, dequantise, encode
+from nfit.coding import CODER, INT, MAX_BITS, MIN_BITS, CodingError, Quantised, checksum, decode, dequantise, encode
 from nfit.errors import ConfigError, FieldFileError, OutputError
 from nfit.fields import Field, Params, build_field, count_params
 from nfit.fields.masked import Mask, Masked, density, pack_mask, prunable, stored_values, unpack_mask
@@ -504,7 +504,7 @@ def _read_values(path: Path, nf: NeuralField, field_: Field, tensors: dict[str, 
         ints = {k: v.float() for k, v in _coded_ints(path, tensors, coding, nf.n_params).items()}  # exact: |q| < 2**15
         ints = check_params(path, field_, {**tensors, **ints}, mask=mask, tiles=tiles)  # shapes; sparse: scattered
         steps = {name: float(step) for name, step, _, _ in coding["tensors"]}
-        nf.quantised = Quantised(coding["bits"], {k: v.to(torch.int32) for k, v in ints.items()}, steps)
+        nf.quantised = Quantised(coding["bits"], {k: v.to(INT) for k, v in ints.items()}, steps)
         nf.params = dequantise(nf.quantised, reference)
         for k, v in nf.params.items():
             if not torch.isfinite(v).all():

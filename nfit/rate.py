@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 
 from nfit import metrics
-from nfit.coding import dequantise, quantise, rounded
+from nfit.coding import INT, Quantised, dequantise, quantise, rounded
 from nfit.config import (
     CODING_BITS,
     CODING_FINETUNE,
@@ -100,7 +100,7 @@ def finetune(nf: NeuralField, reference: Params | None, values: torch.Tensor, bi
     base = nf.field if nf.mask is None else Masked(nf.field, nf.mask)
     net = _Rounded(base, None if reference is None else {k: v.to(device) for k, v in reference.items()}, bits, fixed)
     config = FitConfig(steps=steps, lr=lr)
-    params = {k: v.clone() for k, v in nf.params.items()}
+    q = {k: torch.empty(v.shape, dtype=INT) for k, v in nf.params.items()}  # filled a batch of tiles at a time
     if nf.tiling is None:
         parts, grid = [None], nf.shape
     else:
@@ -109,19 +109,19 @@ def finetune(nf: NeuralField, reference: Params | None, values: torch.Tensor, bi
     on_step = None if progress is None else progress(steps * len(parts))
     for i, part in enumerate(parts):
         if part is None:  # one field over the whole signal: a batch of one
-            targets, start = values.unsqueeze(0), {k: v.unsqueeze(0) for k, v in params.items()}
+            where, targets = slice(None), values.unsqueeze(0)
+            start = {k: v.unsqueeze(0) for k, v in nf.params.items()}
         else:
-            targets, start = extract(values, nf.tiling, part), {k: v[part.start:part.stop] for k, v in params.items()}
+            where, targets = slice(part.start, part.stop), extract(values, nf.tiling, part)
+            start = {k: v[where] for k, v in nf.params.items()}
         result = fit_adam(net, {k: v.to(device) for k, v in start.items()}, base.to_units(targets.to(device)), grid,
                           config, None if on_step is None else _offset(on_step, i * steps, steps * len(parts)),
-                          batched=True, pooled=part is not None)
-        for k, v in result.params.items():
-            if part is None:
-                params[k] = v[0].cpu()
-            else:
-                params[k][part.start:part.stop] = v.cpu()
-    q = quantise(params, reference, bits, fixed)
-    return dataclasses.replace(nf, params=dequantise(q, reference), quantised=q)
+                          batched=True, pooled=part is not None)  # batched: copies the start, nf keeps its values
+        tuned = {k: (v[0] if part is None else v).cpu() for k, v in result.params.items()}
+        for k, v in quantise(tuned, reference, bits, fixed).q.items():
+            q[k][where] = v
+    quantised = Quantised(bits, q, fixed)
+    return dataclasses.replace(nf, params=dequantise(quantised, reference), quantised=quantised)
 
 
 def _offset(on_step: Callable[[StepInfo], None], base: int, total: int) -> Callable[[StepInfo], None]:
@@ -153,28 +153,31 @@ def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, confi
             nf = dataclasses.replace(nf, params={k: v.to(half).float() for k, v in nf.params.items()})
         return nf
     lo, hi = CODING_BITS
-    versions: dict[int, NeuralField] = {}
     scores: dict[int, float] = {}
+    sizes: dict[int, int] = {}
 
-    def at(bits: int) -> NeuralField:
-        if bits not in versions:
-            versions[bits] = coded(nf, reference, bits)
-        return versions[bits]
+    def at(bits: int) -> NeuralField:  # not kept: on a 50 MP photo each version holds 0.9 GB
+        return coded(nf, reference, bits)
 
     def psnr(bits: int) -> float:
         if bits not in scores:
             scores[bits] = measure(at(bits), values, device, ssim=False)[0]
         return scores[bits]
 
+    def size(bits: int) -> int:
+        if bits not in sizes:
+            sizes[bits] = field_bytes(at(bits))
+        return sizes[bits]
+
     budget = config.budget(math.prod(nf.shape))
     if config.bits is not None:
         return finetune(nf, reference, values, config.bits, device, progress=progress) if tune else at(config.bits)
     if budget is not None:
         # the most bits that fit: the fewest that do not, less one
-        over = _bisect(lo, hi, lambda b: field_bytes(at(b)) > budget)
+        over = _bisect(lo, hi, lambda b: size(b) > budget)
         if over == lo:
             raise ConfigError(nf.source, f"cannot be stored in {budget:,} bytes: at {lo} bits its field takes "
-                              f"{field_bytes(at(lo)):,} (a smaller field takes less: --init random --width 8, "
+                              f"{size(lo):,} (a smaller field takes less: --init random --width 8, "
                               "or --tile 0 --width W)")
         bits = hi if over is None else over - 1
         if not tune:

@@ -35,7 +35,7 @@ def test_decode_of_encode_is_exact(bits, sizes, seed, spread):
     """Any integers in range, any tensor sizes (empty too), Laplace-like or not: decode(encode(q)) == q."""
     rng = np.random.default_rng(seed)
     top = levels(bits)
-    q = {f"t{i}": torch.from_numpy(np.clip(np.round(rng.laplace(0, spread, n)), -top, top).astype(np.int32))
+    q = {f"t{i}": torch.from_numpy(np.clip(np.round(rng.laplace(0, spread, n)), -top, top).astype(np.int16))
          for i, n in enumerate(sizes)}
     payload, scales = encode(q, bits)
     back = decode(payload, bits, {k: tuple(v.shape) for k, v in q.items()}, scales)
