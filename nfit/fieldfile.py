@@ -433,19 +433,26 @@ def _coded_ints(path: Path, tensors: dict[str, Tensor], coding: dict[str, Any], 
         raise FieldFileError(path, f"coded payload is corrupt ({err})") from None
 
 
+def _named_init(path: Path, init_meta: dict, init: MetaInit | None, *, nameless: str, missing: str) -> MetaInit:
+    """The initialisation a .nf names in ``init_meta`` (its record of it), given as ``init``: checked by
+    SHA-256. ``nameless``: the reason when the file names none; ``missing``: when none was given."""
+    sha = init_meta.get("sha256")
+    if sha is None:
+        raise FieldFileError(path, nameless)
+    if init is None:
+        raise FieldFileError(path, f"{missing} (sha256 {sha})")
+    if init.sha256 != sha:
+        raise FieldFileError(path, f"was fitted from the initialisation with sha256 {sha}, not {init.sha256} (--init)")
+    return init
+
+
 def _coding_reference(path: Path, nf: NeuralField, field_: Field, coding: dict[str, Any],
                       init: MetaInit | None) -> Params | None:
     """The parameters a coded field's integers are differences from: its initialisation's (checked by hash), or None."""
     if coding["relative_to"] == "zero":
         return None
-    sha = nf.init.get("sha256")
-    if sha is None:
-        raise FieldFileError(path, "is coded relative to an initialisation but names none")
-    if init is None:
-        raise FieldFileError(path, "is stored as its difference from an initialisation: give it with --init "
-                             f"(sha256 {sha})")
-    if init.sha256 != sha:
-        raise FieldFileError(path, f"was fitted from the initialisation with sha256 {sha}, not {init.sha256} (--init)")
+    init = _named_init(path, nf.init, init, nameless="is coded relative to an initialisation but names none",
+                       missing="is stored as its difference from an initialisation: give it with --init")
     shapes = field_.param_shapes()
     if set(init.params) != set(shapes) or any(tuple(init.params[k].shape) != tuple(s) for k, s in shapes.items()):
         raise FieldFileError(path, "its initialisation's parameters do not match the field")
@@ -467,15 +474,10 @@ def _field_mask(path: Path, field_: Field, tensors: dict[str, Tensor], storage: 
             return unpack_mask(packed, shapes)
         except ValueError as err:
             raise FieldFileError(path, str(err)) from None
-    sha = init_meta.get("sha256")
-    if sha is None:
-        raise FieldFileError(path, "a sparse field without an embedded mask must name its initialisation's sha256")
-    if init is None:
-        raise FieldFileError(
-            path, f"stores only the surviving weights of a sparse field: give the initialisation that holds its mask "
-            f"with --init (sha256 {sha})")
-    if init.sha256 != sha:
-        raise FieldFileError(path, f"was fitted from the initialisation with sha256 {sha}, not {init.sha256} (--init)")
+    init = _named_init(path, init_meta, init,
+                       nameless="a sparse field without an embedded mask must name its initialisation's sha256",
+                       missing="stores only the surviving weights of a sparse field: give the initialisation that "
+                               "holds its mask with --init")
     if init.mask is None or set(init.mask) != set(shapes):
         raise FieldFileError(path, "its initialisation holds no matching mask")
     return init.mask
