@@ -62,7 +62,7 @@ from nfit.fields import FIELDS, Params, build_field, count_params, field_config,
 from nfit.fields.base import Pointwise
 from nfit.fields.masked import narrow_width
 from nfit.fit import StepInfo, fit_batch, random_init, split_batches
-from nfit.inits import DEFAULT, DEFAULT_INITS, default_init, default_init_path, shipped_init, trained_channels
+from nfit.inits import DEFAULT, default_init, default_init_path, shipped_init, trained_channels
 from nfit.rate import measure
 from nfit.rate import store as store_field
 from nfit.render import default_output, render_to_file, render_values
@@ -734,11 +734,11 @@ def _shipped_for(path: Path) -> MetaInit | None:
     try:
         meta = json.loads(read_metadata(path))
         modality, channels, sha = meta["modality"], meta["signal"]["channels"], meta["init"]["sha256"]
+        shipped = shipped_init(modality)  # None where nfit ships none
     except Exception:  # unreadable or malformed: nothing to look up
         return None
-    if sha is None or modality not in DEFAULT_INITS or default_init_path(modality) is None:
-        return None
-    return default_init(modality, channels) if shipped_init(modality).sha256 == sha else None
+    found = sha is not None and shipped is not None and shipped.sha256 == sha
+    return default_init(modality, channels) if found else None
 
 
 def save(nf: NeuralField, path: str | Path) -> Path:

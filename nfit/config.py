@@ -225,10 +225,10 @@ class StoreConfig:
             raise ConfigError("--max-bytes", "must be >= 1")
         if self.bpp is not None and not 0 < self.bpp < 1e6:
             raise ConfigError("--bpp", "must be positive")
-        budget = "--max-bytes" if self.max_bytes is not None else "--bpp" if self.bpp is not None else None
-        if budget and self.bpp is not None and self.max_bytes is not None:
+        if self.bpp is not None and self.max_bytes is not None:
             raise ConfigError("--bpp", "give --bpp or --max-bytes, not both")
-        if budget and self.bits is not None:
+        if self.bits is not None and (self.bpp is not None or self.max_bytes is not None):
+            budget = "--max-bytes" if self.max_bytes is not None else "--bpp"
             raise ConfigError(budget, "chooses the bit width itself: leave out --bits and --dtype")
 
     @property
