@@ -27,7 +27,17 @@ from nfit.cli.options import (
     field_options,
 )
 from nfit.cli.progress import FitProgress
-from nfit.config import CODING_BITS, CODING_LOSS_DB, TILE_FIT, AdaptConfig, FieldOptions, FitConfig, SignalOptions, StoreConfig, TileConfig
+from nfit.config import (
+    CODING_BITS,
+    CODING_LOSS_DB,
+    TILE_FIT,
+    AdaptConfig,
+    FieldOptions,
+    FitConfig,
+    SignalOptions,
+    StoreConfig,
+    TileConfig,
+)
 
 
 @app.command()
