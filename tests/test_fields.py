@@ -15,10 +15,11 @@ CONFIGS = {
 
 
 FRAME_FIELDS = {"nerv"}  # fields whose unit is a frame: covered by tests/test_nerv.py
+SIZED_FIELDS = {"grid"}  # fields sized by their signal (latent grids): covered by tests/test_latent.py
 
 
 def test_every_field_is_covered():
-    assert set(CONFIGS) | FRAME_FIELDS == set(FIELDS)
+    assert set(CONFIGS) | FRAME_FIELDS | SIZED_FIELDS == set(FIELDS)
 
 
 def _batch(name, b=3, seed=0):

@@ -4,7 +4,7 @@ Adding a field means adding one module that defines a config dataclass and a cla
 decorated with :func:`register_field`, and importing it here.
 """
 
-from nfit.fields import fourier, nerv, siren  # noqa: F401  (registration)
+from nfit.fields import fourier, grid, nerv, siren  # noqa: F401  (registration)
 from nfit.fields.base import (
     FIELDS,
     Field,
@@ -17,6 +17,7 @@ from nfit.fields.base import (
     unbatch_params,
 )
 from nfit.fields.fourier import FourierConfig, FourierMLP
+from nfit.fields.grid import GridConfig, LatentGrid
 from nfit.fields.nerv import NeRV, NeRVConfig
 from nfit.fields.options import field_config
 from nfit.fields.siren import Siren, SirenConfig
@@ -26,6 +27,8 @@ __all__ = [
     "Field",
     "FourierConfig",
     "FourierMLP",
+    "GridConfig",
+    "LatentGrid",
     "NeRV",
     "NeRVConfig",
     "Params",

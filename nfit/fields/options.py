@@ -19,6 +19,8 @@ def field_config(options: FieldOptions, modality: str, shape: tuple[int, ...], c
         raise ConfigError("--field", f"unknown field {options.name!r} (known: {', '.join(sorted(FIELDS))})")
     names = {f.name for f in dataclasses.fields(FIELDS[options.name].Config)}
     config = {"in_dim": len(shape), "out_dim": channels}
+    if "size" in names:  # a field sized by its signal (latent grids)
+        config["size"] = list(shape)
     config.update(MODALITIES[modality].field_defaults(options.name, shape))
     config.update(defaults or {})
     config = {k: v for k, v in config.items() if k in names}
