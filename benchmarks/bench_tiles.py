@@ -120,7 +120,7 @@ def curves(args) -> dict:
                              config=FitConfig(steps=10_000, seconds=args.whole_seconds, device="cpu"))
         row["whole"] = {"psnr": whole.summary["psnr"], "curve": c.to_json()}
         tiles = TileConfig()
-        rand, c = fit_curve(signal, tiles=tiles, config=nfit.api.fit_config(True, steps=args.steps, target_psnr=0,
+        rand, c = fit_curve(signal, tiles=tiles, config=nfit.api.fit_config("tiled", steps=args.steps, target_psnr=0,
                                                                             device="cpu"))
         rendered = rand.render((2 * signal.shape[0], 2 * signal.shape[1]))
         row["random_tiles"] = {"psnr": rand.summary["psnr"], "curve": c.to_json(), "tiles": rand.tiles,
@@ -138,7 +138,7 @@ def _init_variant(signal, init, row: dict, args) -> dict:
     what its first 16 steps reach."""
     adapt = AdaptConfig(steps=init.test.get("steps", 16), lr=init.test.get("lr", 1e-2),
                         gamma=init.test.get("gamma", 0.25), adam_lr=init.test.get("adam_lr", 1e-3), device="cpu")
-    config = dataclasses.replace(nfit.api.fit_config(True, steps=args.steps - adapt.steps, target_psnr=0, device="cpu"),
+    config = dataclasses.replace(nfit.api.fit_config("tiled", steps=args.steps - adapt.steps, target_psnr=0, device="cpu"),
                                  warmup=TILE_WARMUP)  # as nfit fit from a tile initialisation
     meta, c = fit_curve(signal, tiles=TileConfig(), config=config, init=init, adapt=adapt)
     at16 = dict((n, p) for n, _, p in c.to_json()).get(adapt.steps)
@@ -286,7 +286,7 @@ def audio_curves(args) -> dict:
             whole, c = fit_curve(signal, tiles=TileConfig(tile=0),
                                  config=FitConfig(steps=10_000, seconds=args.whole_seconds, device="cpu"))
             row["whole"] = {"psnr": whole.summary["psnr"], "curve": c.to_json()}
-            rand, c = fit_curve(signal, tiles=TileConfig(), config=nfit.api.fit_config(True, steps=args.steps,
+            rand, c = fit_curve(signal, tiles=TileConfig(), config=nfit.api.fit_config("tiled", steps=args.steps,
                                                                                        target_psnr=0, device="cpu"))
             row["random_tiles"] = {"psnr": rand.summary["psnr"], "curve": c.to_json(), "tiles": rand.tiles}
             if init is not None:

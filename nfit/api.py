@@ -28,6 +28,7 @@ from nfit.atomic import guard_output, make_dirs
 from nfit.config import (
     INIT_SIZE_TOLERANCE,
     CODING_MARGIN_DB,
+    LATENT_FIT,
     AdaptConfig,
     DataConfig,
     FieldOptions,
@@ -60,8 +61,10 @@ from nfit.fieldfile import (
 )
 from nfit.fields import FIELDS, Params, build_field, count_params, field_config, field_config_dict, unbatch_params
 from nfit.fields.base import Pointwise
+from nfit.fields.grid import LatentGrid
 from nfit.fields.masked import narrow_width
 from nfit.fit import StepInfo, fit_batch, random_init, split_batches
+from nfit.latent import RateGoal, fit_latents, lambda_for
 from nfit.inits import DEFAULT, default_init, default_init_path, shipped_init, trained_channels
 from nfit.rate import measure
 from nfit.rate import store as store_field
@@ -114,6 +117,9 @@ def fit_signals(
     _check_field_given_init(init, field)
     if store.standalone and (init is None or default or init.mask is None):
         raise ConfigError("--standalone", "applies to fields fitted from a sparse initialisation (they alone have a mask)")
+    if field.name == LatentGrid.name and store.bits is not None:
+        raise ConfigError("--bits", "a latent grid is always coded, its latents as integers: its size follows "
+                          "--bpp, --max-bytes or --target-psnr")
     device = resolve_device(adapt.device if init is not None else config.device)
     target = config.target_psnr
     if store.by_quality and target is not None:
@@ -131,9 +137,10 @@ def fit_signals(
             for i in members:
                 fitted[i] = _fit_tiled(signals[i], start, config, adapt, store, progress, device, target)
             continue
+        fit_group = _fit_latent_batch if isinstance(start.net, LatentGrid) else _fit_one_batch
         for part in split_batches(len(members), start.batch_size):
             idx = [members[j] for j in part]
-            for i, nf in zip(idx, _fit_one_batch([signals[i] for i in idx], start, config, adapt, store, progress,
+            for i, nf in zip(idx, fit_group([signals[i] for i in idx], start, config, adapt, store, progress,
                                                   device, target)):
                 fitted[i] = nf
     return fitted  # type: ignore[return-value]
@@ -253,6 +260,49 @@ def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adap
         mask=None if start.init is None else start.init.mask, standalone=store.standalone,
     ), start, grid[b].cpu(), store, target, device, {**method[b], **summary}, config, progress, s.source.name)
         for b, s in enumerate(signals)]
+
+
+def _fit_latent_batch(signals: list[Signal], start: _Start, config: FitConfig, adapt: AdaptConfig,
+                      store: StoreConfig, progress: ProgressFactory | None, device: torch.device,
+                      target: float | None) -> list[NeuralField]:
+    """Fit latent-grid fields (:mod:`nfit.latent`) to signals of one grid, their rate steered toward
+    the store's budget, else toward ``config.target_psnr``, else fixed, and describe each as stored."""
+    shape = signals[0].shape
+    label = signals[0].source.name if len(signals) == 1 else f"{len(signals)} x {'x'.join(map(str, shape))}"
+    grid = torch.from_numpy(np.stack([s.values for s in signals])).to(device)  # [B, *shape, C]
+    budget = store.budget(math.prod(shape))
+    if budget is not None:  # what the latents may take: the budget less the rest of the file, with room to spare
+        empty = NeuralField(field_name=start.field_name, field_config=start.field_config, params=start.params,
+                            modality=signals[0].modality, shape=shape, channels=signals[0].channels, bit_depth=8,
+                            source=signals[0].source.name, init=start.record, summary={"seconds": 0.0})
+        rest = field_bytes(store_field(empty, None, grid[0].cpu(), StoreConfig(), None, device))
+        bits = max(1.0, 8 * (budget - rest) * LATENT_FIT["budget_share"])
+        goal = RateGoal(lam=lambda_for(bits / math.prod(shape)), bits=bits)
+    else:
+        goal = RateGoal(psnr=config.target_psnr)
+    deadline = None if config.seconds is None else time.perf_counter() + config.seconds
+    result = fit_latents(start.net, start.params, start.net.to_units(grid), shape, config, goal,
+                         progress(label, config.steps) if progress else None, deadline=deadline)
+    summary = {"method": "adam-rd", "steps": result.steps, "lr": config.lr, "seed": config.seed,
+               "target_psnr": config.target_psnr, "seconds": round(result.seconds, 3), "batch": len(signals),
+               "device": device.type, "stopped": result.stopped}
+    out = []
+    for b, s in enumerate(signals):
+        nf = NeuralField(
+            field_name=start.field_name, field_config=start.field_config,
+            params={k: v.cpu() for k, v in unbatch_params(result.params, b).items()},
+            modality=s.modality, shape=shape, channels=s.channels, bit_depth=s.bit_depth, source=s.source.name,
+            source_bytes=_file_size(s.source), rate=s.rate, init=start.record, dtype=store.dtype)
+        out.append(_stored(nf, start, grid[b].cpu(), store, target, device,
+                           {**summary, "lambda": float(f"{result.lam[b]:.4g}")}, config, progress, s.source.name))
+    return out
+
+
+def _check_shared_field(field: FieldOptions) -> None:
+    """An initialisation is shared by signals of one grid: a field sized by its one signal cannot be one."""
+    if getattr(FIELDS.get(field.name), "whole_signal", False):
+        raise ConfigError("--field", f"a {field.name!r} field is sized by the file it fits: it is for nfit fit "
+                          "(compact files), not for initialisations")
 
 
 def _check_field_given_init(init: MetaInit | str | Path | None, field: FieldOptions | None) -> None:
@@ -575,8 +625,11 @@ def fit_plan(files: Sequence[Path], *, init: str | Path | MetaInit | None = None
     if not learned:
         if not rescale or gamma is not None or optimizer != AdaptConfig.optimizer or density is not None:
             raise ConfigError(None, "--optimizer, --no-rescale, --gamma and --density apply to fitting from --init")
-        tiled = _tiled(tiles, field or FieldOptions())
-        return FitPlan(fit_config(tiled, steps, lr, target_psnr, seconds, seed, batch_size, device), tiles=tiles)
+        field = field or FieldOptions()
+        kind = "latent" if field.name == LatentGrid.name else "tiled" if _tiled(tiles, field) else "whole"
+        if kind == "latent" and (tiles.tile or tiles.frames or tiles.overlap):
+            raise ConfigError("--tile", "a latent grid is one field per file: drop --tile, --tile-frames and --overlap")
+        return FitPlan(fit_config(kind, steps, lr, target_psnr, seconds, seed, batch_size, device), tiles=tiles)
     _check_field_given_init(init, field)  # here too: before any file is read
     if init == DEFAULT:
         if not _ships_init(files):
@@ -593,7 +646,7 @@ def fit_plan(files: Sequence[Path], *, init: str | Path | MetaInit | None = None
         raise ConfigError("--tile", "the initialisation decides the tiling: drop --tile, --tile-frames and --overlap "
                           "(tile initialisations come from meta-train --tile)")
     if tiling is None:  # --steps and --lr are the test-time ones; Adam's refinement keeps its defaults
-        refine = fit_config(False, None, None, target_psnr, seconds, seed, batch_size, device)
+        refine = fit_config("whole", None, None, target_psnr, seconds, seed, batch_size, device)
         return FitPlan(refine, meta, adapt_config(test, steps, lr, gamma, rescale, optimizer, batch_size, device), tiles)
     # Tiles: --steps counts the whole fit (the initialisation's SGD steps, then Adam), --lr is Adam's
     adapt = adapt_config(test, None, None, gamma, rescale, optimizer, batch_size, device)
@@ -601,7 +654,7 @@ def fit_plan(files: Sequence[Path], *, init: str | Path | MetaInit | None = None
     adam_lr = lr if lr is not None else float(test.get("adam_lr", TILE_ADAM_LR))
     sgd_steps = min(adapt.steps, total) if optimizer == "sgd" else 0
     adapt = dataclasses.replace(adapt, steps=sgd_steps, adam_lr=adam_lr, adam_steps=total)
-    refine = dataclasses.replace(fit_config(True, total - sgd_steps, adam_lr, target_psnr, seconds, seed, batch_size,
+    refine = dataclasses.replace(fit_config("tiled", total - sgd_steps, adam_lr, target_psnr, seconds, seed, batch_size,
                                             device), warmup=TILE_WARMUP)
     return FitPlan(refine, meta, adapt, tiles)
 
@@ -623,12 +676,14 @@ def _shipped_tiles_apply(files: Sequence[Path], tiles: TileConfig, field: FieldO
     return shipped is not None and shipped.tiling is not None and _same_tiling(tiles, shipped.tiling)
 
 
-def fit_config(tiled: bool, steps: int | None = None, lr: float | None = None, target_psnr: float | None = None,
+def fit_config(kind: str, steps: int | None = None, lr: float | None = None, target_psnr: float | None = None,
                seconds: float | None = None, seed: int = FitConfig.seed, batch_size: int = FitConfig.batch_size,
                device: str = FitConfig.device) -> FitConfig:
-    """Adam's settings, the given ones or the defaults of a tiled fit (``TILE_FIT``) or a whole-signal one
-    (``FitConfig``). A target PSNR of 0 means none."""
-    d = TILE_FIT if tiled else {"steps": FitConfig.steps, "lr": FitConfig.lr, "target_psnr": None, "seconds": None}
+    """Adam's settings, the given ones or the defaults of a fit of ``kind``: "tiled" (``TILE_FIT``),
+    "latent" (a latent grid, ``LATENT_FIT``) or "whole" (a whole-signal field, ``FitConfig``). A target
+    PSNR of 0 means none."""
+    d = {"tiled": TILE_FIT, "latent": {**LATENT_FIT, "target_psnr": None, "seconds": None}}.get(
+        kind, {"steps": FitConfig.steps, "lr": FitConfig.lr, "target_psnr": None, "seconds": None})
     target = d["target_psnr"] if target_psnr is None else (target_psnr or None)
     return FitConfig(steps=d["steps"] if steps is None else steps, lr=d["lr"] if lr is None else lr, seed=seed,
                      target_psnr=target, seconds=d["seconds"] if seconds is None else seconds, batch_size=batch_size,
@@ -638,7 +693,8 @@ def fit_config(tiled: bool, steps: int | None = None, lr: float | None = None, t
 def _tiled(tiles: TileConfig, field: FieldOptions) -> bool:
     """Whether a fit from random is cut into tiles with small fields and the tile defaults (``TILE_FIT``):
     unless ``--tile 0``, for fields evaluated point by point (NeRV's clips keep a whole field's defaults)."""
-    return not tiles.whole and (field.name not in FIELDS or issubclass(FIELDS[field.name], Pointwise))
+    cls = FIELDS.get(field.name)
+    return not tiles.whole and (cls is None or issubclass(cls, Pointwise) and not getattr(cls, "whole_signal", False))
 
 
 def _ships_init(files: Sequence[Path]) -> bool:
@@ -850,6 +906,7 @@ def meta_train(
     if run is None:
         raise ConfigError(None, "give the run directory with -o RUN")
     train, data_config, field_options = train or TrainConfig(), data_config or DataConfig(), field_options or FieldOptions()
+    _check_shared_field(field_options)
     if train.algo == "sparse":
         given = [n for n, v in (("--steps", steps), ("--res", data_config.res), ("--channels", data_config.channels),
                                 ("--width", field_options.width), ("--depth", field_options.depth),
@@ -883,6 +940,7 @@ def compare(
     ``on_start(init)`` returns the ``on_batch`` callback of that initialisation's evaluation.
     """
     field_options = field_options or FieldOptions()
+    _check_shared_field(field_options)
     if all(str(i) != "random" for i in inits) and field_options != FieldOptions():
         raise ConfigError(None, "--field/--width/--depth/--w0 apply to the random baseline only")
     dcfg = kwargs.pop("data_config", None) or DataConfig()

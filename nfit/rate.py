@@ -31,11 +31,12 @@ from collections.abc import Callable
 import torch
 
 from nfit import metrics
-from nfit.coding import INT, Quantised, dequantise, quantise, rounded
+from nfit.coding import INT, MAX_BITS, Quantised, dequantise, quantise, rounded, step_for
 from nfit.config import (
     CODING_BITS,
     CODING_FINETUNE,
     CODING_LOSS_DB,
+    LATENT_NET_BITS,
     MAX_SSIM_SAMPLES,
     TILE_BATCH_SAMPLES,
     FitConfig,
@@ -44,6 +45,7 @@ from nfit.config import (
 from nfit.errors import ConfigError
 from nfit.fieldfile import NeuralField, field_bytes
 from nfit.fields import Field, Params
+from nfit.fields.grid import LatentGrid
 from nfit.fields.masked import Masked
 from nfit.fit import StepInfo, fit_adam, split_batches
 from nfit.render import field_chunks, render_values
@@ -147,6 +149,8 @@ def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, confi
     """``nf`` (float32 values as fitted) as it will be written under ``config``, its values those the file
     decodes to; ``tune``: with quantisation-aware fine-tuning (else rounding alone). Raises ConfigError
     naming the source when a budget cannot be met. ``progress``: a bar for the fine-tuning."""
+    if isinstance(nf.field, LatentGrid):
+        return store_latents(nf, config)
     if not config.coded:
         if config.dtype != "float32":
             half = getattr(torch, config.dtype)
@@ -196,4 +200,36 @@ def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, confi
     return at(bits)
 
 
-__all__ = ["coded", "finetune", "measure", "store"]
+# Dead zones tried under a budget, in order: a latent within 1/2 + d of zero is stored as zero
+LATENT_DEAD_ZONES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.5, 4.0, 8.0, math.inf)
+
+
+def store_latents(nf: NeuralField, config: StoreConfig) -> NeuralField:
+    """A latent-grid field (:mod:`nfit.latent`) as written: its latents rounded to integers, and its MLP
+    at ``LATENT_NET_BITS`` bits (more where a latent needs them). Under a budget, the first dead zone
+    of ``LATENT_DEAD_ZONES`` whose file fits: latents that rounding barely carried away from zero go
+    to zero first, those that matter least (coarser steps would not do: most stored latents are +-1,
+    and any step under 2 leaves them as they are, any step from 2 zeroes them all). Never a byte
+    over; raises ConfigError naming the source when not even all-zero latents fit."""
+    names = set(nf.field.latent_names)
+    peak = max((int(nf.params[k].abs().max().round()) for k in names if nf.params[k].numel()), default=0)
+    bits = min(MAX_BITS, max(LATENT_NET_BITS, peak.bit_length() + 1))
+
+    def at(dead: float) -> NeuralField:
+        values = {k: torch.where(v.abs() < 0.5 + dead, 0.0, v) if k in names else v for k, v in nf.params.items()}
+        steps = {k: 1.0 if k in names else step_for(v, bits) for k, v in values.items()}
+        q = quantise(values, None, bits, steps)
+        return dataclasses.replace(nf, params=dequantise(q, None), quantised=q)
+
+    budget = config.budget(math.prod(nf.shape))
+    if budget is None:
+        return at(0.0)
+    for dead in LATENT_DEAD_ZONES:
+        coded = at(dead)
+        if field_bytes(coded) <= budget:
+            return coded
+    raise ConfigError(nf.source, f"cannot be stored in {budget:,} bytes: with every latent zero its field "
+                      f"takes {field_bytes(coded):,}")
+
+
+__all__ = ["LATENT_DEAD_ZONES", "coded", "finetune", "measure", "store", "store_latents"]

@@ -141,8 +141,8 @@ def fit(
 
 def _table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="nfit fit", title_justify="left", caption_justify="left",
-                  caption="PSNR, SSIM and steps are of what is stored: each file's best iterate (Adam), which the "
-                          "bar's last PSNR, of the latest iterate, may differ from.")
+                  caption="PSNR, SSIM and steps are of what is stored (with Adam, each file's best iterate), "
+                          "which the bar's last PSNR may differ from.")
     for col in ("output", "PSNR dB", "SSIM", "steps", "stopped by", "seconds", "coding", "bytes", "bits/sample"):
         table.add_column(col, justify="left" if col == "output" else "right")
     for r in rows:
@@ -151,7 +151,7 @@ def _table(rows: list[dict[str, Any]]) -> Table:
             continue
         ssim = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
         stopped = {"target_psnr": "target PSNR", "seconds": "time", "steps": "steps"}.get(r["stopped"], "-")
-        coding = "float" if r["bits"] is None else f"{r['bits']} bits"
+        coding = "float" if r["bits"] is None else "latents" if r.get("method") == "adam-rd" else f"{r['bits']} bits"
         table.add_row(r["output"], f"{r['psnr']:.2f}", ssim, str(r["steps"]), stopped, f"{r['seconds']:.1f}",
                       coding, f"{r['bytes']:,}", f"{r['bits_per_pixel']:.2f}")
     return table
@@ -173,7 +173,8 @@ def _row(o) -> dict[str, Any]:
     row: dict[str, Any] = {"input": str(o.input), "output": str(o.output), "status": o.status}
     if o.status == "fitted":
         row.update({k: o.summary[k] for k in ("psnr", "ssim", "steps", "seconds")})
-        row.update(stopped=o.summary.get("stopped"), tiles=o.summary.get("tiles"), bits=o.summary.get("bits"))
+        row.update(stopped=o.summary.get("stopped"), tiles=o.summary.get("tiles"), bits=o.summary.get("bits"),
+                   method=o.summary.get("method"))
         row.update(bytes=o.bytes, bits_per_pixel=round(o.bytes * 8 / math.prod(o.shape), 4))
     if o.error is not None:
         row["error"] = str(o.error)

@@ -12,7 +12,7 @@ from nfit.config import FRAME_CHUNK, TILE_FIELD, TILES, FieldOptions
 from nfit.errors import ConfigError
 from nfit.fields import FIELDS, SirenConfig
 
-FIELD_HELP = f"Field: {', '.join(sorted(FIELDS))}."
+FIELD_HELP = f"Field: {', '.join(sorted(FIELDS))} (grid: latent grids, the most compact files; fit only)."
 FIELD_CONFIG_HELP = """Other options of the field's config as JSON, e.g. '{"strides": [2, 2], "channels": [32, 16]}' for nerv."""
 MODALITY_HELP = "image, audio or video [default: from the file extensions]."
 DEVICE_HELP = "auto, cpu or cuda."
