@@ -12,6 +12,12 @@ log bpp). Encode seconds: the fit plus the coding; decode: loading the .nf and r
 
     PYTHONPATH=. python benchmarks/bench_rd.py --json benchmarks/results/rd.json --plot docs/rd.png
     PYTHONPATH=. python benchmarks/bench_rd.py audio --json benchmarks/results/rd_audio.json
+    PYTHONPATH=. python benchmarks/bench_rd.py grid --codecs benchmarks/results/rd.json --json benchmarks/results/rd_grid.json
+    PYTHONPATH=. python benchmarks/bench_rd.py --json-in benchmarks/results/rd.json --grid-json benchmarks/results/rd_grid.json --plot docs/rd.png
+
+``grid``: latent-grid fields (``nfit fit --field grid``, :mod:`nfit.latent`) on the same crops, one
+fit per ``--bpps`` budget (and one at the default lambda), each as written by ``nfit fit``; JPEG
+at the same bpp read off the curves of an earlier run (``--codecs``).
 
 ``audio``: a speech and a music clip of ``dev/audio_*`` (at their own rate and channels): nfit's
 tiles (from random: nfit ships no audio initialisation) fitted to each ``--targets`` and coded
@@ -133,7 +139,7 @@ def pareto(points: list[dict]) -> list[dict]:
     return out
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, grid_results: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,6 +150,14 @@ def plot(results: dict, path: Path) -> None:
         xs, ys = mean_curve(results, name)
         if xs:
             ax.plot(xs, ys, style, label=f"nfit, tiles from {'the shipped init' if name == 'default' else 'random'}")
+    if grid_results is not None:  # latent grids: mean over photos per budget setting, by mean bpp
+        settings: dict = {}
+        for photo in grid_results["photos"]:
+            for p in photo["grid"]:
+                settings.setdefault(p["budget_bpp"], []).append(p)
+        pts = sorted((statistics.mean(p["bpp"] for p in v), statistics.mean(p["psnr"] for p in v))
+                     for v in settings.values() if len(v) == len(grid_results["photos"]))
+        ax.plot(*zip(*pts), "D-", color="black", label="nfit, latent grid (--field grid)")
     for codec, style in (("JPEG", "^-"), ("WEBP", "v-")):
         grid = np.geomspace(0.2, 12, 40)
         ys = [statistics.mean(at_bpp(p[codec], g) or float("nan") for p in results["photos"]) for g in grid]
@@ -266,7 +280,63 @@ def audio_table(results: dict) -> None:
                   f"{p['bytes'] * 8 / samples:.2f} | {p['psnr']:.2f} |")
 
 
+def grid(args) -> dict:
+    codecs = {p["name"]: p for p in json.loads(Path(args.codecs).read_text())["photos"]}
+    out = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+           "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "photos": []}
+    for name in args.photos:
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp) / f"{name}.png"
+            crop(Path(args.data) / f"kphotoalbum_{name}.jpg").save(png)
+            ref = np.asarray(Image.open(png).convert("RGB"))
+            entry = {"name": name, "png_bytes": png.stat().st_size, "grid": []}
+            for bpp in [None] + args.bpps:
+                began = time.perf_counter()
+                nf = nfit.fit(png, field="grid", bpp=bpp)
+                encode = time.perf_counter() - began
+                path = nf.save(Path(tmp) / "x.nf")
+                began = time.perf_counter()
+                rendered = np.round(nfit.render(path).numpy() * 255).clip(0, 255).astype(np.uint8)
+                decode = time.perf_counter() - began
+                size = path.stat().st_size
+                point = {"budget_bpp": bpp, "bytes": size, "bpp": size * 8 / (ref.shape[0] * ref.shape[1]),
+                         "psnr": psnr8(rendered, ref), "ssim": nf.summary["ssim"], "lambda": nf.summary["lambda"],
+                         "steps": nf.summary["steps"], "encode_s": encode, "decode_s": decode}
+                point["jpeg_psnr_same_bpp"] = at_bpp(codecs[name]["JPEG"], point["bpp"]) if name in codecs else None
+                entry["grid"].append(point)
+                print(name, json.dumps(point), flush=True)
+        out["photos"].append(entry)
+    return out
+
+
+def grid_table(results: dict) -> None:
+    print("\n| photo | budget | .nf bpp | PSNR dB | JPEG at that bpp | difference | encode s | decode s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for photo in results["photos"]:
+        for p in photo["grid"]:
+            j = p["jpeg_psnr_same_bpp"]
+            budget = "default" if p["budget_bpp"] is None else f"--bpp {p['budget_bpp']:g}"
+            jpeg, diff = ("-", "-") if j is None else (f"{j:.2f}", f"{p['psnr'] - j:+.2f}")
+            print(f"| {photo['name']} | {budget} | {p['bpp']:.2f} | {p['psnr']:.2f} | {jpeg} | {diff} "
+                  f"| {p['encode_s']:.0f} | {p['decode_s']:.1f} |")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["grid"]:
+        ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        ap.add_argument("mode")
+        ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/dev/photos"))
+        ap.add_argument("--photos", nargs="+", default=["donna", "bar55_2", "anne_helene"])
+        ap.add_argument("--bpps", type=float, nargs="+", default=[0.3, 1.0])
+        ap.add_argument("--codecs", default=str(ROOT / "benchmarks/results/rd.json"))
+        ap.add_argument("--json")
+        ap.add_argument("--json-in")
+        args = ap.parse_args()
+        results = json.loads(Path(args.json_in).read_text()) if args.json_in else grid(args)
+        if args.json and not args.json_in:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        grid_table(results)
+        return
     if sys.argv[1:2] == ["audio"]:
         ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         ap.add_argument("mode")
@@ -295,6 +365,7 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--json-in", help="plot and tabulate an earlier run")
     ap.add_argument("--plot")
+    ap.add_argument("--grid-json", help="with --plot: also draw latent grids (a run of the grid mode)")
     args = ap.parse_args()
     global FINETUNE_STEPS
     FINETUNE_STEPS = args.finetune_steps
@@ -321,7 +392,7 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(results, indent=1))
     table(results)
     if args.plot:
-        plot(results, Path(args.plot))
+        plot(results, Path(args.plot), json.loads(Path(args.grid_json).read_text()) if args.grid_json else None)
 
 
 def bpp_at(curve: list[tuple[float, float]], psnr: float) -> float | None:
