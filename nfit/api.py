@@ -207,11 +207,7 @@ def _fit_tiled(signal: Signal, start: _Start, config: FitConfig, adapt: AdaptCon
     result = fit_tiles(start.net, start.params, values, start.tiling, config, adapt, start.init is not None,
                        device=device, batch=start.tile_batch,
                        progress=None if progress is None else lambda steps: progress(label, steps))
-    nf = NeuralField(
-        field_name=start.field_name, field_config=start.field_config, params=result.params, modality=signal.modality,
-        shape=signal.shape, channels=signal.channels, bit_depth=signal.bit_depth, source=signal.source.name,
-        source_bytes=_file_size(signal.source), rate=signal.rate, init=start.record, dtype=store.dtype,
-        mask=None if start.init is None else start.init.mask, standalone=store.standalone, tiling=start.tiling)
+    nf = _described(start, signal, result.params, store)
     return _stored(nf, start, values, store, target, device, {**result.method, "seconds": round(result.seconds, 3),
                                                               "batch": 1, "device": device.type}, config, progress, label)
 
@@ -244,22 +240,31 @@ def _stored(nf: NeuralField, start: _Start, values: torch.Tensor, store: StoreCo
 def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adapt: AdaptConfig, store: StoreConfig,
                    progress: ProgressFactory | None, device: torch.device, target: float | None) -> list[NeuralField]:
     """Fit signals of one grid together and describe each result as a NeuralField (PSNR, SSIM of what is stored)."""
-    shape = signals[0].shape
-    label = signals[0].source.name if len(signals) == 1 else f"{len(signals)} x {'x'.join(map(str, shape))}"
+    shape, label = signals[0].shape, _batch_label(signals)
     grid = torch.from_numpy(np.stack([s.values for s in signals])).to(device)  # [B, *shape, C]
     deadline = None if config.seconds is None else time.perf_counter() + config.seconds
     params, method, seconds, stopped = fit_batch(start.net, start.params, start.net.to_units(grid), shape, config,
                                                  adapt, start.init is not None,
                                                  lambda n: progress(label, n) if progress else None, deadline=deadline)
     summary = {"seconds": round(seconds, 3), "batch": len(signals), "device": device.type, "stopped": stopped}
-    return [_stored(NeuralField(
-        field_name=start.field_name, field_config=start.field_config,
-        params={k: v.cpu() for k, v in unbatch_params(params, b).items()},
-        modality=s.modality, shape=shape, channels=s.channels, bit_depth=s.bit_depth, source=s.source.name,
-        source_bytes=_file_size(s.source), rate=s.rate, init=start.record, dtype=store.dtype,
-        mask=None if start.init is None else start.init.mask, standalone=store.standalone,
-    ), start, grid[b].cpu(), store, target, device, {**method[b], **summary}, config, progress, s.source.name)
-        for b, s in enumerate(signals)]
+    return [_stored(_described(start, s, {k: v.cpu() for k, v in unbatch_params(params, b).items()}, store), start,
+                    grid[b].cpu(), store, target, device, {**method[b], **summary}, config, progress, s.source.name)
+            for b, s in enumerate(signals)]
+
+
+def _described(start: _Start, signal: Signal, params: Params, store: StoreConfig) -> NeuralField:
+    """A fit of ``signal`` from ``start`` as a NeuralField, before it is stored (:func:`_stored`)."""
+    return NeuralField(
+        field_name=start.field_name, field_config=start.field_config, params=params, modality=signal.modality,
+        shape=signal.shape, channels=signal.channels, bit_depth=signal.bit_depth, source=signal.source.name,
+        source_bytes=_file_size(signal.source), rate=signal.rate, init=start.record, dtype=store.dtype,
+        mask=None if start.init is None else start.init.mask, standalone=store.standalone, tiling=start.tiling)
+
+
+def _batch_label(signals: list[Signal]) -> str:
+    """How a progress bar names a batch of signals of one grid."""
+    shape = signals[0].shape
+    return signals[0].source.name if len(signals) == 1 else f"{len(signals)} x {'x'.join(map(str, shape))}"
 
 
 def _fit_latent_batch(signals: list[Signal], start: _Start, config: FitConfig, adapt: AdaptConfig,
@@ -267,14 +272,11 @@ def _fit_latent_batch(signals: list[Signal], start: _Start, config: FitConfig, a
                       target: float | None) -> list[NeuralField]:
     """Fit latent-grid fields (:mod:`nfit.latent`) to signals of one grid, their rate steered toward
     the store's budget, else toward ``config.target_psnr``, else fixed, and describe each as stored."""
-    shape = signals[0].shape
-    label = signals[0].source.name if len(signals) == 1 else f"{len(signals)} x {'x'.join(map(str, shape))}"
+    shape, label = signals[0].shape, _batch_label(signals)
     grid = torch.from_numpy(np.stack([s.values for s in signals])).to(device)  # [B, *shape, C]
     budget = store.budget(math.prod(shape))
     if budget is not None:  # what the latents may take: the budget less the rest of the file, with room to spare
-        empty = NeuralField(field_name=start.field_name, field_config=start.field_config, params=start.params,
-                            modality=signals[0].modality, shape=shape, channels=signals[0].channels, bit_depth=8,
-                            source=signals[0].source.name, init=start.record, summary={"seconds": 0.0})
+        empty = dataclasses.replace(_described(start, signals[0], start.params, store), summary={"seconds": 0.0})
         rest = field_bytes(store_field(empty, None, grid[0].cpu(), StoreConfig(), None, device))
         bits = max(1.0, 8 * (budget - rest) * LATENT_FIT["budget_share"])
         goal = RateGoal(lam=lambda_for(bits / math.prod(shape)), bits=bits)
@@ -288,11 +290,7 @@ def _fit_latent_batch(signals: list[Signal], start: _Start, config: FitConfig, a
                "device": device.type, "stopped": result.stopped}
     out = []
     for b, s in enumerate(signals):
-        nf = NeuralField(
-            field_name=start.field_name, field_config=start.field_config,
-            params={k: v.cpu() for k, v in unbatch_params(result.params, b).items()},
-            modality=s.modality, shape=shape, channels=s.channels, bit_depth=s.bit_depth, source=s.source.name,
-            source_bytes=_file_size(s.source), rate=s.rate, init=start.record, dtype=store.dtype)
+        nf = _described(start, s, {k: v.cpu() for k, v in unbatch_params(result.params, b).items()}, store)
         out.append(_stored(nf, start, grid[b].cpu(), store, target, device,
                            {**summary, "lambda": float(f"{result.lam[b]:.4g}")}, config, progress, s.source.name))
     return out

@@ -28,6 +28,7 @@ from torch import Tensor
 
 CODER = "laplace-range"  # the only coder; the name is in every coded file so another can follow
 MIN_BITS, MAX_BITS = 2, 16
+MIN_SCALE = 1 / 64  # the Laplace scale's floor: a tensor of zeros still has a model
 INT = torch.int16  # the integers: |q| <= 2**15 - 1 at 16 bits; half the memory of int32 on a 50 MP photo
 
 
@@ -98,7 +99,7 @@ def dequantise(quantised: Quantised, reference: dict[str, Tensor] | None) -> dic
 def _scale(q: np.ndarray) -> float:
     """The Laplace scale of one tensor's integers, rounded to a multiple of 1/1024 so that
     encoder and decoder build the same model from the number in the metadata."""
-    return max(round(float(np.abs(q).mean()) * 1024) / 1024, 1 / 64) if q.size else 1.0
+    return max(round(float(np.abs(q).mean()) * 1024) / 1024, MIN_SCALE) if q.size else 1.0
 
 
 def encode(q: dict[str, Tensor], bits: int) -> tuple[bytes, dict[str, float]]:

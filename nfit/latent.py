@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nfit.coding import MIN_SCALE
 from nfit.config import LATENT_FIT, FitConfig
 from nfit.fields import Params, batch_params
 from nfit.fields.grid import LatentGrid
@@ -186,8 +187,8 @@ def _measure(field: LatentGrid, params: Params, shape: tuple[int, ...], targets:
 
 def coder_bits(q: Tensor) -> Tensor:
     """Bits [B] of integers ``q [B, ...]`` under the model the coder will use: Laplace of scale mean|q|
-    (floored at 1/64, as :mod:`nfit.coding` does), close to the bytes it writes."""
-    scale = q.abs().flatten(1).mean(1).clamp_min(1 / 64)
+    (floored as :mod:`nfit.coding` floors it), close to the bytes it writes."""
+    scale = q.abs().flatten(1).mean(1).clamp_min(MIN_SCALE)
     return laplace_bits(q, scale.log())
 
 

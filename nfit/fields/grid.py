@@ -7,15 +7,15 @@ them on the finest level). At a coordinate, each level is interpolated (linearly
 ``grid_sample`` with the pixel-centre convention), and the ``levels`` values are mapped to the
 signal's channels by an MLP of ``depth`` layers of ``hidden`` ReLU units. Then, as Cool-chic's
 synthesis ends, a 3x3 (3^d) convolution mixes each output with its neighbours one sample of the
-signal's own grid away, added to it: worth 1.5 dB at equal rate on a held-out photo (26.5 to 28.2 dB
-at 1.8 bpp, 2 minutes), because one latent per level and sample carries no colour or edge context
-alone. Written as a field, the convolution is a sum over coordinates shifted by that spacing, so it
+signal's own grid away, added to it: worth 1.1-1.7 dB at equal rate on a held-out photo
+(BENCHMARKS.md, "Latent grids"), because one latent per level and sample carries no colour or
+edge context alone. Written as a field, the convolution is a sum over coordinates shifted by that spacing, so it
 stays continuous; on the signal's own grid it is an ordinary convolution with replicated borders,
 which is how it is fitted (:meth:`LatentGrid.on_grid`). Fitted with a rate
 term (:mod:`nfit.latent`), most latents end near zero and the rest near integers, which an
 entropy coder stores in far fewer bits than a SIREN's weights: measured on held-out photos,
-about 1 bit per pixel at JPEG's quality, where coded SIREN tiles need 3-5x JPEG's rate
-(BENCHMARKS.md, "Compact files").
+4-10x fewer than coded SIREN tiles at 29-30 dB, and within about 1 dB of JPEG at 0.3-0.5 bpp on
+textured ones (BENCHMARKS.md, "Latent grids").
 
 The field is continuous (linear interpolation), so it renders at any size, but one field
 covers the whole signal: it is never cut into tiles, and its parameters grow with the signal.
@@ -145,8 +145,7 @@ class LatentGrid(Pointwise):
         base = self.synthesis(params, None)[0]  # [B, N, C]
         batch, channels = base.shape[0], base.shape[-1]
         image = base.transpose(1, 2).reshape(1, batch * channels, *shape)  # signals as groups of channels
-        padded = F.pad(image, [1] * (2 * len(shape)), mode="replicate") if len(shape) > 1 else \
-            F.pad(image, [1, 1], mode="replicate")
+        padded = F.pad(image, [1] * (2 * len(shape)), mode="replicate")
         conv = (F.conv1d, F.conv2d, F.conv3d)[len(shape) - 1]
         mixed = conv(padded, params["mix.weight"].reshape(batch * channels, channels, *[3] * len(shape)),
                      params["mix.bias"].reshape(-1), groups=batch)
