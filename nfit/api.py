@@ -277,7 +277,8 @@ def _fit_latent_batch(signals: list[Signal], start: _Start, config: FitConfig, a
     budget = store.budget(math.prod(shape))
     if budget is not None:  # what the latents may take: the budget less the rest of the file, with room to spare
         empty = dataclasses.replace(_described(start, signals[0], start.params, store), summary={"seconds": 0.0})
-        rest = field_bytes(store_field(empty, None, grid[0].cpu(), StoreConfig(), None, device))
+        # stored under the budget itself: a budget that not even zero latents fit fails here, before the fit
+        rest = field_bytes(store_field(empty, None, grid[0].cpu(), store, None, device))
         bits = max(1.0, 8 * (budget - rest) * LATENT_FIT["budget_share"])
         goal = RateGoal(lam=lambda_for(bits / math.prod(shape)), bits=bits)
     else:
