@@ -8,9 +8,9 @@ than the weights themselves (measured, BENCHMARKS.md "Compact files": 2-4 bits p
 
 ``step = max|p - r| / L`` with ``L = 2**(bits - 1) - 1``, so every integer lies in [-L, L]
 and nothing is clipped. The integers of all tensors, in the order given, are range coded
-(the ``constriction`` library) with a Laplace model per tensor of mean 0 and scale
-``mean|q|``: within 1% of the integers' empirical entropy on real tiled fits, and 3-10%
-smaller than lzma on the same integers. The payload's CRC-32 is checked before decoding,
+(the ``constriction`` library) with a Laplace model per tensor of mean 0 and the scale
+that codes them in the fewest bits (:func:`laplace_scale`): within 1% of the integers'
+empirical entropy on real tiled fits, and 3-10% smaller than lzma on the same integers. The payload's CRC-32 is checked before decoding,
 so a corrupted file is refused rather than decoded into noise.
 
 Pure functions of explicit tensors: :mod:`nfit.fieldfile` frames the result in a .nf file.
@@ -29,6 +29,7 @@ from torch import Tensor
 CODER = "laplace-range"  # the only coder; the name is in every coded file so another can follow
 MIN_BITS, MAX_BITS = 2, 16
 MIN_SCALE = 1 / 64  # the Laplace scale's floor: a tensor of zeros still has a model
+LEAK_BITS = 24  # constriction's default range coder: every in-range integer has a mass of 2**-24 or more
 INT = torch.int16  # the integers: |q| <= 2**15 - 1 at 16 bits; half the memory of int32 on a 50 MP photo
 
 
@@ -96,10 +97,25 @@ def dequantise(quantised: Quantised, reference: dict[str, Tensor] | None) -> dic
     return out
 
 
-def _scale(q: np.ndarray) -> float:
-    """The Laplace scale of one tensor's integers, rounded to a multiple of 1/1024 so that
-    encoder and decoder build the same model from the number in the metadata."""
-    return max(round(float(np.abs(q).mean()) * 1024) / 1024, MIN_SCALE) if q.size else 1.0
+def laplace_scale(q: np.ndarray) -> float:
+    """The Laplace scale (mean 0) that codes one tensor's integers in the fewest bits, on a grid of
+    2**(1/16) steps from MIN_SCALE, rounded to a multiple of 1/1024 so that encoder and decoder build
+    the same model from the number in the metadata. Not ``mean|q|``, the scale's maximum-likelihood
+    value for continuous values: on sparse integers (a latent grid's, 99% zeros) that puts the mass
+    of the zeros' bin near 1 and charges each non-zero ~30 bits; the best scale coded the latents
+    of fitted photos in 36-56% fewer bits (BENCHMARKS.md, "Latent grids")."""
+    if not q.size:
+        return 1.0
+    values, counts = np.unique(np.abs(q.astype(np.int64)), return_counts=True)
+    grid = MIN_SCALE * 2.0 ** (np.arange(16 * math.ceil(math.log2(float(values[-1]) / MIN_SCALE + 2))) / 16)
+    grid = np.unique(np.maximum(np.round(grid * 1024) / 1024, MIN_SCALE))
+    s = grid[:, None]  # [S, 1] against the distinct magnitudes [V]
+    v = values[None, :].astype(np.float64)
+    zero = -np.expm1(-0.5 / s)  # the mass of [-1/2, 1/2]
+    side = 0.5 * (np.exp(-(v - 0.5) / s) - np.exp(-(v + 0.5) / s))  # of [v - 1/2, v + 1/2], either sign
+    mass = np.maximum(np.where(v == 0, zero, side), 2.0**-LEAK_BITS)  # the coder gives every bin some mass
+    bits = -(counts * np.log2(mass)).sum(1)
+    return float(grid[int(np.argmin(bits))])
 
 
 def encode(q: dict[str, Tensor], bits: int) -> tuple[bytes, dict[str, float]]:
@@ -111,7 +127,7 @@ def encode(q: dict[str, Tensor], bits: int) -> tuple[bytes, dict[str, float]]:
     scales = {}
     for name, t in q.items():
         symbols = t.reshape(-1).numpy().astype(np.int32)
-        scales[name] = _scale(symbols)
+        scales[name] = laplace_scale(symbols)
         if symbols.size:
             model = constriction.stream.model.QuantizedLaplace(-top, top, 0.0, scales[name])
             encoder.encode(symbols, model)
@@ -153,4 +169,4 @@ def checksum(payload: bytes) -> int:
 
 
 __all__ = ["CODER", "INT", "CodingError", "MAX_BITS", "MIN_BITS", "Quantised", "checksum", "decode", "dequantise", "encode",
-           "levels", "quantise", "rounded", "step_for"]
+           "laplace_scale", "levels", "quantise", "rounded", "step_for"]

@@ -704,7 +704,10 @@ def _field_meta(meta: dict, path: Path, shape: tuple[int, ...], channels: int) -
     for key, value in config.items():
         # checked before building: a field's constructor allocates per layer, so a declared
         # depth of 10**9 would exhaust memory before any tensor could be compared (lists:
-        # NeRV's strides and channels, one number per block)
+        # NeRV's strides and channels, one number per block); a field sized by its signal (a latent
+        # grid's "size") may be as large as the signal, whose shape is checked already
+        if key == "size" and value == list(shape):
+            continue
         items = value if isinstance(value, list) and len(value) <= MAX_FIELD_SIZE else [value]
         if any(isinstance(v, (int, float)) and not isinstance(v, bool) and not abs(v) <= MAX_FIELD_SIZE for v in items):
             raise FieldFileError(path, f"field option {_r(key)} = {_r(value)} is out of range")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nfit.coding import MIN_SCALE
+from nfit.coding import LEAK_BITS, laplace_scale
 from nfit.config import LATENT_FIT, FitConfig
 from nfit.fields import Params, batch_params
 from nfit.fields.grid import LatentGrid
@@ -83,7 +83,7 @@ def laplace_bits(q: Tensor, log_scale: Tensor) -> Tensor:
     def cdf(v: Tensor) -> Tensor:
         return 0.5 + 0.5 * torch.sign(v) * -torch.expm1(-v.abs() / scale)
 
-    mass = (cdf(q + 0.5) - cdf(q - 0.5)).clamp_min(1e-9)  # the floor: ~30 bits for an outlier, not infinity
+    mass = (cdf(q + 0.5) - cdf(q - 0.5)).clamp_min(2.0**-LEAK_BITS)  # as the coder floors it: 24 bits at most
     return -torch.log2(mass).flatten(1).sum(1)
 
 
@@ -186,10 +186,10 @@ def _measure(field: LatentGrid, params: Params, shape: tuple[int, ...], targets:
 
 
 def coder_bits(q: Tensor) -> Tensor:
-    """Bits [B] of integers ``q [B, ...]`` under the model the coder will use: Laplace of scale mean|q|
-    (floored as :mod:`nfit.coding` floors it), close to the bytes it writes."""
-    scale = q.abs().flatten(1).mean(1).clamp_min(MIN_SCALE)
-    return laplace_bits(q, scale.log())
+    """Bits [B] of integers ``q [B, ...]`` under the model the coder will use: Laplace of the scale that
+    codes them smallest (:func:`nfit.coding.laplace_scale`), close to the bytes it writes."""
+    scales = [laplace_scale(one.detach().to("cpu", torch.int32).numpy()) for one in q]
+    return laplace_bits(q, torch.tensor(scales, device=q.device).log())
 
 
 def _steer(lam: Tensor, goal: RateGoal, psnr: Tensor, bits: Tensor) -> Tensor:

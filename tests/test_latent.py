@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
@@ -210,6 +211,18 @@ def test_audio_latent_grid_renders_at_another_rate():
     nf = nfit.fit(SPEECH, field="grid", steps=30)
     assert nf.field_config["in_dim"] == 1 and nf.summary["psnr"] > 20
     assert nfit.render(nf, sample_rate=16000).shape[0] == pytest.approx(2 * nf.shape[0], abs=2)
+
+
+def test_a_recording_longer_than_any_field_option_round_trips(tmp_path):
+    """A grid's size is its signal's: 100,000 samples (2 s at 48 kHz) were written, then refused on
+    loading as a field option "out of range" (over 65,536)."""
+    t = np.arange(100_000) / 48_000
+    path = tmp_path / "tone.wav"
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 48_000)
+    nf = nfit.fit(path, field="grid", steps=2)
+    nfit.save(nf, tmp_path / "tone.nf")
+    back = load_field(tmp_path / "tone.nf")
+    assert back.shape == (100_000,) and torch.equal(back.params["z0"], nf.params["z0"])
 
 
 def test_cli_fits_a_latent_grid_to_a_bit_rate(tmp_path):

@@ -66,6 +66,11 @@ class LatentGrid(Pointwise):
         c = config
         self.dims = [c.levels] + [c.hidden] * (c.depth - 1) + [c.out_dim]
 
+    def grid_error(self, shape: tuple[int, ...], channels: int) -> str | None:
+        if tuple(shape) != self.config.size:
+            return f"a latent grid of {self.config.size} cannot hold a signal of {tuple(shape)}"
+        return super().grid_error(shape, channels)
+
     def level_shape(self, level: int) -> tuple[int, ...]:
         return tuple(math.ceil(n / 2**level) for n in self.config.size)
 
