@@ -62,8 +62,8 @@ class LatentFit:
 
 
 def lambda_for(bits_per_sample: float) -> float:
-    """A first lambda for a rate goal, log-log between lambdas measured on a held-out 768x512 photo in
-    300 steps (LATENT_FIT["lambda_rates"]), beyond them along the nearest segment: steering starts
+    """A first lambda for a rate goal, log-log between lambdas measured on two held-out 768x512 photos
+    (LATENT_FIT["lambda_rates"]), beyond them along the nearest segment: steering starts
     near the goal instead of climbing to it (from 1e-3, a 0.3 bpp goal overshot to lambda 0.06,
     where every latent rounds to zero)."""
     pts = sorted(LATENT_FIT["lambda_rates"], key=lambda p: -p[1])  # (lambda, bpp), falling bpp

@@ -113,18 +113,17 @@ class LatentGrid(Pointwise):
 
     def sample_grid(self, params: Params) -> Tensor:
         """Every level at the sample centres of the field's own grid, as :meth:`sample` there gives
-        them (tested), by upsampling: -> [B, N, levels]."""
+        them (tested), by upsampling: -> [B, levels, *size], levels first."""
         batch, size = params["z0"].shape[0], self.config.size
         mode = ("linear", "bilinear", "trilinear")[len(size) - 1]
-        out = [params[name].reshape(batch, -1) if level == 0 else  # the finest level is the grid itself
-               F.interpolate(params[name].unsqueeze(1), size=size, mode=mode, align_corners=False).reshape(batch, -1)
-               for level, name in enumerate(self.latent_names)]
-        return torch.stack(out, -1)
+        return torch.cat([params[name].unsqueeze(1) if level == 0 else  # the finest level is the grid itself
+                          F.interpolate(params[name].unsqueeze(1), size=size, mode=mode, align_corners=False)
+                          for level, name in enumerate(self.latent_names)], 1)
 
-    def synthesis(self, params: Params, coords: Tensor | None) -> tuple[Tensor, Tensor]:
-        """The MLP's output at ``coords`` [N, d] or [B, N, d] (None: the field's own grid), before the
-        mixing: -> [B, N, out_dim], and its last hidden layer [B, N, hidden]."""
-        h = self.sample(params, coords) if coords is not None else self.sample_grid(params)  # [B, N, levels]
+    def synthesis(self, params: Params, coords: Tensor) -> tuple[Tensor, Tensor]:
+        """The MLP's output at ``coords`` [N, d] or [B, N, d], before the mixing: -> [B, N, out_dim],
+        and its last hidden layer [B, N, hidden]."""
+        h = self.sample(params, coords)  # [B, N, levels]
         last = len(self.dims) - 2
         for i in range(last):
             h = torch.relu(linear(h, params[f"l{i}.weight"], params[f"l{i}.bias"]))  # [B, N, hidden]
@@ -147,14 +146,21 @@ class LatentGrid(Pointwise):
         mixing a convolution): the values of ``self(params, grid_coords(shape))``, 3^d times cheaper. -> [B, N, C]"""
         if tuple(shape) != self.config.size:
             raise ValueError(f"on_grid evaluates the field's own grid {self.config.size}, not {tuple(shape)}")
-        base = self.synthesis(params, None)[0]  # [B, N, C]
-        batch, channels = base.shape[0], base.shape[-1]
-        image = base.transpose(1, 2).reshape(1, batch * channels, *shape)  # signals as groups of channels
+        # channels first, [B, features, N]: each layer is one matrix product along rows of N samples and
+        # the mixing a convolution of the same memory; on a CPU the MLP's forward and backward take half
+        # the time they take with the samples first (BENCHMARKS.md, "Latent grids")
+        h = self.sample_grid(params).flatten(2)  # [B, levels, N]
+        last = len(self.dims) - 2
+        for i in range(last + 1):
+            h = torch.baddbmm(params[f"l{i}.bias"].unsqueeze(2), params[f"l{i}.weight"], h)  # [B, hidden, N]
+            h = torch.relu(h) if i < last else h + self.config.out_offset
+        batch, channels = h.shape[:2]
+        image = h.reshape(1, batch * channels, *shape)  # signals as groups of channels
         padded = F.pad(image, [1] * (2 * len(shape)), mode="replicate")
         conv = (F.conv1d, F.conv2d, F.conv3d)[len(shape) - 1]
         mixed = conv(padded, params["mix.weight"].reshape(batch * channels, channels, *[3] * len(shape)),
                      params["mix.bias"].reshape(-1), groups=batch)
-        return base + mixed.reshape(batch, channels, -1).transpose(1, 2)
+        return (h + mixed.reshape(batch, channels, -1)).transpose(1, 2)  # [B, N, C], a view
 
 
 def _shift(coords: Tensor, offset: tuple[int, ...], spacing: Tensor) -> Tensor:
