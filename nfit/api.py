@@ -29,6 +29,8 @@ from nfit.config import (
     INIT_SIZE_TOLERANCE,
     CODING_MARGIN_DB,
     LATENT_FIT,
+    LATENT_FIT_BYTES,
+    MEMORY_FRACTION,
     AdaptConfig,
     DataConfig,
     FieldOptions,
@@ -65,6 +67,7 @@ from nfit.fields.grid import LatentGrid
 from nfit.fields.masked import narrow_width
 from nfit.fit import StepInfo, fit_batch, random_init, split_batches
 from nfit.latent import RateGoal, fit_latents, lambda_for
+from nfit.memory import available_bytes
 from nfit.inits import DEFAULT, default_init, default_init_path, shipped_init, trained_channels
 from nfit.rate import measure
 from nfit.rate import store as store_field
@@ -240,6 +243,10 @@ def _stored(nf: NeuralField, start: _Start, values: torch.Tensor, store: StoreCo
 def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adapt: AdaptConfig, store: StoreConfig,
                    progress: ProgressFactory | None, device: torch.device, target: float | None) -> list[NeuralField]:
     """Fit signals of one grid together and describe each result as a NeuralField (PSNR, SSIM of what is stored)."""
+    fits = _latent_batch_fits(signals[0], device)
+    if fits < len(signals):  # the whole grid of each is held at once: fewer signals together
+        return [nf for i in range(0, len(signals), fits) for nf in _fit_latent_batch(
+            signals[i:i + fits], start, config, adapt, store, progress, device, target)]
     shape, label = signals[0].shape, _batch_label(signals)
     grid = torch.from_numpy(np.stack([s.values for s in signals])).to(device)  # [B, *shape, C]
     deadline = None if config.seconds is None else time.perf_counter() + config.seconds
@@ -272,6 +279,10 @@ def _fit_latent_batch(signals: list[Signal], start: _Start, config: FitConfig, a
                       target: float | None) -> list[NeuralField]:
     """Fit latent-grid fields (:mod:`nfit.latent`) to signals of one grid, their rate steered toward
     the store's budget, else toward ``config.target_psnr``, else fixed, and describe each as stored."""
+    fits = _latent_batch_fits(signals[0], device)
+    if fits < len(signals):  # the whole grid of each is held at once: fewer signals together
+        return [nf for i in range(0, len(signals), fits) for nf in _fit_latent_batch(
+            signals[i:i + fits], start, config, adapt, store, progress, device, target)]
     shape, label = signals[0].shape, _batch_label(signals)
     grid = torch.from_numpy(np.stack([s.values for s in signals])).to(device)  # [B, *shape, C]
     budget = store.budget(math.prod(shape))
@@ -295,6 +306,21 @@ def _fit_latent_batch(signals: list[Signal], start: _Start, config: FitConfig, a
         out.append(_stored(nf, start, grid[b].cpu(), store, target, device,
                            {**summary, "lambda": float(f"{result.lam[b]:.4g}")}, config, progress, s.source.name))
     return out
+
+
+def _latent_batch_fits(signal: Signal, device: torch.device) -> int:
+    """How many signals like this one a latent fit may hold at once in MEMORY_FRACTION of the memory
+    available (at LATENT_FIT_BYTES per sample and channel); raises ConfigError where not even one fits,
+    rather than let the system kill the process part way."""
+    need = LATENT_FIT_BYTES * math.prod(signal.shape) * signal.channels
+    free = available_bytes(device)
+    if free is None:
+        return 1 << 30
+    fits = int(MEMORY_FRACTION * free // need)
+    if fits < 1:
+        raise ConfigError(signal.source, f"a latent grid of {'x'.join(map(str, signal.shape))} samples needs about {need / 2**30:.1f} GiB to "
+                          f"fit, {free / 2**30:.1f} GiB is free: fit it in tiles (leave out --field grid)")
+    return fits
 
 
 def _check_shared_field(field: FieldOptions) -> None:

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from typer.testing import CliRunner
 
 import nfit
@@ -223,6 +224,23 @@ def test_a_recording_longer_than_any_field_option_round_trips(tmp_path):
     nfit.save(nf, tmp_path / "tone.nf")
     back = load_field(tmp_path / "tone.nf")
     assert back.shape == (100_000,) and torch.equal(back.params["z0"], nf.params["z0"])
+
+
+def test_files_fit_together_as_memory_allows_and_a_file_too_big_is_refused(tmp_path, monkeypatch):
+    """The whole grid is held at once (~300 bytes per sample and channel): a batch is split to fit the
+    free memory, and a file that would not fit alone is one ConfigError, not a process the system kills."""
+    two = [tmp_path / "a.png", tmp_path / "b.png"]
+    for i, path in enumerate(two):
+        Image.open(PHOTO).rotate(180 * i).save(path)
+    per_file = 300 * 128 * 96 * 3
+    monkeypatch.setattr("nfit.api.available_bytes", lambda device: int(1.5 * per_file / 0.7))
+    assert [nf.summary["batch"] for nf in nfit.fit(two, field="grid", steps=2)] == [1, 1]
+    monkeypatch.setattr("nfit.api.available_bytes", lambda device: int(2.5 * per_file / 0.7))
+    assert [nf.summary["batch"] for nf in nfit.fit(two, field="grid", steps=2)] == [2, 2]
+    monkeypatch.setattr("nfit.api.available_bytes", lambda device: per_file // 2)
+    with pytest.raises(ConfigError, match="96x128 samples needs about .* GiB to fit.*leave out --field grid") as err:
+        nfit.fit(PHOTO, field="grid", steps=2)
+    assert err.value.where == str(PHOTO)
 
 
 def test_cli_fits_a_latent_grid_to_a_bit_rate(tmp_path):
