@@ -51,16 +51,44 @@ def test_levels_sampled_at_pixel_centres_match_bilinear_upsampling(size):
     assert field.level_shape(3) == tuple(math.ceil(n / 8) for n in size)
 
 
-@pytest.mark.parametrize("in_dim,size", [(1, (23,)), (2, (6, 11)), (3, (3, 5, 4))])
-def test_on_grid_is_the_field_at_grid_coordinates(in_dim, size):
+@pytest.mark.parametrize("in_dim,size,floor", [(1, (23,), 1.0), (2, (6, 11), 1.0), (3, (3, 5, 4), 1.0), (2, (6, 11), 0.25)])
+def test_on_grid_is_the_field_at_grid_coordinates(in_dim, size, floor):
     """The fitting path (MLP once per sample, the mixing as a convolution with replicated edges) against
     the field's definition (the mixing as a sum over shifted coordinates)."""
-    field = build_field("grid", {"in_dim": in_dim, "out_dim": 3, "size": list(size), "levels": 3})
+    field = build_field("grid", {"in_dim": in_dim, "out_dim": 3, "size": list(size), "levels": 3, "gain_floor": floor})
     params = _random_params(field, batch=2, seed=in_dim)
     g = torch.Generator().manual_seed(7)
     params["mix.weight"] = torch.randn(params["mix.weight"].shape, generator=g) * 0.3
     params["mix.bias"] = torch.randn(params["mix.bias"].shape, generator=g) * 0.1
     torch.testing.assert_close(field.on_grid(params, size), field(params, grid_coords(size)), rtol=1e-5, atol=1e-5)
+
+
+def test_level_gains_scale_each_level_and_files_without_them_keep_gain_one():
+    """Level l's latents reach the MLP times max(floor, min(1, 2^(1 - l))): the same as a field of gain 1
+    given the scaled latents. A config without gain_floor (the first grid files) has every gain 1."""
+    size = (6, 11)
+    field = build_field("grid", {"in_dim": 2, "out_dim": 3, "size": list(size), "levels": 5, "gain_floor": 0.25})
+    plain = build_field("grid", {"in_dim": 2, "out_dim": 3, "size": list(size), "levels": 5})
+    assert field.config.level_gains() == [1.0, 1.0, 0.5, 0.25, 0.25] and plain.config.level_gains() == [1.0] * 5
+    params = _random_params(field, batch=2)
+    scaled = {k: v * field.config.level_gains()[int(k[1:])] if k in field.latent_names else v for k, v in params.items()}
+    torch.testing.assert_close(field.on_grid(params, size), plain.on_grid(scaled, size))
+    coords = torch.rand(40, 2) * 2 - 1
+    torch.testing.assert_close(field(params, coords), plain(scaled, coords))
+    with pytest.raises(ConfigError, match="gain_floor"):
+        nfit.fit(PHOTO, field="grid", steps=1, field_config={"gain_floor": 0})
+
+
+def test_each_level_steps_lr_over_its_gain():
+    """Adam's first step moves every parameter by about lr: a level of gain 1/4 moves 4x as far in its
+    own units, so every level moves alike in the MLP's."""
+    signal, targets = _photo_targets()
+    field = build_field("grid", {"in_dim": 2, "out_dim": 3, "size": list(signal.shape), "gain_floor": 0.25})
+    init = field.init_params(torch.Generator().manual_seed(0))
+    lr = 1e-3
+    result = fit_latents(field, init, targets, signal.shape, FitConfig(steps=1, lr=lr), RateGoal())
+    for gain, name in zip(field.config.level_gains(), field.latent_names):
+        assert result.params[name].abs().max().item() == pytest.approx(lr / gain, rel=0.01)
 
 
 @pytest.mark.parametrize("in_dim,size", [(1, (37,)), (2, (6, 11)), (3, (3, 5, 4))])

@@ -4,7 +4,8 @@ Ladune et al. 2023; C3, Kim et al. 2024), the field nfit codes compactly.
 A signal on a grid of ``size`` gets ``levels`` grids of one latent value per cell, level l
 with ``ceil(n / 2**l)`` cells per axis (so about 1.33 latents per sample for an image, most of
 them on the finest level). At a coordinate, each level is interpolated (linearly, as
-``grid_sample`` with the pixel-centre convention), and the ``levels`` values are mapped to the
+``grid_sample`` with the pixel-centre convention) and scaled by its gain (finer integer steps for
+the coarse levels a smooth signal rests on: see GridConfig), and the ``levels`` values are mapped to the
 signal's channels by an MLP of ``depth`` layers of ``hidden`` ReLU units. Then, as Cool-chic's
 synthesis ends, a 3x3 (3^d) convolution mixes each output with its neighbours one sample of the
 signal's own grid away, added to it: worth 1.1-1.7 dB at equal rate on a held-out photo
@@ -14,8 +15,8 @@ stays continuous; on the signal's own grid it is an ordinary convolution with re
 which is how it is fitted (:meth:`LatentGrid.on_grid`). Fitted with a rate
 term (:mod:`nfit.latent`), most latents end near zero and the rest near integers, which an
 entropy coder stores in far fewer bits than a SIREN's weights: measured on held-out photos,
-4-10x fewer than coded SIREN tiles at 29-30 dB, above JPEG at 0.3-0.5 bpp on textured ones and
-within 0.2-0.6 dB of it at 1 bpp (BENCHMARKS.md, "Latent grids").
+4-10x fewer than coded SIREN tiles at 29-30 dB, and on textured ones 0.8-1.6 dB above JPEG at
+0.3-0.5 bpp and level with it near 1 bpp (BENCHMARKS.md, "Latent grids").
 
 The field is continuous (linear interpolation), so it renders at any size, but one field
 covers the whole signal: it is never cut into tiles, and its parameters grow with the signal.
@@ -44,6 +45,9 @@ class GridConfig:
     hidden: int = 16
     depth: int = 3  # linear layers of the synthesis MLP
     out_offset: float = 0.5  # zero latents predict mid-range for targets in [0, 1]
+    # The MLP sees level l's latents times max(gain_floor, min(1, 2**(1 - l))): 1, 1, 1/2, 1/4, ... down to
+    # gain_floor, each level's integer step in the MLP's units; 1 (every gain 1) as the first files were written
+    gain_floor: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "size", tuple(int(n) for n in self.size))  # a JSON list from a file
@@ -53,6 +57,11 @@ class GridConfig:
             raise ValueError("size, levels, hidden and out_dim must be positive")
         if self.depth < 1:
             raise ValueError("depth must be at least 1 (the output layer)")
+        if not 0 < self.gain_floor <= 1:
+            raise ValueError(f"gain_floor must be in (0, 1], not {self.gain_floor}")
+
+    def level_gains(self) -> list[float]:
+        return [max(self.gain_floor, min(1.0, 2.0 ** (1 - level))) for level in range(self.levels)]
 
 
 @register_field
@@ -109,15 +118,16 @@ class LatentGrid(Pointwise):
             z = z.reshape(batch, 1, *(z.shape[1:] if d > 1 else (1, z.shape[1])))  # [B, 1, *grid]
             out.append(F.grid_sample(z, where, mode="bilinear", padding_mode="border", align_corners=False)
                        .reshape(batch, -1))
-        return torch.stack(out, -1)
+        return torch.stack(out, -1) * torch.tensor(self.config.level_gains(), device=coords.device)
 
     def sample_grid(self, params: Params) -> Tensor:
         """Every level at the sample centres of the field's own grid, as :meth:`sample` there gives
         them (tested), by upsampling: -> [B, levels, *size], levels first."""
         batch, size = params["z0"].shape[0], self.config.size
         mode = ("linear", "bilinear", "trilinear")[len(size) - 1]
-        return torch.cat([params[name].unsqueeze(1) if level == 0 else  # the finest level is the grid itself
-                          F.interpolate(params[name].unsqueeze(1), size=size, mode=mode, align_corners=False)
+        gains = self.config.level_gains()
+        return torch.cat([gains[level] * (params[name].unsqueeze(1) if level == 0 else  # level 0 is the grid itself
+                          F.interpolate(params[name].unsqueeze(1), size=size, mode=mode, align_corners=False))
                           for level, name in enumerate(self.latent_names)], 1)
 
     def synthesis(self, params: Params, coords: Tensor) -> tuple[Tensor, Tensor]:

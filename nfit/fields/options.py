@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from nfit.config import FieldOptions
+from nfit.config import FIELD_DEFAULTS, FieldOptions
 from nfit.errors import ConfigError
 from nfit.fields.base import FIELDS, build_field
 from nfit.signals import MODALITIES
@@ -13,7 +13,7 @@ from nfit.signals import MODALITIES
 def field_config(options: FieldOptions, modality: str, shape: tuple[int, ...], channels: int,
                  defaults: dict | None = None) -> dict:
     """The config dict of ``options.name`` for signals of ``modality`` on grid ``shape`` with ``channels``:
-    the modality's defaults for that field, then ``defaults`` (those it knows: a tile's small field),
+    nfit's defaults for a new field of that kind (FIELD_DEFAULTS), the modality's, then ``defaults`` (those it knows: a tile's small field),
     then ``options.extra``, then width, depth and w0; validated."""
     if options.name not in FIELDS:
         raise ConfigError("--field", f"unknown field {options.name!r} (known: {', '.join(sorted(FIELDS))})")
@@ -21,6 +21,7 @@ def field_config(options: FieldOptions, modality: str, shape: tuple[int, ...], c
     config = {"in_dim": len(shape), "out_dim": channels}
     if "size" in names:  # a field sized by its signal (latent grids)
         config["size"] = list(shape)
+    config.update(FIELD_DEFAULTS.get(options.name, {}))
     config.update(MODALITIES[modality].field_defaults(options.name, shape))
     config.update(defaults or {})
     config = {k: v for k, v in config.items() if k in names}
