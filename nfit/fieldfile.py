@@ -387,7 +387,7 @@ def _check_kind(meta: dict, path: Path, wanted: str) -> None:
 def _storage_meta(meta: dict, path: Path) -> dict[str, Any]:
     """The "storage" entry, validated; files before format version 2 are dense float32."""
     storage = meta.get("storage", {"dtype": "float32", "sparse": None})
-    if not isinstance(storage, dict) or storage.get("dtype") not in DTYPES:
+    if not isinstance(storage, dict) or storage.get("dtype") not in DTYPES or "sparse" not in storage:
         raise FieldFileError(path, "metadata field 'storage' is malformed")
     sparse = storage.get("sparse")
     if sparse is not None and (not isinstance(sparse, dict) or sparse.get("mask") not in ("init", "embedded")):

@@ -66,6 +66,9 @@ def _rewrite(tmp_path, **edits):
         ({"edit_tensors": lambda t: t.update({"l1.weight": torch.zeros(8, 7)})}, "has shape"),
         ({"edit_tensors": lambda t: t["l0.weight"].fill_(float("nan"))}, "NaN"),
         ({"edit_meta": lambda m: m.update(storage={"dtype": "int8"})}, "'storage' is malformed"),
+        # a damaged key (hypothesis found " parse" for "sparse": a KeyError traceback)
+        ({"edit_meta": lambda m: m.update(storage={"dtype": "float32", " parse": None, "coding": None})},
+         "'storage' is malformed"),
         ({"edit_meta": lambda m: m.update(storage={"dtype": "float32", "sparse": {"mask": "elsewhere"}})}, "storage.sparse"),
         ({"edit_meta": lambda m: m.update(storage={"dtype": "float32", "sparse": {"mask": "embedded"}})}, "no 'mask' tensor"),
         ({"edit_meta": lambda m: m.update(storage={"dtype": "float32", "sparse": {"mask": "init"}})}, "sha256"),
