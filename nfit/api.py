@@ -243,10 +243,6 @@ def _stored(nf: NeuralField, start: _Start, values: torch.Tensor, store: StoreCo
 def _fit_one_batch(signals: list[Signal], start: _Start, config: FitConfig, adapt: AdaptConfig, store: StoreConfig,
                    progress: ProgressFactory | None, device: torch.device, target: float | None) -> list[NeuralField]:
     """Fit signals of one grid together and describe each result as a NeuralField (PSNR, SSIM of what is stored)."""
-    fits = _latent_batch_fits(signals[0], device)
-    if fits < len(signals):  # the whole grid of each is held at once: fewer signals together
-        return [nf for i in range(0, len(signals), fits) for nf in _fit_latent_batch(
-            signals[i:i + fits], start, config, adapt, store, progress, device, target)]
     shape, label = signals[0].shape, _batch_label(signals)
     grid = torch.from_numpy(np.stack([s.values for s in signals])).to(device)  # [B, *shape, C]
     deadline = None if config.seconds is None else time.perf_counter() + config.seconds
@@ -314,12 +310,13 @@ def _latent_batch_fits(signal: Signal, device: torch.device) -> int:
     rather than let the system kill the process part way."""
     need = LATENT_FIT_BYTES * math.prod(signal.shape) * signal.channels
     free = available_bytes(device)
-    if free is None:
+    if free is None:  # unknown: no bound, as before
         return 1 << 30
     fits = int(MEMORY_FRACTION * free // need)
     if fits < 1:
-        raise ConfigError(signal.source, f"a latent grid of {'x'.join(map(str, signal.shape))} samples needs about {need / 2**30:.1f} GiB to "
-                          f"fit, {free / 2**30:.1f} GiB is free: fit it in tiles (leave out --field grid)")
+        raise ConfigError(signal.source, f"a latent grid of {'x'.join(map(str, signal.shape))} samples needs about "
+                          f"{need / 2**30:.1f} GiB to fit, {free / 2**30:.1f} GiB is free: fit it in tiles "
+                          "(leave out --field grid)")
     return fits
 
 

@@ -269,6 +269,8 @@ def test_files_fit_together_as_memory_allows_and_a_file_too_big_is_refused(tmp_p
     with pytest.raises(ConfigError, match="96x128 samples needs about .* GiB to fit.*leave out --field grid") as err:
         nfit.fit(PHOTO, field="grid", steps=2)
     assert err.value.where == str(PHOTO)
+    # the guard is the latent fit's alone: a whole-signal SIREN fit is not held to it
+    assert nfit.fit(two, steps=1, tile=0)[0].field_name == "siren"
 
 
 def test_cli_fits_a_latent_grid_to_a_bit_rate(tmp_path):
