@@ -10,8 +10,9 @@ than the weights themselves (measured, BENCHMARKS.md "Compact files": 2-4 bits p
 and nothing is clipped. The integers of all tensors, in the order given, are range coded
 (the ``constriction`` library) with a Laplace model per tensor of mean 0 and the scale
 that codes them in the fewest bits (:func:`laplace_scale`): within 1% of the integers'
-empirical entropy on real tiled fits, and 3-10% smaller than lzma on the same integers. The payload's CRC-32 is checked before decoding,
-so a corrupted file is refused rather than decoded into noise.
+empirical entropy on real tiled fits, and 3-10% smaller than lzma on the same integers.
+The payload's CRC-32 is checked before decoding, so a corrupted file is refused rather
+than decoded into noise.
 
 Pure functions of explicit tensors: :mod:`nfit.fieldfile` frames the result in a .nf file.
 """

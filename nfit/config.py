@@ -212,12 +212,12 @@ LATENT_FIT_BYTES = 300
 # New fields' options beyond their dataclass defaults (which stay as the first files were written, so
 # those still load as written). A latent grid's gain floor: its levels' gains (each level's integer step
 # in the MLP's units) are 1, 1, 1/2, then 1/4 (nfit.fields.grid). At gain 1 everywhere the coarse levels,
-# the few latents a smooth photo rests on, ended at -1, 0 or 1
-# after 400 steps; finer steps there, 400 steps on held-out 768x512 photos (PSNR of the rounded latents,
-# the coder's bits), against gain 1: anne_helene (smooth) at lambda 1e-3 33.41 dB at 0.41 bpp against
-# about 31.1 at 0.59; bar55_2 at 1e-2 23.72 at 0.173 against 23.66 at 0.185; donna at 1e-2 24.32 at
-# 0.433 against 24.44 at 0.446. A gain of 0.25 on every level instead: anne_helene 33.78 at 0.66, but
-# bar55_2 23.57 at 0.248 and donna 24.17 at 0.519 (BENCHMARKS.md, "Latent grids").
+# the few latents a smooth photo rests on, ended at -1, 0 or 1 after 400 steps. With finer steps there,
+# 400 steps on held-out 768x512 photos (PSNR of the rounded latents, the coder's bits), against gain 1:
+# anne_helene (smooth) at lambda 1e-3 33.41 dB at 0.41 bpp against about 31.1 at 0.59; bar55_2 at 1e-2
+# 23.72 at 0.173 against 23.66 at 0.185; donna at 1e-2 24.32 at 0.433 against 24.44 at 0.446. A gain of
+# 0.25 on every level instead: anne_helene 33.78 at 0.66, but bar55_2 23.57 at 0.248 and donna 24.17 at
+# 0.519 (BENCHMARKS.md, "Latent grids").
 FIELD_DEFAULTS = {"grid": {"gain_floor": 0.25}}
 LATENT_NET_BITS = 12  # the synthesis MLP's weights are stored at this many bits at least (latents are integers)
 CODING_BITS = (2, 16)  # the bit widths a file may use; rate control searches them

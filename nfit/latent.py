@@ -108,11 +108,9 @@ def fit_latents(
     params = {k: v.to(device).requires_grad_(True) for k, v in batch_params(init, batch).items()}
     log_scale = torch.zeros(batch, len(names), device=device, requires_grad=True)  # the rate model's, per level
     # each level's steps in the MLP's units are lr whatever its gain: lr / gain in its own
-    lr_of = [1.0 / g for g in field.config.level_gains()] + [1.0, 1.0]
-    opt = torch.optim.Adam([*({"params": [params[k]]} for k in names), {"params": [log_scale]},
+    levels = [{"params": [params[k]], "lr": config.lr / g} for k, g in zip(names, field.config.level_gains())]
+    opt = torch.optim.Adam([*levels, {"params": [log_scale]},
                             {"params": [v for k, v in params.items() if k not in names]}], lr=config.lr)
-    for group, factor in zip(opt.param_groups, lr_of):
-        group["lr"] = config.lr * factor
     lam = torch.full((batch,), float(goal.lam), device=device)
     generator = generator or torch.Generator(device=device).manual_seed(config.seed)
     began = time.perf_counter()
@@ -127,8 +125,8 @@ def fit_latents(
         done = max(step / config.steps, 0.0 if budget is None else (now - began) / budget)
         if not hard and done >= 1 - LATENT_FIT["hard"]:
             hard = True  # the last stretch on the values that will be stored
-            for group, factor in zip(opt.param_groups, lr_of):
-                group["lr"] = config.lr * factor * LATENT_FIT["hard_lr"]
+            for group in opt.param_groups:
+                group["lr"] *= LATENT_FIT["hard_lr"]
         step += 1
         # what the decoder sees of the latents this step, and what the rate counts: see the module's notes
         shown, counted = _stand_ins({k: params[k] for k in names}, done, hard, generator)

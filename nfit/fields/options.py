@@ -13,8 +13,8 @@ from nfit.signals import MODALITIES
 def field_config(options: FieldOptions, modality: str, shape: tuple[int, ...], channels: int,
                  defaults: dict | None = None) -> dict:
     """The config dict of ``options.name`` for signals of ``modality`` on grid ``shape`` with ``channels``:
-    nfit's defaults for a new field of that kind (FIELD_DEFAULTS), the modality's, then ``defaults`` (those it knows: a tile's small field),
-    then ``options.extra``, then width, depth and w0; validated."""
+    nfit's defaults for a new field of that kind (FIELD_DEFAULTS), the modality's, then ``defaults``
+    (those it knows: a tile's small field), then ``options.extra``, then width, depth and w0; validated."""
     if options.name not in FIELDS:
         raise ConfigError("--field", f"unknown field {options.name!r} (known: {', '.join(sorted(FIELDS))})")
     names = {f.name for f in dataclasses.fields(FIELDS[options.name].Config)}
