@@ -118,6 +118,23 @@ def test_per_signal_gradients_match_loop():
             torch.testing.assert_close(g[i], g1[0])
 
 
+@pytest.mark.parametrize("size", [(37,), (600, 800), (601, 37), (9, 20, 30)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_upsampling_backward_is_autograd_through_interpolate(size, dtype):
+    """sample_grid's upsampling has its backward written out (the transposed interpolation): the same
+    gradient as autograd through F.interpolate, for sizes a level's cells do not divide."""
+    field = build_field("grid", {"in_dim": len(size), "out_dim": 1, "size": list(size), "levels": 7, "gain_floor": 0.25})
+    params = {k: v.to(dtype).requires_grad_(True) for k, v in _random_params(field, batch=2).items()}
+    weight = torch.randn(2, field.config.levels, *size, dtype=dtype)  # a loss that weighs every level's samples
+    got = torch.autograd.grad((field.sample_grid(params) * weight).sum(), [params[k] for k in field.latent_names])
+    mode = ("linear", "bilinear", "trilinear")[len(size) - 1]
+    for level, (name, gain) in enumerate(zip(field.latent_names, field.config.level_gains())):
+        up = F.interpolate(params[name].unsqueeze(1), size=size, mode=mode, align_corners=False)[:, 0]
+        want = torch.autograd.grad((gain * up * weight[:, level]).sum(), params[name])[0]
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(got[level], want, rtol=tol, atol=tol * want.abs().max().item())
+
+
 def test_one_dimensional_levels_match_linear_upsampling():
     field = build_field("grid", {"in_dim": 1, "out_dim": 1, "size": [19], "levels": 3})
     params = _random_params(field, batch=1)

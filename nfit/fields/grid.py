@@ -123,12 +123,10 @@ class LatentGrid(Pointwise):
     def sample_grid(self, params: Params) -> Tensor:
         """Every level at the sample centres of the field's own grid, as :meth:`sample` there gives
         them (tested), by upsampling: -> [B, levels, *size], levels first."""
-        batch, size = params["z0"].shape[0], self.config.size
-        mode = ("linear", "bilinear", "trilinear")[len(size) - 1]
+        size = self.config.size
         gains = self.config.level_gains()
-        return torch.cat([gains[level] * (params[name].unsqueeze(1) if level == 0 else  # level 0 is the grid itself
-                          F.interpolate(params[name].unsqueeze(1), size=size, mode=mode, align_corners=False))
-                          for level, name in enumerate(self.latent_names)], 1)
+        return torch.stack([gains[level] * (params[name] if level == 0 else _Upsample.apply(params[name], size))
+                            for level, name in enumerate(self.latent_names)], 1)  # level 0 is the grid itself
 
     def synthesis(self, params: Params, coords: Tensor) -> tuple[Tensor, Tensor]:
         """The MLP's output at ``coords`` [N, d] or [B, N, d], before the mixing: -> [B, N, out_dim],
@@ -171,6 +169,44 @@ class LatentGrid(Pointwise):
         mixed = conv(padded, params["mix.weight"].reshape(batch * channels, channels, *[3] * len(shape)),
                      params["mix.bias"].reshape(-1), groups=batch)
         return (h + mixed.reshape(batch, channels, -1)).transpose(1, 2)  # [B, N, C], a view
+
+
+class _Upsample(torch.autograd.Function):
+    """One level's latents ``[B, *cells]`` linearly upsampled to ``size`` ``[B, *size]``, as F.interpolate
+    computes it (align_corners=False), with the backward written out: the transposed interpolation, axis
+    by axis. F.interpolate's own backward runs one channel per thread, and a level is one channel: at
+    768x512 it took 7.5 ms a level, 20% of a latent fit's step, against about 2 ms here (BENCHMARKS.md,
+    "Latent grids"). Tested against autograd through F.interpolate."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, size: tuple[int, ...]) -> Tensor:
+        ctx.cells = tuple(z.shape[1:])
+        mode = ("linear", "bilinear", "trilinear")[len(size) - 1]
+        return F.interpolate(z.unsqueeze(1), size=size, mode=mode, align_corners=False).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        out = grad
+        for axis, cells in enumerate(ctx.cells, start=1):
+            moved = out.movedim(axis, 1)  # [B, n, ...]: this axis's samples next to the batch
+            sources, weights = _interpolation_taps(cells, moved.shape[1], grad.dtype, grad.device)
+            weights = weights.reshape(2, 1, -1, *[1] * (moved.dim() - 2))
+            summed = moved.new_zeros(moved.shape[0], cells, *moved.shape[2:])
+            for which in range(2):  # each sample's value came from two cells: give each its share back
+                summed.index_add_(1, sources[which], moved * weights[which])
+            out = summed.movedim(1, axis)
+        return out, None
+
+
+def _interpolation_taps(cells: int, samples: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The two cells [2, samples] that linear interpolation (align_corners=False, to a given size) reads
+    for each sample, and their weights [2, samples], computed as torch computes them (in ``dtype``)."""
+    scale = torch.tensor(cells / samples, dtype=dtype)
+    x = ((torch.arange(samples, dtype=dtype) + 0.5) * scale - 0.5).clamp_min(0)  # source coordinate
+    low = x.floor().long().clamp_max(cells - 1)
+    high = (low + 1).clamp_max(cells - 1)
+    frac = x - low
+    return torch.stack([low, high]).to(device), torch.stack([1 - frac, frac]).to(device)
 
 
 def _shift(coords: Tensor, offset: tuple[int, ...], spacing: Tensor) -> Tensor:
