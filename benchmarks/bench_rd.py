@@ -281,7 +281,7 @@ def audio_table(results: dict) -> None:
 
 
 def grid(args) -> dict:
-    codecs = {p["name"]: p for p in json.loads(Path(args.codecs).read_text())["photos"]}
+    codecs = {p["name"]: p for p in json.loads(Path(args.codecs).read_text())["photos"]} if args.codecs else {}
     out = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
            "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "photos": []}
     for name in args.photos:
@@ -290,7 +290,9 @@ def grid(args) -> dict:
             crop(Path(args.data) / f"kphotoalbum_{name}.jpg").save(png)
             ref = np.asarray(Image.open(png).convert("RGB"))
             entry = {"name": name, "png_bytes": png.stat().st_size, "grid": []}
-            for bpp in [None] + args.bpps:
+            # JPEG's curve from the earlier run where it has the photo, else swept here (a second)
+            jpeg = codecs[name]["JPEG"] if name in codecs else codec_curve(Image.open(png), "JPEG")
+            for bpp in ([] if args.no_default else [None]) + args.bpps:
                 began = time.perf_counter()
                 nf = nfit.fit(png, field="grid", bpp=bpp)
                 encode = time.perf_counter() - began
@@ -302,7 +304,7 @@ def grid(args) -> dict:
                 point = {"budget_bpp": bpp, "bytes": size, "bpp": size * 8 / (ref.shape[0] * ref.shape[1]),
                          "psnr": psnr8(rendered, ref), "ssim": nf.summary["ssim"], "lambda": nf.summary["lambda"],
                          "steps": nf.summary["steps"], "encode_s": encode, "decode_s": decode}
-                point["jpeg_psnr_same_bpp"] = at_bpp(codecs[name]["JPEG"], point["bpp"]) if name in codecs else None
+                point["jpeg_psnr_same_bpp"] = at_bpp(jpeg, point["bpp"])
                 entry["grid"].append(point)
                 print(name, json.dumps(point), flush=True)
         out["photos"].append(entry)
@@ -328,6 +330,7 @@ def main() -> None:
         ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/dev/photos"))
         ap.add_argument("--photos", nargs="+", default=["donna", "bar55_2", "anne_helene"])
         ap.add_argument("--bpps", type=float, nargs="+", default=[0.3, 1.0])
+        ap.add_argument("--no-default", action="store_true", help="no fit at the default lambda, budgets only")
         ap.add_argument("--codecs", default=str(ROOT / "benchmarks/results/rd.json"))
         ap.add_argument("--json")
         ap.add_argument("--json-in")
