@@ -219,7 +219,10 @@ LATENT_FIT_BYTES = 300
 # 0.25 on every level instead: anne_helene 33.78 at 0.66, but bar55_2 23.57 at 0.248 and donna 24.17 at
 # 0.519 (BENCHMARKS.md, "Latent grids").
 FIELD_DEFAULTS = {"grid": {"gain_floor": 0.25}}
-LATENT_NET_BITS = 12  # the synthesis MLP's weights are stored at this many bits at least (latents are integers)
+# A latent grid's MLP and mixing are stored at the bits between these that cost least at the fit's
+# lambda (nfit.rate.store_latents): 12 costs under 0.01 dB, 8 saved ~270 bytes a file for 0.01 dB.
+LATENT_NET_BITS = 12
+LATENT_NET_MIN_BITS = 6
 CODING_BITS = (2, 16)  # the bit widths a file may use; rate control searches them
 CODING_MARGIN_DB = 0.5  # with a target PSNR and no --bits, the fit aims this far above it: room for the rounding
 CODING_LOSS_DB = 0.3  # without a target: the fewest bits within this of the float field's PSNR

@@ -37,6 +37,7 @@ from nfit.config import (
     CODING_FINETUNE,
     CODING_LOSS_DB,
     LATENT_NET_BITS,
+    LATENT_NET_MIN_BITS,
     MAX_SSIM_SAMPLES,
     TILE_BATCH_SAMPLES,
     FitConfig,
@@ -150,7 +151,7 @@ def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, confi
     decodes to; ``tune``: with quantisation-aware fine-tuning (else rounding alone). Raises ConfigError
     naming the source when a budget cannot be met. ``progress``: a bar for the fine-tuning."""
     if isinstance(nf.field, LatentGrid):
-        return store_latents(nf, config)
+        return store_latents(nf, values, config, device)
     if not config.coded:
         if config.dtype != "float32":
             half = getattr(torch, config.dtype)
@@ -204,32 +205,53 @@ def store(nf: NeuralField, reference: Params | None, values: torch.Tensor, confi
 LATENT_DEAD_ZONES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.5, 4.0, 8.0, math.inf)
 
 
-def store_latents(nf: NeuralField, config: StoreConfig) -> NeuralField:
-    """A latent-grid field (:mod:`nfit.latent`) as written: its latents rounded to integers, and its MLP
-    at ``LATENT_NET_BITS`` bits (more where a latent needs them). Under a budget, the first dead zone
-    of ``LATENT_DEAD_ZONES`` whose file fits: latents that rounding barely carried away from zero go
-    to zero first, those that matter least (coarser steps would not do: most stored latents are +-1,
-    and any step under 2 leaves them as they are, any step from 2 zeroes them all). Never a byte
+def store_latents(nf: NeuralField, values: torch.Tensor, config: StoreConfig, device: torch.device) -> NeuralField:
+    """A latent-grid field (:mod:`nfit.latent`) as written: its latents rounded to integers, and its MLP at
+    the precision that costs least at the fit's lambda (:func:`_network_bits`). Under a budget, the first
+    dead zone of ``LATENT_DEAD_ZONES`` whose file fits: latents that rounding barely carried away from
+    zero go to zero first, those that matter least (coarser steps would not do: most stored latents are
+    +-1, and any step under 2 leaves them as they are, any step from 2 zeroes them all). Never a byte
     over; raises ConfigError naming the source when not even all-zero latents fit."""
     names = set(nf.field.latent_names)
     peak = max((int(nf.params[k].abs().max().round()) for k in names if nf.params[k].numel()), default=0)
-    bits = min(MAX_BITS, max(LATENT_NET_BITS, peak.bit_length() + 1))
+    bits = min(MAX_BITS, max(LATENT_NET_BITS, peak.bit_length() + 1))  # the coder's range: the latents' and the MLP's
 
-    def at(dead: float) -> NeuralField:
-        values = {k: torch.where(v.abs() < 0.5 + dead, 0.0, v) if k in names else v for k, v in nf.params.items()}
-        steps = {k: 1.0 if k in names else step_for(v, bits) for k, v in values.items()}
-        q = quantise(values, None, bits, steps)
+    def at(dead: float, net_bits: int) -> NeuralField:
+        kept = {k: torch.where(v.abs() < 0.5 + dead, 0.0, v) if k in names else v for k, v in nf.params.items()}
+        steps = {k: 1.0 if k in names else step_for(v, net_bits) for k, v in kept.items()}
+        q = quantise(kept, None, bits, steps)
         return dataclasses.replace(nf, params=dequantise(q, None), quantised=q)
 
+    net_bits = _network_bits(lambda b: at(0.0, b), nf.summary.get("lambda"), values, device)
     budget = config.budget(math.prod(nf.shape))
     if budget is None:
-        return at(0.0)
+        return at(0.0, net_bits)
     for dead in LATENT_DEAD_ZONES:
-        coded = at(dead)
+        coded = at(dead, net_bits)
         if field_bytes(coded) <= budget:
             return coded
     raise ConfigError(nf.source, f"cannot be stored in {budget:,} bytes: with every latent zero its field "
                       f"takes {field_bytes(coded):,}")
+
+
+def _network_bits(stored: Callable[[int], NeuralField], lam: float | None, values: torch.Tensor,
+                  device: torch.device) -> int:
+    """The bits of a latent grid's MLP and mixing (each tensor's largest value on the last of 2^(b-1) - 1
+    steps) that minimise the fit's own loss, ``MSE + lam * bits / samples`` of the file, from
+    LATENT_NET_BITS down to LATENT_NET_MIN_BITS, stopping where fewer bits cost more: on a held-out
+    photo 8 bits took 268 bytes off a 13.5 kB file for 0.01 dB (BENCHMARKS.md, "Latent grids").
+    LATENT_NET_BITS where the fit had no lambda."""
+    if lam is None:
+        return LATENT_NET_BITS
+    best, best_loss = LATENT_NET_BITS, math.inf
+    for net_bits in range(LATENT_NET_BITS, LATENT_NET_MIN_BITS - 1, -1):
+        candidate = stored(net_bits)
+        psnr, _ = measure(candidate, values, device, ssim=False)
+        loss = 10 ** (-psnr / 10) + lam * 8 * field_bytes(candidate) / values[..., 0].numel()
+        if loss > best_loss:
+            break
+        best, best_loss = net_bits, loss
+    return best
 
 
 __all__ = ["LATENT_DEAD_ZONES", "coded", "finetune", "measure", "store", "store_latents"]

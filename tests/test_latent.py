@@ -228,6 +228,43 @@ def test_fit_store_and_render_a_real_photo(tmp_path):
     assert big.shape == (192, 256, 3) and torch.isfinite(torch.as_tensor(big)).all()
 
 
+def test_network_precision_is_the_cheapest_at_the_fits_lambda():
+    """The MLP's and mixing's bits: the stored file's loss MSE + lambda * bits / samples is no lower one bit
+    either side of the choice; a large lambda buys fewer bits, a fit without lambda keeps LATENT_NET_BITS."""
+    from nfit.config import LATENT_NET_BITS, LATENT_NET_MIN_BITS, StoreConfig
+    from nfit.rate import measure, store_latents
+
+    fitted = nfit.fit(PHOTO, field="grid", steps=60, seed=1)  # its latents already integers
+    values, cpu = torch.from_numpy(read_signal(PHOTO).values), torch.device("cpu")
+
+    def network_bits(lam: float | None) -> int:
+        q = store_latents(dataclasses.replace(fitted, summary={"lambda": lam}), values, StoreConfig(), cpu).quantised.q
+        return max(int(q[k].abs().max()) for k in q if k not in fitted.field.latent_names).bit_length() + 1
+
+    def loss(bits: int) -> float:
+        stored = _store_at(fitted, bits)
+        mse = 10 ** (-measure(stored, values, cpu, ssim=False)[0] / 10)
+        return mse + fitted.summary["lambda"] * 8 * field_bytes(stored) / values[..., 0].numel()
+
+    chosen = network_bits(fitted.summary["lambda"])
+    assert LATENT_NET_MIN_BITS <= chosen <= LATENT_NET_BITS
+    for other in (chosen - 1, chosen + 1):
+        if LATENT_NET_MIN_BITS <= other <= LATENT_NET_BITS:
+            assert loss(chosen) <= loss(other)
+    assert network_bits(None) == LATENT_NET_BITS
+    assert network_bits(1.0) == LATENT_NET_MIN_BITS  # bits cost far more than any error here
+
+
+def _store_at(nf, net_bits: int):
+    """``nf``'s latents rounded and its network at ``net_bits``, as store_latents writes them."""
+    from nfit.coding import dequantise, quantise, step_for
+
+    names = set(nf.field.latent_names)
+    steps = {k: 1.0 if k in names else step_for(v, net_bits) for k, v in nf.params.items()}
+    q = quantise(nf.params, None, 12, steps)
+    return dataclasses.replace(nf, params=dequantise(q, None), quantised=q)
+
+
 def test_budget_is_never_exceeded_and_an_impossible_one_is_refused(tmp_path, monkeypatch):
     nf = nfit.fit(PHOTO, field="grid", steps=40, max_bytes=4000)  # steered toward the budget, then held to it
     assert field_bytes(nf) <= 4000
