@@ -15,8 +15,9 @@ stays continuous; on the signal's own grid it is an ordinary convolution with re
 which is how it is fitted (:meth:`LatentGrid.on_grid`). Fitted with a rate
 term (:mod:`nfit.latent`), most latents end near zero and the rest near integers, which an
 entropy coder stores in far fewer bits than a SIREN's weights: measured on held-out photos,
-4-10x fewer than coded SIREN tiles at 29-30 dB, and on textured ones 0.8-1.6 dB above JPEG at
-0.3-0.5 bpp and level with it near 1 bpp (BENCHMARKS.md, "Latent grids").
+4-10x fewer than coded SIREN tiles at 29-30 dB; against JPEG, 0.8-1.6 dB above it at 0.3-0.5 bpp
+and level near 1 bpp on photos where JPEG is weak, about level at 0.3 bpp and 0.75-3.6 dB under at
+1 bpp on photos of Kodak's difficulty (BENCHMARKS.md, "Latent grids").
 
 The field is continuous (linear interpolation), so it renders at any size, but one field
 covers the whole signal: it is never cut into tiles, and its parameters grow with the signal.
