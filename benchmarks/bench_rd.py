@@ -13,7 +13,8 @@ log bpp). Encode seconds: the fit plus the coding; decode: loading the .nf and r
     PYTHONPATH=. python benchmarks/bench_rd.py --json benchmarks/results/rd.json --plot docs/rd.png
     PYTHONPATH=. python benchmarks/bench_rd.py audio --json benchmarks/results/rd_audio.json
     PYTHONPATH=. python benchmarks/bench_rd.py grid --codecs benchmarks/results/rd.json --json benchmarks/results/rd_grid.json
-    PYTHONPATH=. python benchmarks/bench_rd.py --json-in benchmarks/results/rd.json --grid-json benchmarks/results/rd_grid.json --plot docs/rd.png
+    PYTHONPATH=. python benchmarks/bench_rd.py --json-in benchmarks/results/rd.json --plot docs/rd.png \
+        --grid-json benchmarks/results/rd_grid.json benchmarks/results/rd_grid_kodaklike.json
 
 ``grid``: latent-grid fields (``nfit fit --field grid``, :mod:`nfit.latent`) on the same crops, one
 fit per ``--bpps`` budget (and one at the default lambda), each as written by ``nfit fit``; JPEG
@@ -139,24 +140,28 @@ def pareto(points: list[dict]) -> list[dict]:
     return out
 
 
-def plot(results: dict, path: Path, grid_results: dict | None = None) -> None:
+def plot(results: dict, path: Path, grid_runs: list[dict] | None = None) -> None:
+    """PSNR against bpp on the photos of ``results`` (tiles, JPEG, WebP, published figures; latent grids
+    of the first of ``grid_runs``, which should be of the same photos), and, with ``grid_runs``, a
+    second panel: each photo's latent grid against JPEG at the same bpp, every run's photos."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, axes = plt.subplots(1, 2 if grid_runs else 1, figsize=(13 if grid_runs else 7.5, 4.8), squeeze=False)
+    ax = axes[0, 0]
     for name, style in (("default", "o-"), ("random", "s-")):
         xs, ys = mean_curve(results, name)
         if xs:
             ax.plot(xs, ys, style, label=f"nfit, tiles from {'the shipped init' if name == 'default' else 'random'}")
-    if grid_results is not None:  # latent grids: mean over photos per budget setting, by mean bpp
+    if grid_runs:  # latent grids: mean over photos per budget setting, by mean bpp
         settings: dict = {}
-        for photo in grid_results["photos"]:
+        for photo in grid_runs[0]["photos"]:
             for p in photo["grid"]:
                 settings.setdefault(p["budget_bpp"], []).append(p)
         pts = sorted((statistics.mean(p["bpp"] for p in v), statistics.mean(p["psnr"] for p in v))
-                     for v in settings.values() if len(v) == len(grid_results["photos"]))
+                     for v in settings.values() if len(v) == len(grid_runs[0]["photos"]))
         ax.plot(*zip(*pts), "D-", color="black", label="nfit, latent grid (--field grid)")
     for codec, style in (("JPEG", "^-"), ("WEBP", "v-")):
         grid = np.geomspace(0.2, 12, 40)
@@ -170,8 +175,30 @@ def plot(results: dict, path: Path, grid_results: dict | None = None) -> None:
     ax.set_title(f"Rate-distortion, {len(results['photos'])} held-out 768x512 photos (mean)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
+    if grid_runs:
+        _plot_against_jpeg(axes[0, 1], grid_runs)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def _plot_against_jpeg(ax, grid_runs: list[dict]) -> None:
+    """Each photo's latent-grid PSNR less JPEG's at the same bpp, against bpp, one colour per run, and
+    issue 18's two targets."""
+    colours = ["tab:red", "tab:blue", "tab:green", "tab:purple"]
+    for run, colour in zip(grid_runs, colours):
+        for k, photo in enumerate(photo for photo in run["photos"] if photo["grid"]):
+            pts = sorted((p["bpp"], p["psnr"] - p["jpeg_psnr_same_bpp"]) for p in photo["grid"]
+                         if p["jpeg_psnr_same_bpp"] is not None)
+            ax.plot(*zip(*pts), "-", color=colour, alpha=0.85, marker="osD^v<>"[k % 7], label=photo["name"])
+    ax.axhline(0, color="black", lw=1)
+    ax.plot([0.3], [2.0], "*", color="black", markersize=12, label="issue 18: JPEG + 2 dB at 0.3 bpp")
+    ax.plot([1.0], [0.0], "*", color="grey", markersize=12, label="issue 18: JPEG at 1 bpp")
+    ax.set_xscale("log")
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel("latent grid PSNR - JPEG PSNR at that bpp (dB)")
+    ax.set_title("Latent grid against JPEG, per photo\n(red: the photos at left; blue: four of Kodak's difficulty)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
 
 
 def mean_curve(results: dict, init: str) -> tuple[list[float], list[float]]:
@@ -368,7 +395,8 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--json-in", help="plot and tabulate an earlier run")
     ap.add_argument("--plot")
-    ap.add_argument("--grid-json", help="with --plot: also draw latent grids (a run of the grid mode)")
+    ap.add_argument("--grid-json", nargs="+", help="with --plot: also draw latent grids (runs of the grid mode; "
+                    "the first on the same photos as --json-in, each run's photos against JPEG in a second panel)")
     args = ap.parse_args()
     global FINETUNE_STEPS
     FINETUNE_STEPS = args.finetune_steps
@@ -395,7 +423,7 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(results, indent=1))
     table(results)
     if args.plot:
-        plot(results, Path(args.plot), json.loads(Path(args.grid_json).read_text()) if args.grid_json else None)
+        plot(results, Path(args.plot), [json.loads(Path(g).read_text()) for g in args.grid_json or []])
 
 
 def bpp_at(curve: list[tuple[float, float]], psnr: float) -> float | None:
