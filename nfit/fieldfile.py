@@ -24,6 +24,9 @@ uint8 tensor, ``payload``: the range-coded integers of every stored tensor, in p
 order. ``storage.coding`` gives the coder, the bit width, what the integers are relative
 to ("init": the initialisation named in ``init``, which reading then needs; "zero"), and
 per tensor its name, step, Laplace scale and stored shape, and the payload's size and CRC-32.
+(Format 5) A scale may be a list of ``nfit.coding.CONTEXTS`` scales: that tensor's integers are
+coded row by row, each under the scale of its context, from its neighbours in the rows above
+(a latent grid's latents, where that codes smaller).
 
 A field fitted from a sparse initialisation (Meta-SparseINR) stores each weight
 matrix as the 1-D vector of its surviving values, in row-major order of the mask.
@@ -60,7 +63,7 @@ from torch import Tensor
 from nfit._version import __version__
 from nfit.atomic import atomic_output
 from nfit.config import MAX_FIELD_SIZE, MAX_GRID_SAMPLES, MAX_HEADER_BYTES, MAX_METADATA_BYTES, MAX_TILES
-from nfit.coding import CODER, INT, MAX_BITS, MIN_BITS, CodingError, Quantised, checksum, decode, dequantise, encode
+from nfit.coding import CODER, CONTEXTS, INT, MAX_BITS, MIN_BITS, CodingError, Quantised, checksum, decode, dequantise, encode
 from nfit.errors import ConfigError, FieldFileError, OutputError
 from nfit.fields import Field, Params, build_field, count_params
 from nfit.fields.masked import Mask, Masked, density, pack_mask, prunable, stored_values, unpack_mask
@@ -69,8 +72,10 @@ from nfit.signals import CONVENTION, MODALITIES
 from nfit.tiling import BLEND, LAYOUT, Tiling
 
 FORMAT = "nfit-field"
-FORMAT_VERSION = 4  # 4: "storage.coding"; 3: "tiling"; 2: the "storage" entry (float16, sparse); all still read
-READ_VERSIONS = {1, 2, 3, 4}
+# 5: a coded tensor's scale may be a list, one per context; 4: "storage.coding"; 3: "tiling"; 2: the
+# "storage" entry (float16, sparse); all still read
+FORMAT_VERSION = 5
+READ_VERSIONS = {1, 2, 3, 4, 5}
 INIT_FORMAT = "nfit-init"
 INIT_FORMAT_VERSION = 1
 META_KEY = "nfit"
@@ -222,7 +227,8 @@ def field_tensors(nf: NeuralField) -> tuple[dict[str, Tensor], dict[str, Any] | 
         tensors = {k: v.to(DTYPES[nf.dtype]) for k, v in _stored(nf, nf.params).items()}
     else:
         ints = _stored(nf, {k: nf.quantised.q[k] for k in nf.field.param_shapes()})
-        payload, scales = encode(ints, nf.quantised.bits)
+        # a latent grid's latents by context of their decoded neighbours (nfit.coding.contexts)
+        payload, scales = encode(ints, nf.quantised.bits, by_context=getattr(nf.field, "latent_names", ()))
         tensors = {PAYLOAD: torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload
                    else torch.zeros(0, dtype=torch.uint8)}
         coding = {**nf.storage()["coding"], "bytes": len(payload), "crc32": checksum(payload),
@@ -408,7 +414,8 @@ def _valid_coding(coding: Any) -> bool:
     return (isinstance(coding, dict) and coding.get("coder") == CODER and type(coding.get("bits")) is int
             and MIN_BITS <= coding["bits"] <= MAX_BITS and coding.get("relative_to") in RELATIVE_TO
             and count(coding.get("bytes")) and count(coding.get("crc32")) and isinstance(coding.get("tensors"), list)
-            and all(isinstance(e, list) and len(e) == 4 and isinstance(e[0], str) and number(e[1]) and number(e[2])
+            and all(isinstance(e, list) and len(e) == 4 and isinstance(e[0], str) and number(e[1])
+                    and (number(e[2]) or isinstance(e[2], list) and len(e[2]) == CONTEXTS and all(map(number, e[2])))
                     and isinstance(e[3], list) and len(e[3]) <= 8 and all(count(n) for n in e[3])
                     for e in coding["tensors"]))
 

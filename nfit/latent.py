@@ -12,8 +12,10 @@ this scored 0.7 dB more than plain noise (Cool-chic's first recipe) with 7% fewe
 
 The rate is estimated by a Laplace model per level and signal (mean 0, a learned scale): an
 integer q costs ``-log2`` of the model's mass on [q - 1/2, q + 1/2]. The coder
-(:mod:`nfit.coding`) uses the same family, its scale set from the integers, so the estimate is
-close to the bytes written (measured within a few per cent).
+(:mod:`nfit.coding`) uses the same family, its scales set from the integers, one per context of
+a latent's decoded neighbours where that is smaller: 9-18% fewer bits than the fit's model on
+held-out photos. Training with the contexts' model too gained 0.14 dB more on one photo, not
+built. Steering measures the coder's bits (:func:`coder_bits`), so budgets see the bytes written.
 
 ``lam`` trades quality for size. It is given, or steered during the fit toward a goal: a rate
 in bits (a file size) or a PSNR. Every ``LATENT_FIT["every"]`` steps the rounded field is
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nfit.coding import LEAK_BITS, laplace_scale
+from nfit.coding import LEAK_BITS, rows, tensor_model
 from nfit.config import LATENT_FIT, FitConfig
 from nfit.fields import Params, batch_params
 from nfit.fields.grid import LatentGrid
@@ -188,10 +190,11 @@ def _measure(field: LatentGrid, params: Params, shape: tuple[int, ...], targets:
 
 
 def coder_bits(q: Tensor) -> Tensor:
-    """Bits [B] of integers ``q [B, ...]`` under the model the coder will use: Laplace of the scale that
-    codes them smallest (:func:`nfit.coding.laplace_scale`), close to the bytes it writes."""
-    scales = [laplace_scale(one.detach().to("cpu", torch.int32).numpy()) for one in q]
-    return laplace_bits(q, torch.tensor(scales, device=q.device).log())
+    """Bits [B] the coder spends on each signal's latents ``q [B, ...]`` (integers) with the model it will
+    use (:func:`nfit.coding.tensor_model`: by context of their decoded neighbours where that is smaller)."""
+    shape = rows(tuple(q.shape[1:]))
+    return torch.tensor([tensor_model(one.detach().to("cpu", torch.int32).numpy().reshape(shape), True)[1]
+                         for one in q], device=q.device)
 
 
 def _steer(lam: Tensor, goal: RateGoal, psnr: Tensor, bits: Tensor) -> Tensor:

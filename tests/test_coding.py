@@ -18,9 +18,11 @@ from typer.testing import CliRunner
 import nfit
 from nfit import metrics
 from nfit.cli import app
-from nfit.coding import CodingError, decode, dequantise, encode, laplace_scale, levels, quantise
+from nfit import coding
+from nfit.coding import (CodingError, contexts, decode, dequantise, encode, laplace_scale, levels, quantise, rows,
+                         tensor_model)
 from nfit.errors import ConfigError, FieldFileError
-from nfit.fieldfile import field_bytes, load_field, read_field_header
+from nfit.fieldfile import FORMAT_VERSION, field_bytes, load_field, read_field_header
 from nfit.rate import coded
 from nfit.signals import read_signal
 
@@ -41,6 +43,58 @@ def test_decode_of_encode_is_exact(bits, sizes, seed, spread):
     back = decode(payload, bits, {k: tuple(v.shape) for k, v in q.items()}, scales)
     for k in q:
         assert torch.equal(back[k], q[k])
+
+
+def _clustered(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Integers mostly zero, non-zero along a few rows and columns (as a photo's edges leave a latent grid)."""
+    rng = np.random.default_rng(seed)
+    q = np.zeros(shape, dtype=np.int16)
+    flat = q.reshape(rows(shape))
+    if flat.size:
+        flat[:, rng.integers(0, flat.shape[1], 2)] = rng.integers(-6, 7, (flat.shape[0], 2))
+        flat[rng.integers(0, flat.shape[0], 2), :] = rng.integers(-6, 7, (2, flat.shape[1]))
+    return q
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (1, 9), (9, 1), (40,), (3, 4, 5), (0, 3), (1,)])
+def test_context_coding_round_trips_exactly(shape, monkeypatch):
+    """Coded by context whatever it saves (the table made free), in any shape: decode(encode(q)) == q, the
+    context-coded tensor between two coded plainly."""
+    monkeypatch.setattr(coding, "CONTEXT_TABLE_BITS", -1e12)
+    q = torch.from_numpy(_clustered(shape, seed=len(shape)))
+    tensors = {"a": q.clone(), "z": q, "b": q.flatten().flip(0).clone()}
+    payload, scales = encode(tensors, 12, by_context={"z"})
+    assert isinstance(scales["z"], list) == (q.numel() > 0) and not isinstance(scales["a"], list)
+    back = decode(payload, 12, {k: tuple(v.shape) for k, v in tensors.items()}, scales)
+    for k, v in tensors.items():
+        assert torch.equal(back[k], v)
+
+
+def test_context_coding_is_used_where_it_codes_smaller():
+    """Clustered integers code smaller by context, and get it; i.i.d. ones do not, and keep one scale.
+    Either way the bits tensor_model counts are within 1% (plus a word) of the bytes written."""
+    clustered = torch.from_numpy(_clustered((256, 384), seed=0))
+    iid = torch.from_numpy(np.round(np.random.default_rng(0).laplace(0, 0.3, (256, 384))).astype(np.int16))
+    for q, by_context in ((clustered, True), (iid, False)):
+        plain, _ = encode({"z": q}, 12)
+        payload, scales = encode({"z": q}, 12, by_context={"z"})
+        assert isinstance(scales["z"], list) == by_context
+        assert len(payload) < 0.9 * len(plain) if by_context else len(payload) == len(plain)
+        _, counted = tensor_model(q.numpy().reshape(rows(tuple(q.shape))), True)
+        spent = counted - (coding.CONTEXT_TABLE_BITS if by_context else 0)
+        assert abs(8 * len(payload) - spent) <= 0.01 * spent + 64
+
+
+def test_contexts_come_from_the_rows_above_only():
+    """A row's contexts do not depend on it or on the rows below (a decoder has only the rows above), and do
+    depend on the two rows above."""
+    q = _clustered((12, 15), seed=3).astype(np.int64)
+    base = contexts(q)
+    changed = q.copy()
+    changed[5] += 4
+    after = contexts(changed)
+    assert np.array_equal(after[:6], base[:6]) and not np.array_equal(after[6], base[6])
+    assert not np.array_equal(after[7], base[7]) and np.array_equal(after[8:], base[8:])
 
 
 def test_quantisation_error_is_half_a_step_and_relative_to_the_reference():
@@ -123,7 +177,7 @@ def test_a_coded_file_decodes_to_exactly_what_the_fit_measured(tmp_path, from_in
     assert _psnr(back, photo) == pytest.approx(nf.summary["psnr"], abs=1e-3)
     assert nf.summary["psnr"] >= 30.0  # the target, reached by what is stored
     header = read_field_header(path)[1]
-    assert header["format_version"] == 4 and header["storage"]["coding"]["bits"] == nf.quantised.bits
+    assert header["format_version"] == FORMAT_VERSION and header["storage"]["coding"]["bits"] == nf.quantised.bits
 
 
 def test_a_coded_file_needs_its_initialisation(tmp_path, from_init):
@@ -318,6 +372,9 @@ def _rewrite(path: Path, out: Path, change) -> Path:
     (lambda c: c.__setitem__("coder", "zip"), "another coder"),
     (lambda c: c.__setitem__("relative_to", "elsewhere"), "malformed"),
     (lambda c: c["tensors"].pop(), "declares other tensors|do not match|missing"),
+    (lambda c: c["tensors"][0].__setitem__(2, [0.5] * 3), "malformed"),  # a context table of the wrong length
+    (lambda c: c["tensors"][0].__setitem__(2, [0.5] * 7 + [-1.0]), "malformed"),
+    (lambda c: c["tensors"][0].__setitem__(2, [0.5] * 8), "corrupt|decodes"),  # a table for plainly coded integers
 ])
 def test_crafted_coding_metadata_is_refused_in_one_line(tmp_path, change, reason):
     path = nfit.fit(PHOTO, steps=2, bits=6, init="random").save(tmp_path / "c.nf")
