@@ -115,21 +115,20 @@ def laplace_scale(q: np.ndarray) -> float:
     zeros) it puts nearly all the mass on zero and charges each non-zero ~24 bits; the best
     scale coded the latents of fitted photos in up to 45% fewer bytes, and a tiled SIREN's
     weights (Laplace-like) in the same (BENCHMARKS.md, "Latent grids")."""
+    return _best_scale(q)[0]
+
+
+def _best_scale(q: np.ndarray) -> tuple[float, float]:
+    """:func:`laplace_scale` and the bits at it, from one pass over ``q`` (a 50 MP photo's tiles: 10^8 integers)."""
     if not q.size:
-        return 1.0
+        return 1.0, 0.0
     values, counts = np.unique(np.abs(q.astype(np.int64)), return_counts=True)
     grid = MIN_SCALE * 2.0 ** (np.arange(16 * math.ceil(math.log2(float(values[-1]) / MIN_SCALE + 2))) / 16)
     grid = np.append(grid, np.abs(q).mean())  # the old choice, mean|q|: never worse than it
     grid = np.unique(np.maximum(np.round(grid * 1024) / 1024, MIN_SCALE))
-    return float(grid[int(np.argmin(_bits(values, counts, grid)))])
-
-
-def laplace_bits(q: np.ndarray, scale: float) -> float:
-    """The bits the coder spends on integers ``q`` under a Laplace(0, ``scale``) model."""
-    if not q.size:
-        return 0.0
-    values, counts = np.unique(np.abs(q.astype(np.int64)), return_counts=True)
-    return float(_bits(values, counts, np.array([scale]))[0])
+    bits = _bits(values, counts, grid)
+    best = int(np.argmin(bits))
+    return float(grid[best]), float(bits[best])
 
 
 def _bits(values: np.ndarray, counts: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -162,14 +161,13 @@ def tensor_model(q: np.ndarray, by_context: bool) -> tuple[Scale, float]:
     them with it: one Laplace scale (the fewest bits: :func:`laplace_scale`), or with ``by_context``
     where it codes smaller with CONTEXT_TABLE_BITS for its table, a list of one scale per context
     (1.0 for a context none has)."""
-    one = laplace_scale(q)
-    plain = laplace_bits(q, one)
+    one, plain = _best_scale(q)
     if not by_context or not q.size:
         return one, plain
     ctx = contexts(q)
-    table = [laplace_scale(q[ctx == k]) if (ctx == k).any() else 1.0 for k in range(CONTEXTS)]
-    by_table = sum(laplace_bits(q[ctx == k], table[k]) for k in range(CONTEXTS)) + CONTEXT_TABLE_BITS
-    return (table, by_table) if by_table < plain else (one, plain)
+    fits = [_best_scale(q[ctx == k]) for k in range(CONTEXTS)]  # an empty context: scale 1.0, no bits
+    by_table = sum(bits for _, bits in fits) + CONTEXT_TABLE_BITS
+    return ([scale for scale, _ in fits], by_table) if by_table < plain else (one, plain)
 
 
 def encode(q: dict[str, Tensor], bits: int, by_context: Collection[str] = ()) -> tuple[bytes, dict[str, Scale]]:
@@ -251,5 +249,5 @@ def checksum(payload: bytes) -> int:
 
 
 __all__ = ["CODER", "CONTEXTS", "INT", "CodingError", "MAX_BITS", "MIN_BITS", "Quantised", "Scale", "checksum",
-           "contexts", "decode", "dequantise", "encode", "laplace_bits", "laplace_scale", "levels",
+           "contexts", "decode", "dequantise", "encode", "laplace_scale", "levels",
            "quantise", "rounded", "rows", "step_for", "tensor_model"]
