@@ -181,10 +181,10 @@ def encode(q: dict[str, Tensor], bits: int, by_context: Collection[str] = ()) ->
     scales: dict[str, Scale] = {}
     for name, t in q.items():
         symbols = t.reshape(-1).numpy().astype(np.int32)
-        table = symbols.reshape(rows(tuple(t.shape)))
-        scales[name], _ = tensor_model(table, name in by_context)
+        by_rows = symbols.reshape(rows(tuple(t.shape)))
+        scales[name], _ = tensor_model(by_rows, name in by_context)
         if isinstance(scales[name], list):
-            per_symbol = np.asarray(scales[name])[contexts(table).reshape(-1)]
+            per_symbol = np.asarray(scales[name])[contexts(by_rows).reshape(-1)]
             encoder.encode(symbols, constriction.stream.model.QuantizedLaplace(-top, top),
                            np.zeros(symbols.size), per_symbol)
         elif symbols.size:
@@ -209,13 +209,13 @@ def decode(payload: bytes, bits: int, shapes: dict[str, tuple[int, ...]],
     for name, shape in shapes.items():
         n = math.prod(shape)
         scale = scales.get(name)
+        table = _checked(name, scale)  # before decoding: a bad scale is the metadata's fault, not the payload's
         try:
             if isinstance(scale, list):
                 symbols = _decode_by_context(decoder, constriction.stream.model.QuantizedLaplace(-top, top),
-                                             rows(shape), _checked(name, scale))
+                                             rows(shape), table)
             elif n:
-                model = constriction.stream.model.QuantizedLaplace(-top, top, 0.0, _checked(name, [scale])[0])
-                symbols = decoder.decode(model, n)
+                symbols = decoder.decode(constriction.stream.model.QuantizedLaplace(-top, top, 0.0, table[0]), n)
             else:
                 symbols = np.zeros(0, dtype=np.int32)
         except (ValueError, RuntimeError, AssertionError) as err:  # constriction's errors on exhausted data
@@ -224,16 +224,18 @@ def decode(payload: bytes, bits: int, shapes: dict[str, tuple[int, ...]],
     return out
 
 
-def _checked(name: str, scales: list) -> list[float]:
-    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < 1e9 for s in scales):
+def _checked(name: str, scale: Scale | None) -> list[float]:
+    """A tensor's scales from the metadata as a list (one number, or CONTEXTS), each checked."""
+    table = scale if isinstance(scale, list) else [scale]
+    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < 1e9 for s in table):
         raise CodingError(f"tensor {name!r} has no valid scale")
-    return [float(s) for s in scales]
+    if isinstance(scale, list) and len(table) != CONTEXTS:
+        raise CodingError(f"a context-coded tensor needs {CONTEXTS} scales, not {len(table)}")
+    return [float(s) for s in table]
 
 
 def _decode_by_context(decoder, family, shape: tuple[int, int], table: list[float]) -> np.ndarray:
     """Integers [R * C] coded by context, a row at a time: each row's contexts come from the two decoded above."""
-    if len(table) != CONTEXTS:
-        raise CodingError(f"a context-coded tensor needs {CONTEXTS} scales, not {len(table)}")
     n_rows, columns = shape
     table_ = np.asarray(table)
     out = np.zeros((n_rows + 2, columns), dtype=np.int64)  # two zero rows above the first
