@@ -39,6 +39,15 @@ def evaluate_chunks(
     (points, or NeRV's frames), about ``chunk`` grid samples each.
     """
     device = next(iter(params.values())).device
+    grid_rows = getattr(field, "grid_rows", None)  # a field that decodes whole rows of a grid at once, faster
+    if grid_rows is not None:
+        row = math.prod(shape[1:])
+        step = max(1, chunk // row)
+        with torch.inference_mode():
+            for lo in range(0, shape[0], step):
+                hi = min(lo + step, shape[0])
+                yield lo * row, hi * row, grid_rows(params, shape, lo, hi).clamp_(0.0, 1.0)
+        return
     units, size = field.unit_count(shape), field.unit_size(shape)  # size: grid samples per unit
     step = max(1, chunk // size)
     with torch.inference_mode():

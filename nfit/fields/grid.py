@@ -172,6 +172,72 @@ class LatentGrid(Pointwise):
         return (h + mixed.reshape(batch, channels, -1)).transpose(1, 2)  # [B, N, C], a view
 
 
+    def grid_rows(self, params: Params, shape: tuple[int, ...], lo: int, hi: int) -> Tensor:
+        """Rows ``lo .. hi - 1`` (along the first axis) of the field on the sample centres of a grid of
+        ``shape`` of any size: the values of ``self(params, grid_coords(shape))`` there, ``[B, N, C]``.
+
+        Each output needs the MLP at 3^d points, itself and its neighbours one sample of the field's
+        own grid away. Those points lie on a product of per-axis coordinate sets, so the levels are
+        interpolated axis by axis and the MLP runs once per distinct point, channels first as in
+        :meth:`on_grid`. At the native size, or an integer multiple of it, the neighbours are other
+        outputs' points and each point is computed once: about one MLP evaluation per output
+        instead of 3^d. Coordinates are kept as integers over a common denominator, so coinciding
+        points are found exactly."""
+        axes = [_shifted_axis(n, cells, *((lo, hi) if axis == 0 else (0, n)))
+                for axis, (n, cells) in enumerate(zip(shape, self.config.size))]
+        device, dtype = params["z0"].device, params["z0"].dtype
+        points = [(values / scale).to(device, dtype) for values, _, scale in axes]  # each axis's distinct points
+        base = self._synthesis_on_axes(params, points)  # [B, C, *distinct]
+
+        def at(offset: tuple[int, ...]) -> Tensor:  # the synthesis at every output's neighbour ``offset`` away
+            out = base
+            for axis, (_, inverse, _) in enumerate(axes):
+                out = out.index_select(2 + axis, inverse[offset[axis] + 1].to(device))
+            return out  # [B, C, *outputs]
+
+        out = at((0,) * len(shape))
+        out = out + params["mix.bias"].reshape(*out.shape[:2], *[1] * len(shape))
+        kernel = params["mix.weight"].flatten(3)  # [B, C_out, C_in, 3^d]
+        for k, offset in enumerate(itertools.product((-1, 0, 1), repeat=len(shape))):
+            out = out + torch.einsum("boc,bc...->bo...", kernel[..., k], at(offset))
+        return out.flatten(2).transpose(1, 2)  # [B, N, C]
+
+    def _synthesis_on_axes(self, params: Params, points: list[Tensor]) -> Tensor:
+        """The MLP's output (before the mixing) on the product of per-axis coordinates ``points``
+        (d tensors [n_a]): -> [B, C, *n]."""
+        gains = self.config.level_gains()
+        levels = []
+        for level, name in enumerate(self.latent_names):
+            z = params[name]  # [B, *cells]
+            for axis, coords in enumerate(points):  # linear, grid_sample's pixel centres and border clamp
+                cells = z.shape[1 + axis]
+                x = (((coords + 1) * cells - 1) / 2).clamp(0, cells - 1)
+                low = x.floor().long().clamp_max(cells - 1)
+                frac = (x - low).reshape(-1, *[1] * (len(points) - 1 - axis))
+                z = torch.lerp(z.index_select(1 + axis, low), z.index_select(1 + axis, (low + 1).clamp_max(cells - 1)),
+                               frac)
+            levels.append(gains[level] * z)
+        h = torch.stack(levels, 1).flatten(2)  # [B, levels, N]
+        last = len(self.dims) - 2
+        for i in range(last + 1):
+            h = torch.baddbmm(params[f"l{i}.bias"].unsqueeze(2), params[f"l{i}.weight"], h)  # [B, hidden, N]
+            h = torch.relu(h) if i < last else h + self.config.out_offset
+        return h.reshape(*h.shape[:2], *[len(p) for p in points])
+
+
+def _shifted_axis(n: int, cells: int, lo: int, hi: int) -> tuple[Tensor, Tensor, int]:
+    """The coordinates one axis of a render needs, as integers over a common denominator ``scale``:
+    samples ``lo .. hi - 1`` of ``n`` (centres (2i + 1) / n - 1) moved by -1, 0 and +1 samples of the
+    field's grid of ``cells`` (2 / cells) and clamped to its outermost centres, as :func:`_shift` does.
+    Returns the distinct values [U], where each sample's three points are among them [3, hi - lo],
+    and ``scale`` (n * cells)."""
+    i = torch.arange(lo, hi, dtype=torch.int64)
+    edge = n * cells - n  # 1 - 1 / cells, times the scale
+    wanted = torch.stack([((2 * i + 1) * cells - n * cells + 2 * o * n).clamp(-edge, edge) for o in (-1, 0, 1)])
+    values, inverse = torch.unique(wanted, return_inverse=True)
+    return values.double(), inverse, n * cells
+
+
 class _Upsample(torch.autograd.Function):
     """One level's latents ``[B, *cells]`` linearly upsampled to ``size`` ``[B, *size]``, as F.interpolate
     computes it (align_corners=False), with the backward written out: the transposed interpolation, axis
