@@ -57,6 +57,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -232,7 +233,8 @@ def field_tensors(nf: NeuralField) -> tuple[dict[str, Tensor], dict[str, Any] | 
         tensors = {PAYLOAD: torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload
                    else torch.zeros(0, dtype=torch.uint8)}
         coding = {**nf.storage()["coding"], "bytes": len(payload), "crc32": checksum(payload),
-                  "tensors": [[k, nf.quantised.steps[k], scales[k], list(v.shape)] for k, v in ints.items()]}
+                  "tensors": [[k, _short_float32(nf.quantised.steps[k]), scales[k], list(v.shape)]
+                              for k, v in ints.items()]}
     if nf.mask is not None and nf.standalone:
         tensors["mask"] = pack_mask(nf.mask)
     return tensors, coding
@@ -251,6 +253,14 @@ def field_bytes(nf: NeuralField) -> int:
     tensors, coding = field_tensors(nf)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     return len(save(tensors, metadata={META_KEY: _meta_json(nf.metadata(coding))}))
+
+
+def _short_float32(step: float) -> float:
+    """A step as the shortest number that reads back as the same float32 (what decoding multiplies by),
+    where it is a float32: 9 digits or fewer in the metadata rather than 17."""
+    single = np.float32(step)
+    short = float(str(single))
+    return short if float(single) == step and np.float32(short) == single else step
 
 
 def _meta_json(metadata: dict[str, Any]) -> str:

@@ -248,9 +248,9 @@ def test_the_written_file_with_its_summary_keeps_the_budget(tmp_path, budget):
 
 def test_an_impossible_budget_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "x.nf"
-    result = CliRunner().invoke(app, ["fit", str(PHOTO), "-o", str(out), "--max-bytes", "2000", "--steps", "1"])
+    result = CliRunner().invoke(app, ["fit", str(PHOTO), "-o", str(out), "--max-bytes", "1000", "--steps", "1"])
     assert result.exit_code != 0
-    assert "cannot be stored in 2,000 bytes" in result.output and "Traceback" not in result.output
+    assert "cannot be stored in 1,000 bytes" in result.output and "Traceback" not in result.output
     assert not out.exists()
     with pytest.raises(ConfigError, match="--bits"):
         nfit.fit(PHOTO, bits=1)
