@@ -113,6 +113,7 @@ def fit_latents(
     levels = [{"params": [params[k]], "lr": config.lr / g} for k, g in zip(names, field.config.level_gains())]
     opt = torch.optim.Adam([*levels, {"params": [log_scale]},
                             {"params": [v for k, v in params.items() if k not in names]}], lr=config.lr)
+    peaks = [group["lr"] for group in opt.param_groups]
     lam = torch.full((batch,), float(goal.lam), device=device)
     generator = generator or torch.Generator(device=device).manual_seed(config.seed)
     began = time.perf_counter()
@@ -125,10 +126,10 @@ def fit_latents(
             stopped = "seconds"
             break
         done = max(step / config.steps, 0.0 if budget is None else (now - began) / budget)
-        if not hard and done >= 1 - LATENT_FIT["hard"]:
-            hard = True  # the last stretch on the values that will be stored
-            for group in opt.param_groups:
-                group["lr"] *= LATENT_FIT["hard_lr"]
+        hard = hard or done >= 1 - LATENT_FIT["hard"]  # the last stretch on the values that will be stored
+        rate = _decay(done) * (LATENT_FIT["hard_lr"] if hard else 1.0)
+        for group, peak in zip(opt.param_groups, peaks):
+            group["lr"] = peak * rate
         step += 1
         # what the decoder sees of the latents this step, and what the rate counts: see the module's notes
         shown, counted = _stand_ins({k: params[k] for k in names}, done, hard, generator)
@@ -152,6 +153,13 @@ def fit_latents(
         psnr_r, bits_r = _measure(field, params, shape, targets)
     out = {k: v.detach() for k, v in params.items()}
     return LatentFit(out, lam.tolist(), psnr_r.tolist(), bits_r.tolist(), step, time.perf_counter() - began, stopped)
+
+
+def _decay(done: float) -> float:
+    """The step size's share of its peak when ``done`` of the fit is done: a cosine from 1 down to
+    LATENT_FIT["decay"] (see the module's notes)."""
+    floor = LATENT_FIT["decay"]
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
 
 
 def _noise(like: Tensor, generator: torch.Generator) -> Tensor:

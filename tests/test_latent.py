@@ -197,6 +197,26 @@ def test_fit_learns_integer_latents_and_lambda_trades_quality_for_bits():
     assert cheap.psnr[0] > 22  # a real photo at 0.3 bits per pixel, 100 steps
 
 
+def test_step_size_falls_along_a_cosine_and_the_rounded_stretch_takes_a_share(monkeypatch):
+    """Every group's step size is its peak times the cosine decay at the fit's progress, times hard_lr once
+    the latents are rounded: what 800 steps needed to score 2 dB more than 400 (BENCHMARKS.md)."""
+    signal, targets = _photo_targets()
+    field = build_field("grid", {"in_dim": 2, "out_dim": 3, "size": list(signal.shape), "levels": 3})
+    seen = []
+    step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (seen.append([g["lr"] for g in
+                        self.param_groups]), step(self, *a, **k))[1])
+    fit_latents(field, field.init_params(torch.Generator().manual_seed(0)), targets, signal.shape,
+                FitConfig(steps=20, lr=1e-2), RateGoal())
+    peaks = seen[0]
+    floor, hard = LATENT_FIT["decay"], LATENT_FIT["hard_lr"]
+    for i, lrs in enumerate(seen):
+        done = i / 20
+        share = (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))) * (hard if done >= 0.8 else 1.0)
+        assert lrs == pytest.approx([p * share for p in peaks])
+    assert peaks[-1] == 1e-2 and peaks[0] == 1e-2  # the MLP's and the first level's (gain 1) at lr
+
+
 def test_steering_lands_near_a_rate_goal():
     signal, targets = _photo_targets()
     field = build_field("grid", {"in_dim": 2, "out_dim": 3, "size": list(signal.shape)})
