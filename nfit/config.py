@@ -198,16 +198,20 @@ class AdaptConfig:
 # minutes issue 18 allows) scored about 2 dB more than 400 at a constant lr, at equal rate, on a held-out
 # photo (1.5 dB of it the steps, 0.6 the decay; BENCHMARKS.md, "Latent grids").
 # "alpha": soft rounding's sharpness, rising over the fit; "hard": the last fifth rounds the latents (at
-# lr * hard_lr). Every "every" steps from "steer_from" of the fit, lambda is steered toward a goal by
-# (rate / goal) ** steer_rate or exp(steer_psnr * (PSNR - goal)), at most steer_most-fold at a time, from
-# a first lambda read off "lambda_rates" (lambda, latents' bpp) (nfit.latent.lambda_for): where steering
-# ended on two held-out photos of Kodak's difficulty (wayne, snow; 800 steps, --bpp 0.3 and 1, geometric
-# means), the last point wayne's at a fixed lambda. Under a budget the latents aim at budget_share of what
-# the rest of the file leaves: steering lands within 1% of its goal, and a file over it drops latents.
+# lr * hard_lr). A rate goal starts from a lambda read off "lambda_rates" (lambda, latents' bpp), where
+# steering ended on two held-out photos of Kodak's difficulty (wayne, snow; 800 steps, --bpp 0.3 and 1,
+# geometric means; the last point wayne's at a fixed lambda) (nfit.latent.lambda_for); at "aim_at" of the
+# fit lambda is re-aimed once from the rate then, which settles at about early_rate of it (nfit.latent._aim).
+# Every "every" steps from "steer_from", lambda is steered toward the goal by (heading / goal) ** steer_rate,
+# the heading the rate carried steer_ahead measurements on at its last rate of change, or by
+# exp(steer_psnr * (PSNR - goal)), at most steer_most-fold at a time. With both, two held-out photos landed
+# within 0.3% of goals 3x-10x away from their first lambda, at the PSNR of a fixed lambda's fit at that rate
+# (BENCHMARKS.md, "Latent grids"). Under a budget the latents aim at budget_share of what the rest of the
+# file leaves, and a file still over it drops latents (nfit.rate.store_latents).
 LATENT_FIT = {"steps": 800, "lr": 2e-2, "decay": 0.05, "lambda": 1e-3, "lambda_range": (1e-5, 0.1),
-              "alpha": (1.0, 16.0), "hard": 0.2, "hard_lr": 0.2, "every": 10, "steer_from": 0.3, "steer_rate": 1.0,
-              "steer_psnr": 0.25, "steer_most": 1.3, "lambda_rates": ((1.4e-3, 0.89), (5e-3, 0.24), (1.4e-2, 0.12)),
-              "budget_share": 0.97}
+              "alpha": (1.0, 16.0), "hard": 0.2, "hard_lr": 0.2, "every": 10, "aim_at": 0.1, "early_rate": 0.7,
+              "steer_from": 0.3, "steer_ahead": 8, "steer_rate": 1.0, "steer_psnr": 0.25, "steer_most": 1.3,
+              "lambda_rates": ((1.4e-3, 0.89), (5e-3, 0.24), (1.4e-2, 0.12)), "budget_share": 0.97}
 # Peak memory of a latent fit per sample and channel, for choosing how many files to fit at once and
 # refusing one that cannot fit: measured 12 steps over the process's resident set before, on a CPU, 438
 # at 768x512 and 238 at 1536x1024 (171 between the two: a fixed ~0.2 GB besides); MEMORY_FRACTION
