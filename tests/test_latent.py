@@ -187,13 +187,13 @@ def test_fit_learns_integer_latents_and_lambda_trades_quality_for_bits():
     signal, targets = _photo_targets()
     field = build_field("grid", {"in_dim": 2, "out_dim": 3, "size": list(signal.shape)})
     init = field.init_params(torch.Generator().manual_seed(0))
-    config = FitConfig(steps=100, lr=1e-2)
+    config = FitConfig(steps=100, lr=2e-2)  # at 1e-2 the decaying step size leaves 100 steps short of travel
     cheap = fit_latents(field, init, targets, signal.shape, config, RateGoal(lam=3e-2))
     rich = fit_latents(field, init, targets, signal.shape, config, RateGoal(lam=1e-4))
     for result in (cheap, rich):  # rounding's last stretch leaves them near integers
         for k in field.latent_names:
             assert (result.params[k] - result.params[k].round()).abs().max() < 0.5
-    assert rich.psnr[0] > cheap.psnr[0] and rich.bits[0] > 3 * cheap.bits[0]  # measured: 23.9 / 23.5 dB, 4.2x
+    assert rich.psnr[0] > cheap.psnr[0] and rich.bits[0] > 3 * cheap.bits[0]  # measured: 27.95 / 26.05 dB, 6.6x
     assert cheap.psnr[0] > 22  # a real photo at 0.3 bits per pixel, 100 steps
 
 
