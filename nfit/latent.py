@@ -133,9 +133,9 @@ def fit_latents(
             break
         done = max(step / config.steps, 0.0 if budget is None else (now - began) / budget)
         hard = hard or done >= 1 - LATENT_FIT["hard"]  # the last stretch on the values that will be stored
-        rate = _decay(done) * (LATENT_FIT["hard_lr"] if hard else 1.0)
+        share = _decay(done) * (LATENT_FIT["hard_lr"] if hard else 1.0)  # of each group's peak step size
         for group, peak in zip(opt.param_groups, peaks):
-            group["lr"] = peak * rate
+            group["lr"] = peak * share
         step += 1
         # what the decoder sees of the latents this step, and what the rate counts: see the module's notes
         shown, counted = _stand_ins({k: params[k] for k in names}, done, hard, generator)

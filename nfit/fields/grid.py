@@ -158,11 +158,7 @@ class LatentGrid(Pointwise):
         # channels first, [B, features, N]: each layer is one matrix product along rows of N samples and
         # the mixing a convolution of the same memory; on a CPU the MLP's forward and backward take half
         # the time they take with the samples first (BENCHMARKS.md, "Latent grids")
-        h = self.sample_grid(params).flatten(2)  # [B, levels, N]
-        last = len(self.dims) - 2
-        for i in range(last + 1):
-            h = torch.baddbmm(params[f"l{i}.bias"].unsqueeze(2), params[f"l{i}.weight"], h)  # [B, hidden, N]
-            h = torch.relu(h) if i < last else h + self.config.out_offset
+        h = self._mlp_channels_first(params, self.sample_grid(params).flatten(2))  # [B, C, N]
         batch, channels = h.shape[:2]
         image = h.reshape(1, batch * channels, *shape)  # signals as groups of channels
         padded = F.pad(image, [1] * (2 * len(shape)), mode="replicate")
@@ -171,6 +167,13 @@ class LatentGrid(Pointwise):
                      params["mix.bias"].reshape(-1), groups=batch)
         return (h + mixed.reshape(batch, channels, -1)).transpose(1, 2)  # [B, N, C], a view
 
+    def _mlp_channels_first(self, params: Params, h: Tensor) -> Tensor:
+        """The synthesis MLP on levels' values ``h [B, levels, N]``, channels first: -> [B, C, N]."""
+        last = len(self.dims) - 2
+        for i in range(last + 1):
+            h = torch.baddbmm(params[f"l{i}.bias"].unsqueeze(2), params[f"l{i}.weight"], h)  # [B, hidden, N]
+            h = torch.relu(h) if i < last else h + self.config.out_offset
+        return h
 
     def grid_rows(self, params: Params, shape: tuple[int, ...], lo: int, hi: int) -> Tensor:
         """Rows ``lo .. hi - 1`` (along the first axis) of the field on the sample centres of a grid of
@@ -188,18 +191,20 @@ class LatentGrid(Pointwise):
         device, dtype = params["z0"].device, params["z0"].dtype
         points = [(values / scale).to(device, dtype) for values, _, scale in axes]  # each axis's distinct points
         base = self._synthesis_on_axes(params, points)  # [B, C, *distinct]
+        inverses = [inverse.to(device) for _, inverse, _ in axes]  # [3, outputs] per axis
 
         def at(offset: tuple[int, ...]) -> Tensor:  # the synthesis at every output's neighbour ``offset`` away
             out = base
-            for axis, (_, inverse, _) in enumerate(axes):
-                out = out.index_select(2 + axis, inverse[offset[axis] + 1].to(device))
+            for axis, inverse in enumerate(inverses):
+                out = out.index_select(2 + axis, inverse[offset[axis] + 1])
             return out  # [B, C, *outputs]
 
-        out = at((0,) * len(shape))
-        out = out + params["mix.bias"].reshape(*out.shape[:2], *[1] * len(shape))
+        centre = at((0,) * len(shape))
+        out = centre + params["mix.bias"].reshape(*centre.shape[:2], *[1] * len(shape))
         kernel = params["mix.weight"].flatten(3)  # [B, C_out, C_in, 3^d]
         for k, offset in enumerate(itertools.product((-1, 0, 1), repeat=len(shape))):
-            out = out + torch.einsum("boc,bc...->bo...", kernel[..., k], at(offset))
+            shifted = centre if not any(offset) else at(offset)
+            out = out + torch.einsum("boc,bc...->bo...", kernel[..., k], shifted)
         return out.flatten(2).transpose(1, 2)  # [B, N, C]
 
     def _synthesis_on_axes(self, params: Params, points: list[Tensor]) -> Tensor:
@@ -217,11 +222,7 @@ class LatentGrid(Pointwise):
                 z = torch.lerp(z.index_select(1 + axis, low), z.index_select(1 + axis, (low + 1).clamp_max(cells - 1)),
                                frac)
             levels.append(gains[level] * z)
-        h = torch.stack(levels, 1).flatten(2)  # [B, levels, N]
-        last = len(self.dims) - 2
-        for i in range(last + 1):
-            h = torch.baddbmm(params[f"l{i}.bias"].unsqueeze(2), params[f"l{i}.weight"], h)  # [B, hidden, N]
-            h = torch.relu(h) if i < last else h + self.config.out_offset
+        h = self._mlp_channels_first(params, torch.stack(levels, 1).flatten(2))  # [B, C, N]
         return h.reshape(*h.shape[:2], *[len(p) for p in points])
 
 
