@@ -86,6 +86,7 @@ def peak_memory(device: torch.device) -> int:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+_INT_MAX = 2**31 - 1  # the largest trim threshold: never trim
 _allocator_tuned = False
 
 
@@ -93,13 +94,14 @@ def tune_cpu_allocator() -> bool:
     """Keep freed memory in the process for reuse, on glibc; returns whether it applied.
 
     glibc hands every block above its mmap threshold (at most 32 MB) straight back
-    to the kernel when freed, so each large activation of a training step is
-    page-faulted in afresh, zeroed by the kernel. For a MAML step at 64x64 on two
-    cores that was 10 s of system time in a 13.6 s step; keeping the memory (no mmap
-    for large blocks, no trimming) brought the step to 7.1 s, at a peak resident
-    set about 30% higher (heap fragmentation). Set NFIT_MALLOC=system to opt out.
-    Process-wide, so only long CPU jobs call it: meta-training, and latent-grid fits (a step at
-    768x512 faulted in 52 MB and spent 11% of its CPU time in the kernel; 3% with the tuning).
+    to the kernel when freed, and trims the top of its heap once more than 128 kB is
+    free there, so each large activation of a step is page-faulted in afresh, zeroed
+    by the kernel. Keeping the memory (no mmap for large blocks, no trimming) took a
+    MAML step at 64x64 on two cores from 13.6 to 7.1 s, a latent-grid fit's step at
+    768x512 from 146 to 90 ms and a tiled fit of that photo from 27 to 19 s, at a
+    peak resident set up to ~30% higher (heap fragmentation; BENCHMARKS.md). Set
+    NFIT_MALLOC=system to opt out. Process-wide, so only long CPU jobs call it:
+    fitting, evaluation and meta-training.
     """
     global _allocator_tuned
     if _allocator_tuned:
@@ -108,8 +110,20 @@ def tune_cpu_allocator() -> bool:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 40) == 1
+        # mallopt takes a C int: a larger Python int is cut to its low 32 bits without a word
+        # (1 << 40 became a threshold of 0, which trimmed the heap at every free)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
     except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
         return False
     _allocator_tuned = ok
     return ok
+
+
+def release_cpu_memory() -> None:
+    """Hand the memory that a tuned allocator keeps back to the system (glibc's malloc_trim),
+    between the phases of a job: what one batch of tiles freed, the next may not fit into
+    (its holes are of other sizes), and a 50-megapixel photo's fit grew to 4.3 GB without
+    this, 3.5 GB as glibc leaves it."""
+    if _allocator_tuned:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -13,7 +13,7 @@ from torch import Tensor
 from nfit import metrics
 from nfit.config import AdaptConfig, DataConfig, FieldOptions, FitConfig, SignalOptions, tile_field
 from nfit.data import SignalFolder, guess_channels, load_all, scan_media
-from nfit.device import flush_denormals, resolve_device
+from nfit.device import flush_denormals, resolve_device, tune_cpu_allocator
 from nfit.errors import ConfigError, InputError
 from nfit.fields import Field, Params, build_field, count_params, field_config
 from nfit.fit import fit_adam, fit_sgd, random_init, split_batches
@@ -204,6 +204,8 @@ def evaluate_folder(
 
     config = config or AdaptConfig()
     device = resolve_device(config.device)
+    if device.type == "cpu":  # a long job of many steps: keep freed memory (nfit.device.tune_cpu_allocator)
+        tune_cpu_allocator()
     dcfg = data_config or DataConfig()
     if res is not None:
         dcfg = dataclasses.replace(dcfg, res=res)

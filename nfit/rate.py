@@ -43,6 +43,7 @@ from nfit.config import (
     FitConfig,
     StoreConfig,
 )
+from nfit.device import release_cpu_memory
 from nfit.errors import ConfigError
 from nfit.fieldfile import NeuralField, field_bytes
 from nfit.fields import Field, Params
@@ -123,6 +124,8 @@ def finetune(nf: NeuralField, reference: Params | None, values: torch.Tensor, bi
         tuned = {k: (v[0] if part is None else v).cpu() for k, v in result.params.items()}
         for k, v in quantise(tuned, reference, bits, fixed).q.items():
             q[k][where] = v
+        del result, tuned
+        release_cpu_memory()  # as between the fit's batches (nfit.tiled)
     quantised = Quantised(bits, q, fixed)
     return dataclasses.replace(nf, params=dequantise(quantised, reference), quantised=quantised)
 

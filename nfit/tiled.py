@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from nfit.config import TILE_BATCH_SAMPLES, AdaptConfig, FitConfig
+from nfit.device import release_cpu_memory
 from nfit.fields import Field, Params
 from nfit.fit import StepInfo, fit_batch, split_batches
 from nfit.tiling import Tiling, extract
@@ -94,6 +95,8 @@ def fit_tiles(
                                                 bar.phases(part), refine=True, deadline=deadline, pooled=True)
         for k, v in params.items():
             out[k][part.start:part.stop] = v.detach().cpu()
+        del params, targets
+        release_cpu_memory()  # the next batch's memory is laid out afresh: holes left kept would add up
         stops.append(stopped)
         steps.append(max(m["steps"] for m in methods))
         method = methods[0]
