@@ -70,8 +70,7 @@ def _one_config(algo: str, res: int, batch: int, reps: int, device_name: str, da
 
     torch.set_num_threads(threads)
     device = resolve_device(device_name)
-    if device.type == "cpu":
-        tune_cpu_allocator()  # as nfit meta-train does
+    tune_cpu_allocator(device)  # as nfit meta-train does
     idle = peak_memory(device)
     field = build_field("siren", {"in_dim": 2, "out_dim": 3})
     theta = {k: v.to(device).requires_grad_(True) for k, v in field.init_params(torch.Generator().manual_seed(0)).items()}

@@ -101,8 +101,7 @@ def _step(spec: dict) -> dict:
 
     torch.set_num_threads(spec.get("threads", 2))
     device = resolve_device(spec.get("device", "cpu"))
-    if device.type == "cpu":
-        tune_cpu_allocator()  # as nfit meta-train does
+    tune_cpu_allocator(device)  # as nfit meta-train does
     idle = peak_memory(device)
     dcfg = _data_config(spec)
     modality = spec["modality"]

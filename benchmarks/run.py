@@ -87,8 +87,7 @@ def _child_device(p: dict):
     from nfit.device import resolve_device, tune_cpu_allocator
 
     device = resolve_device(p["device"])
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    tune_cpu_allocator(device)
     if p["tf32"] and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     return device

@@ -124,8 +124,7 @@ def fit_signals(
         raise ConfigError("--bits", "a latent grid is always coded, its latents as integers: its size follows "
                           "--bpp, --max-bytes or --target-psnr")
     device = resolve_device(adapt.device if init is not None else config.device)
-    if device.type == "cpu":  # each step frees and faults in again tens of MB of activations: 1.2-1.8x the time
-        tune_cpu_allocator()
+    tune_cpu_allocator(device)  # each step frees and faults in again tens of MB of activations: 1.2-1.8x the time
     target = config.target_psnr
     if store.by_quality and target is not None:
         config = dataclasses.replace(config, target_psnr=target + CODING_MARGIN_DB)  # room for the rounding

@@ -90,8 +90,9 @@ _INT_MAX = 2**31 - 1  # the largest trim threshold: never trim
 _allocator_tuned = False
 
 
-def tune_cpu_allocator() -> bool:
-    """Keep freed memory in the process for reuse, on glibc; returns whether it applied.
+def tune_cpu_allocator(device: torch.device) -> bool:
+    """Keep freed memory in the process for reuse, on glibc, for a job on ``device``: on a CPU (no
+    other device's memory is glibc's); returns whether it applied.
 
     glibc hands every block above its mmap threshold (at most 32 MB) straight back
     to the kernel when freed, and trims the top of its heap once more than 128 kB is
@@ -104,6 +105,8 @@ def tune_cpu_allocator() -> bool:
     fitting, evaluation, meta-training and rendering to a file.
     """
     global _allocator_tuned
+    if device.type != "cpu":
+        return False
     if _allocator_tuned:
         return True
     if os.environ.get("NFIT_MALLOC") == "system" or not sys.platform.startswith("linux"):

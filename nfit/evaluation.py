@@ -204,8 +204,7 @@ def evaluate_folder(
 
     config = config or AdaptConfig()
     device = resolve_device(config.device)
-    if device.type == "cpu":  # a long job of many steps: keep freed memory (nfit.device.tune_cpu_allocator)
-        tune_cpu_allocator()
+    tune_cpu_allocator(device)  # a long job of many steps: keep freed memory
     dcfg = data_config or DataConfig()
     if res is not None:
         dcfg = dataclasses.replace(dcfg, res=res)

@@ -229,8 +229,7 @@ def render_to_file(
     if bit_depth == 16 and fmt not in ("png", "wav", "flac"):
         raise ConfigError("--bit-depth", f"16-bit output needs PNG, WAV or FLAC, not {output.suffix or 'frames'}")
     shape, rate = modality.target_shape(nf.shape, nf.rate, cfg)
-    if resolve_device(cfg.device).type == "cpu":  # chunk after chunk of activations: keep freed memory
-        tune_cpu_allocator()
+    tune_cpu_allocator(resolve_device(cfg.device))  # chunk after chunk of activations: keep freed memory
     if modality.streams:
         frames = render_frames(nf, shape, bit_depth, device=cfg.device, chunk=chunk, on_progress=on_progress)
         with (atomic_frames_dir if folder else atomic_output)(output) as tmp:

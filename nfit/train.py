@@ -518,8 +518,7 @@ class _Trainer:
         self.spec, self.run, self.resume, self.cfg = spec, run, resume, spec.train
         self.strategy = build_strategy(self.cfg.algo, spec.algo_options)
         self.dist, self.device = _setup_distributed(self.cfg.device)
-        if self.device.type == "cpu":
-            tune_cpu_allocator()
+        tune_cpu_allocator(self.device)
         self.on_event = on_event if on_event is not None and self.dist.main else None  # rank 0 speaks for all
         self.index = _list_data(spec, run, resume)
         self.data = _prepare_data(spec, self.index)

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from nfit.cli import app
 from nfit.config import DataConfig, FieldOptions, TrainConfig
+from nfit.device import tune_cpu_allocator
 from nfit.errors import ConfigError, InputError
 from nfit.fieldfile import load_field
 from nfit.runs import load_init
@@ -241,7 +242,8 @@ def test_tensorboard_events_when_installed(tmp_path, faces):
 
 
 def test_cpu_allocator_tuning_is_optional():
-    code = "from nfit.device import tune_cpu_allocator as t; print(t(), t())"
+    code = ("import torch; from nfit.device import tune_cpu_allocator as t; "
+            "cpu = torch.device('cpu'); print(t(cpu), t(cpu))")
     env = {**os.environ, "NFIT_MALLOC": "system"}
     off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert off.stdout.split() == ["False", "False"]
@@ -249,6 +251,7 @@ def test_cpu_allocator_tuning_is_optional():
     on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     expected = "True" if sys.platform.startswith("linux") else "False"
     assert on.stdout.split() == [expected, expected]  # idempotent
+    assert tune_cpu_allocator(torch.device("meta")) is False  # another device's memory is not glibc's
 
 
 _KEPT = """
@@ -259,7 +262,7 @@ class Info(ctypes.Structure):  # glibc's struct mallinfo2
                 "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
 mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
 mallinfo2.restype = Info
-tune_cpu_allocator()
+tune_cpu_allocator(torch.device("cpu"))
 torch.ones(16 << 20)  # 64 MB, freed at once
 print(mallinfo2().fordblks / (64 << 20))  # of it, what the heap keeps free for reuse
 """
