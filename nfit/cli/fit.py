@@ -58,8 +58,9 @@ def fit(
     seconds: Optional[float] = typer.Option(
         None, help="Stop each file's fit after this many seconds, keeping the best so far."),
     init: Optional[str] = typer.Option(
-        None, help="A learned initialisation (init file or run directory), or 'default' for the one nfit ships "
-        "[default: random, Adam]."),
+        None, help="A learned initialisation (init file or run directory), 'default' for the one nfit ships, or "
+        "'random' [default: the one nfit ships for the files' modality (image tiles) where it applies to the "
+        "field and tiling asked for; else random]."),
     density: Optional[float] = typer.Option(
         None, help="From a sparse run (--init RUN): fit at the level whose density is nearest this, e.g. 0.1."),
     standalone: bool = typer.Option(
