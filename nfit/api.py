@@ -25,6 +25,7 @@ import torch
 
 from nfit import metrics
 from nfit.atomic import guard_output, make_dirs
+from nfit.coding import ARM
 from nfit.config import (
     INIT_SIZE_TOLERANCE,
     CODING_MARGIN_DB,
@@ -892,7 +893,9 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
         "density": sparse["density"] if sparse else 1.0,
         "dtype": storage["dtype"],
         # coder, bits, what the integers are relative to, and (read from a file) the payload's bytes
-        "coding": None if storage["coding"] is None else {k: v for k, v in storage["coding"].items() if k != "tensors"},
+        "coding": None if storage["coding"] is None else {
+            **{k: v for k, v in storage["coding"].items() if k != "tensors"},
+            "latents": _latent_model(storage["coding"])},
         "mask": None if not sparse else sparse["mask"],
         "bytes": nbytes,
         "bits_per_sample": None if nbytes is None else round(nbytes * 8 / samples, 4),
@@ -900,6 +903,13 @@ def info(nf: NeuralField | str | Path) -> dict[str, Any]:
         "init": nf.init,
         "fit": nf.summary,
     }
+
+
+def _latent_model(coding: dict[str, Any]) -> str | None:
+    """How a coded file's latents are modelled: "arm" (an autoregressive model of their decoded neighbours,
+    format 6), "contexts" (a table of scales by their neighbours' magnitudes, format 5), or None."""
+    scales = [entry[2] for entry in coding.get("tensors", [])]
+    return "arm" if ARM in scales else "contexts" if any(isinstance(s, list) for s in scales) else None
 
 
 def meta_train(

@@ -28,10 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nfit.arm import LEAK_BITS, MIN_SCALE, NEIGHBOURS, Exact, context_of, order, wavefronts
+from nfit.arm import PREFIX as ARM_PREFIX
+from nfit.arm import param_shapes as arm_shapes
+
 CODER = "laplace-range"  # the only coder; the name is in every coded file so another can follow
 MIN_BITS, MAX_BITS = 2, 16
-MIN_SCALE = 1 / 64  # the Laplace scale's floor: a tensor of zeros still has a model
-LEAK_BITS = 24  # constriction's default range coder: every in-range integer has a mass of 2**-24 or more
 # Context coding (latent grids' integers): one scale per context of already-decoded neighbours (see
 # contexts), where that codes smaller, the table counted at about the JSON it takes (8 bytes a scale).
 # On latents of held-out photos 9-18% fewer bits than one scale (BENCHMARKS.md, "Latent grids").
@@ -40,7 +42,8 @@ CONTEXT_TABLE_BITS = CONTEXTS * 64
 INT = torch.int16  # the integers: |q| <= 2**15 - 1 at 16 bits; half the memory of int32 on a 50 MP photo
 
 
-Scale = float | list[float]  # one tensor's: one Laplace scale, or one per context
+Scale = float | list[float] | str  # one tensor's: one Laplace scale, one per context, or ARM
+ARM = "arm"  # a tensor's "scale" when the autoregressive model of nfit.arm codes it
 
 
 class CodingError(ValueError):
@@ -179,18 +182,28 @@ def tensor_model(q: np.ndarray, by_context: bool) -> tuple[Scale, float]:
     return ([scale for scale, _ in fits], by_table) if by_table < plain else (one, plain)
 
 
-def encode(q: dict[str, Tensor], bits: int, by_context: Collection[str] = ()) -> tuple[bytes, dict[str, Scale]]:
+def encode(q: dict[str, Tensor], bits: int, by_context: Collection[str] = (),
+           arm: tuple[Exact, list[str]] | None = None) -> tuple[bytes, dict[str, Scale]]:
     """Range-code the integers of every tensor, in order. Returns the payload and each tensor's scale: one
     number, or for a tensor named in ``by_context`` whose integers code smaller so, a list of CONTEXTS
-    (:func:`tensor_model`; the integers coded in order, each under its context's scale)."""
+    (:func:`tensor_model`; the integers coded in order, each under its context's scale). ``arm``: a
+    model (:class:`nfit.arm.Exact`, its own tensors coded before) and the tensors it codes, level by
+    level: each integer under the mean and scale it predicts, in the order of its wavefronts ("arm")."""
     import constriction
 
     top = levels(bits)
     encoder = constriction.stream.queue.RangeEncoder()
     scales: dict[str, Scale] = {}
+    predictor, modelled = arm if arm is not None else (None, [])
     for name, t in q.items():
         symbols = t.reshape(-1).numpy().astype(np.int32)
         by_rows = symbols.reshape(rows(tuple(t.shape)))
+        if predictor is not None and name in modelled:
+            mean, scale = predictor.predict(context_of(by_rows), modelled.index(name))
+            at = order(*by_rows.shape)
+            encoder.encode(symbols[at], constriction.stream.model.QuantizedLaplace(-top, top), mean[at], scale[at])
+            scales[name] = ARM
+            continue
         scales[name], _ = tensor_model(by_rows, name in by_context)
         if isinstance(scales[name], list):
             per_symbol = np.asarray(scales[name])[contexts(by_rows).reshape(-1)]
@@ -203,8 +216,9 @@ def encode(q: dict[str, Tensor], bits: int, by_context: Collection[str] = ()) ->
 
 
 def decode(payload: bytes, bits: int, shapes: dict[str, tuple[int, ...]],
-           scales: dict[str, Scale]) -> dict[str, Tensor]:
-    """The integers :func:`encode` wrote for tensors of these ``shapes`` (in order).
+           scales: dict[str, Scale], steps: dict[str, float] | None = None) -> dict[str, Tensor]:
+    """The integers :func:`encode` wrote for tensors of these ``shapes`` (in order). Tensors coded by the
+    autoregressive model (scale "arm") need its tensors decoded before them, and their ``steps``.
 
     Raises :class:`CodingError` when the payload cannot hold them: the caller checks its CRC first.
     """
@@ -214,13 +228,22 @@ def decode(payload: bytes, bits: int, shapes: dict[str, tuple[int, ...]],
     if len(payload) % 4:
         raise CodingError(f"payload of {len(payload)} bytes is not whole 32-bit words")
     decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype=np.uint32).copy())
-    out = {}
+    out: dict[str, Tensor] = {}
+    model, level = None, 0
     for name, shape in shapes.items():
         n = math.prod(shape)
         scale = scales.get(name)
-        table = _checked(name, scale)  # before decoding: a bad scale is the metadata's fault, not the payload's
+        if scale == ARM:
+            model = model or _model(out, steps or {})
+            level += 1
+            if level > model.levels:
+                raise CodingError(f"more tensors coded by the autoregressive model than its {model.levels} levels")
+        table = [] if scale == ARM else _checked(name, scale)  # before decoding: a bad scale is the metadata's fault
         try:
-            if isinstance(scale, list):
+            if scale == ARM:
+                symbols = _decode_by_arm(decoder, constriction.stream.model.QuantizedLaplace(-top, top),
+                                         rows(shape), model, level - 1)
+            elif isinstance(scale, list):
                 symbols = _decode_by_context(decoder, constriction.stream.model.QuantizedLaplace(-top, top),
                                              rows(shape), table)
             elif n:
@@ -255,10 +278,34 @@ def _decode_by_context(decoder, family, shape: tuple[int, int], table: list[floa
     return out[2:].reshape(-1)
 
 
+def _model(decoded: dict[str, Tensor], steps: dict[str, float]) -> Exact:
+    """The autoregressive model from its tensors decoded so far, checked: shapes that agree, steps that are numbers."""
+    names = [f"{ARM_PREFIX}{i}.{kind}" for i in range(3) for kind in ("weight", "bias")]
+    if not all(n in decoded and isinstance(steps.get(n), (int, float)) and 0 < steps[n] < 1e30 for n in names):
+        raise CodingError("tensors coded by the autoregressive model come before its weights")
+    levels_, hidden = decoded[f"{ARM_PREFIX}0.bias"].shape if decoded[f"{ARM_PREFIX}0.bias"].dim() == 2 else (0, 0)
+    if levels_ < 1 or {n: tuple(decoded[n].shape) for n in names} != arm_shapes(hidden, levels_):
+        raise CodingError("the autoregressive model's tensors have other shapes than it needs")
+    return Exact.from_ints({n: decoded[n].numpy() for n in names}, {n: float(steps[n]) for n in names})
+
+
+def _decode_by_arm(decoder, family, shape: tuple[int, int], model: Exact, level: int) -> np.ndarray:
+    """Integers [R * C] coded by the autoregressive model, a wavefront at a time (nfit.arm.wavefronts)."""
+    n_rows, columns = shape
+    out = np.zeros((n_rows + 2, columns + 4), dtype=np.int64)  # the padding of nfit.arm.context_of
+    dr = np.array([d for d, _ in NEIGHBOURS])
+    dc = np.array([d for _, d in NEIGHBOURS])
+    for r, c in wavefronts(n_rows, columns):
+        context = out[r[:, None] + 2 + dr, c[:, None] + 2 + dc]  # [n, 12]
+        mean, scale = model.predict(context, level)
+        out[r + 2, c + 2] = decoder.decode(family, mean, scale)
+    return out[2:, 2:-2].reshape(-1)
+
+
 def checksum(payload: bytes) -> int:
     return zlib.crc32(payload)
 
 
-__all__ = ["CODER", "CONTEXTS", "INT", "CodingError", "MAX_BITS", "MIN_BITS", "Quantised", "Scale", "checksum",
+__all__ = ["ARM", "CODER", "CONTEXTS", "INT", "CodingError", "MAX_BITS", "MIN_BITS", "Quantised", "Scale", "checksum",
            "contexts", "decode", "dequantise", "encode", "laplace_scale", "levels",
            "quantise", "rounded", "rows", "step_for", "tensor_model"]

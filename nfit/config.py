@@ -226,7 +226,8 @@ LATENT_FIT_BYTES = 300
 # 23.72 at 0.173 against 23.66 at 0.185; donna at 1e-2 24.32 at 0.433 against 24.44 at 0.446. A gain of
 # 0.25 on every level instead: anne_helene 33.78 at 0.66, but bar55_2 23.57 at 0.248 and donna 24.17 at
 # 0.519 (BENCHMARKS.md, "Latent grids").
-FIELD_DEFAULTS = {"grid": {"gain_floor": 0.25}}
+# A latent grid's autoregressive model of its latents (nfit.arm), 8 hidden units: see BENCHMARKS.md, "Latent grids".
+FIELD_DEFAULTS = {"grid": {"gain_floor": 0.25, "arm": 8}}
 # A latent grid's MLP and mixing are stored at the bits between these that cost least at the fit's
 # lambda (nfit.rate.store_latents): 12 costs under 0.01 dB, 8 saved ~270 bytes a file for 0.01 dB.
 LATENT_NET_BITS = 12

@@ -26,7 +26,9 @@ to ("init": the initialisation named in ``init``, which reading then needs; "zer
 per tensor its name, step, Laplace scale and stored shape, and the payload's size and CRC-32.
 (Format 5) A scale may be a list of ``nfit.coding.CONTEXTS`` scales: that tensor's integers are
 coded row by row, each under the scale of its context, from its neighbours in the rows above
-(a latent grid's latents, where that codes smaller).
+(a latent grid's latents, where that codes smaller). (Format 6) A scale may be "arm": a latent
+grid's latents coded under the means and scales its autoregressive model (``nfit.arm``, the
+field's ``arm.*`` tensors, listed and coded before the latents) predicts from decoded neighbours.
 
 A field fitted from a sparse initialisation (Meta-SparseINR) stores each weight
 matrix as the 1-D vector of its surviving values, in row-major order of the mask.
@@ -64,7 +66,10 @@ from torch import Tensor
 from nfit._version import __version__
 from nfit.atomic import atomic_output
 from nfit.config import MAX_FIELD_SIZE, MAX_GRID_SAMPLES, MAX_HEADER_BYTES, MAX_METADATA_BYTES, MAX_TILES
-from nfit.coding import CODER, CONTEXTS, INT, MAX_BITS, MIN_BITS, CodingError, Quantised, checksum, decode, dequantise, encode
+from nfit.arm import PREFIX as ARM_PREFIX
+from nfit.arm import Exact
+from nfit.coding import (ARM, CODER, CONTEXTS, INT, MAX_BITS, MIN_BITS, CodingError, Quantised, checksum, decode,
+                         dequantise, encode)
 from nfit.errors import ConfigError, FieldFileError, OutputError
 from nfit.fields import Field, Params, build_field, count_params
 from nfit.fields.masked import Mask, Masked, density, pack_mask, prunable, stored_values, unpack_mask
@@ -73,10 +78,10 @@ from nfit.signals import CONVENTION, MODALITIES
 from nfit.tiling import BLEND, LAYOUT, Tiling
 
 FORMAT = "nfit-field"
-# 5: a coded tensor's scale may be a list, one per context; 4: "storage.coding"; 3: "tiling"; 2: the
-# "storage" entry (float16, sparse); all still read
-FORMAT_VERSION = 5
-READ_VERSIONS = {1, 2, 3, 4, 5}
+# 6: a coded tensor's scale may be "arm" (nfit.arm); 5: a coded tensor's scale may be a list, one per
+# context; 4: "storage.coding"; 3: "tiling"; 2: the "storage" entry (float16, sparse); all still read
+FORMAT_VERSION = 6
+READ_VERSIONS = {1, 2, 3, 4, 5, 6}
 INIT_FORMAT = "nfit-init"
 INIT_FORMAT_VERSION = 1
 META_KEY = "nfit"
@@ -228,8 +233,14 @@ def field_tensors(nf: NeuralField) -> tuple[dict[str, Tensor], dict[str, Any] | 
         tensors = {k: v.to(DTYPES[nf.dtype]) for k, v in _stored(nf, nf.params).items()}
     else:
         ints = _stored(nf, {k: nf.quantised.q[k] for k in nf.field.param_shapes()})
-        # a latent grid's latents by context of their decoded neighbours (nfit.coding.contexts)
-        payload, scales = encode(ints, nf.quantised.bits, by_context=getattr(nf.field, "latent_names", ()))
+        latents = getattr(nf.field, "latent_names", [])
+        arm = None
+        if latents and nf.field.config.arm:  # its model first, then the latents it codes (nfit.arm)
+            ints = {**{k: v for k, v in ints.items() if k not in latents}, **{k: ints[k] for k in latents}}
+            arm = (Exact.from_ints({k: v.numpy() for k, v in ints.items() if k.startswith(ARM_PREFIX)},
+                                   nf.quantised.steps), latents)
+        # else a latent grid's latents by context of their decoded neighbours (nfit.coding.contexts)
+        payload, scales = encode(ints, nf.quantised.bits, by_context=latents, arm=arm)
         tensors = {PAYLOAD: torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload
                    else torch.zeros(0, dtype=torch.uint8)}
         coding = {**nf.storage()["coding"], "bytes": len(payload), "crc32": checksum(payload),
@@ -425,7 +436,8 @@ def _valid_coding(coding: Any) -> bool:
             and MIN_BITS <= coding["bits"] <= MAX_BITS and coding.get("relative_to") in RELATIVE_TO
             and count(coding.get("bytes")) and count(coding.get("crc32")) and isinstance(coding.get("tensors"), list)
             and all(isinstance(e, list) and len(e) == 4 and isinstance(e[0], str) and number(e[1])
-                    and (number(e[2]) or isinstance(e[2], list) and len(e[2]) == CONTEXTS and all(map(number, e[2])))
+                    and (number(e[2]) or e[2] == ARM
+                         or isinstance(e[2], list) and len(e[2]) == CONTEXTS and all(map(number, e[2])))
                     and isinstance(e[3], list) and len(e[3]) <= 8 and all(count(n) for n in e[3])
                     for e in coding["tensors"]))
 
@@ -442,10 +454,11 @@ def _coded_ints(path: Path, tensors: dict[str, Tensor], coding: dict[str, Any], 
                              f"its metadata says {coding['bytes']:,} bytes, CRC-32 {coding['crc32']})")
     shapes = {name: tuple(shape) for name, _, _, shape in coding["tensors"]}
     scales = {name: scale for name, _, scale, _ in coding["tensors"]}
+    steps = {name: step for name, step, _, _ in coding["tensors"]}
     if len(shapes) != len(coding["tensors"]) or sum(math.prod(s) for s in shapes.values()) > limit:
         raise FieldFileError(path, f"coded payload declares other tensors than the field's {limit:,} values")
     try:
-        return decode(data, coding["bits"], shapes, scales)
+        return decode(data, coding["bits"], shapes, scales, steps)
     except CodingError as err:
         raise FieldFileError(path, f"coded payload is corrupt ({err})") from None
 

@@ -161,6 +161,23 @@ def test_one_dimensional_levels_match_linear_upsampling():
         torch.testing.assert_close(got[..., level], want.reshape(1, -1), rtol=1e-5, atol=1e-5)
 
 
+def test_the_fits_rate_under_its_model_is_what_the_coder_spends():
+    """A fit's estimate of its latents' bits (its autoregressive model, floats, on the rounded latents) is the
+    payload's share for them within 3%: steering aims at the bytes that will be written."""
+    from nfit.latent import _measure
+
+    nf = nfit.fit(PHOTO, field="grid", steps=80, seed=2)
+    values = torch.from_numpy(read_signal(PHOTO).values).reshape(1, -1, 3)
+    batched = {k: v.unsqueeze(0) for k, v in nf.params.items()}
+    _, estimate = _measure(nf.field, batched, nf.shape, values)
+    names = nf.field.latent_names
+    latents_only = dataclasses.replace(nf, params={k: v * 0 if k in names else v for k, v in nf.params.items()})
+    empty = dataclasses.replace(nf, quantised=dataclasses.replace(
+        nf.quantised, q={k: v * 0 if k in names else v for k, v in nf.quantised.q.items()}), params=latents_only.params)
+    spent = 8 * (field_bytes(nf) - field_bytes(empty))
+    assert abs(spent - float(estimate[0])) <= 0.03 * spent + 64
+
+
 def test_laplace_bits_against_a_plain_reference_and_the_coder():
     """The rate estimate: the discretised Laplace by its formula, and within a few per cent of the coder's bytes."""
     rng = np.random.default_rng(0)
@@ -253,13 +270,17 @@ def test_batched_fit_is_each_signal_alone():
         torch.testing.assert_close(unbatch_params(together.params, 1)[k], alone.params[k][0], rtol=1e-4, atol=1e-4)
 
 
-def test_fit_store_and_render_a_real_photo(tmp_path):
-    nf = nfit.fit(PHOTO, field="grid", steps=100, seed=1)
+@pytest.mark.parametrize("arm", [8, 0])
+def test_fit_store_and_render_a_real_photo(tmp_path, arm):
+    """With its autoregressive model of the latents (the default) and without (format 5's coding)."""
+    nf = nfit.fit(PHOTO, field="grid", steps=100, seed=1, **({} if arm else {"field_config": {"arm": 0}}))
     assert nf.tiling is None and nf.field_name == "grid" and nf.quantised is not None
-    assert nf.summary["method"] == "adam-rd" and nf.summary["psnr"] > 20
+    assert nf.summary["method"] == "adam-rd" and nf.summary["psnr"] > 20 and nf.field.config.arm == arm
     out = tmp_path / "coffee.nf"
     nfit.save(nf, out)
     assert out.stat().st_size == field_bytes(nf)
+    info = nfit.info(out)["coding"]["latents"]
+    assert info == ("arm" if arm else "contexts")
     back = load_field(out)
     for k in nf.params:
         assert torch.equal(back.params[k], nf.params[k])  # decoded exactly to what was measured
@@ -313,7 +334,10 @@ def test_budget_is_never_exceeded_and_an_impossible_one_is_refused(tmp_path, mon
     assert (tmp_path / "small.nf").stat().st_size <= 4000
     # a fit that overshoots its budget (aimed 60% over it): latents nearest the rounding boundary go to zero
     rich = nfit.fit(PHOTO, field="grid", steps=150)
-    budget = field_bytes(rich) - 300  # of its ~2 kB of latents (and ~2.4 kB of the rest)
+    names = rich.field.latent_names
+    empty = dataclasses.replace(rich, params={k: v * 0 if k in names else v for k, v in rich.params.items()})
+    rest = field_bytes(_store_at(empty, 12))  # all but its latents
+    budget = (field_bytes(rich) + 2 * rest) // 3  # a third of its latents' bytes
     monkeypatch.setitem(LATENT_FIT, "budget_share", 1.6)
     over = nfit.fit(PHOTO, field="grid", steps=150, max_bytes=budget)
     assert field_bytes(over) <= budget

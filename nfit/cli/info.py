@@ -110,7 +110,9 @@ def _coding_row(data: dict[str, Any]) -> str:
         return data["dtype"]
     diff = "differences from the initialisation" if coding["relative_to"] == "init" else "values"
     payload = "" if coding.get("bytes") is None else f", {coding['bytes']:,}-byte payload"
-    return f"coded: {coding['bits']}-bit {diff}, {coding['coder']}{payload}"
+    latents = {"arm": "; latents by an autoregressive model of their decoded neighbours",
+               "contexts": "; latents by the magnitudes of their decoded neighbours"}.get(coding.get("latents"), "")
+    return f"coded: {coding['bits']}-bit {diff}, {coding['coder']}{payload}{latents}"
 
 
 def _size_row(data: dict[str, Any]) -> str:

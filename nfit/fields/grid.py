@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nfit import arm
 from nfit.fields.base import Params, Pointwise, linear, mlp_param_shapes, register_field, uniform
 
 
@@ -49,6 +50,9 @@ class GridConfig:
     # The MLP sees level l's latents times max(gain_floor, min(1, 2**(1 - l))): 1, 1, 1/2, 1/4, ... down to
     # gain_floor, each level's integer step in the MLP's units; 1 (every gain 1) as the first files were written
     gain_floor: float = 1.0
+    # Hidden units of the autoregressive model that codes the latents (nfit.arm), fitted with them and
+    # stored with the field; 0: none, the coder's table of scales by neighbours' magnitudes (format 5)
+    arm: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "size", tuple(int(n) for n in self.size))  # a JSON list from a file
@@ -60,6 +64,10 @@ class GridConfig:
             raise ValueError("depth must be at least 1 (the output layer)")
         if not 0 < self.gain_floor <= 1:
             raise ValueError(f"gain_floor must be in (0, 1], not {self.gain_floor}")
+        if not 0 <= self.arm <= 64:  # the exact forward's products stay below 2^53 up to 64 (nfit.arm)
+            raise ValueError(f"arm must be in 0..64 hidden units, not {self.arm}")
+        if self.arm and self.in_dim == 1:  # one row: decoded a latent at a time
+            raise ValueError("a 1-D latent grid has no autoregressive model (arm 0)")
 
     def level_gains(self) -> list[float]:
         return [max(self.gain_floor, min(1.0, 2.0 ** (1 - level))) for level in range(self.levels)]
@@ -91,7 +99,8 @@ class LatentGrid(Pointwise):
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         c = self.config
         return {**{f"z{level}": self.level_shape(level) for level in range(c.levels)}, **mlp_param_shapes(self.dims),
-                "mix.weight": (c.out_dim, c.out_dim, *[3] * c.in_dim), "mix.bias": (c.out_dim,)}
+                "mix.weight": (c.out_dim, c.out_dim, *[3] * c.in_dim), "mix.bias": (c.out_dim,),
+                **(arm.param_shapes(c.arm, c.levels) if c.arm else {})}
 
     def init_params(self, generator: torch.Generator) -> Params:
         # zero latents (the rate term's cheapest point), the MLP as torch.nn.Linear draws it
@@ -102,6 +111,8 @@ class LatentGrid(Pointwise):
             params[f"l{i}.bias"] = uniform((d_out,), bound, generator)
         params["mix.weight"] = torch.zeros(self.param_shapes()["mix.weight"])  # starts as the MLP alone
         params["mix.bias"] = torch.zeros(self.config.out_dim)
+        if self.config.arm:  # drawn last: the rest are drawn as before it
+            params.update(arm.init_params(self.config.arm, self.config.levels, generator))
         return params
 
     def sample(self, params: Params, coords: Tensor) -> Tensor:

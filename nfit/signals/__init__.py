@@ -173,7 +173,7 @@ class AudioModality:
 
     @classmethod
     def field_defaults(cls, field: str, shape: tuple[int, ...]) -> dict[str, Any]:
-        return {"coord_scale": cls.COORD_SCALE}
+        return {"coord_scale": cls.COORD_SCALE, "arm": 0}  # a latent grid of one row: no autoregressive model
 
     @staticmethod
     def output_format(path: Path) -> str:
