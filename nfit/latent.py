@@ -10,12 +10,12 @@ this scored 0.7 dB more than plain noise (Cool-chic's first recipe) with 7% fewe
 1e-3, and it does not collapse at high lambda (see :func:`_stand_ins`). The synthesis MLP is stored at
 12 bits or more and fitted as floats (its rounding costs under 0.01 dB).
 
-The rate is estimated by a Laplace model per level and signal (mean 0, a learned scale): an
-integer q costs ``-log2`` of the model's mass on [q - 1/2, q + 1/2]. The coder
-(:mod:`nfit.coding`) uses the same family, its scales set from the integers, one per context of
-a latent's decoded neighbours where that is smaller: 9-18% fewer bits than the fit's model on
-held-out photos. Training with the contexts' model too gained 0.14 dB more on one photo, not
-built. Steering measures the coder's bits (:func:`coder_bits`), so budgets see the bytes written.
+The rate is estimated by the field's autoregressive model (:mod:`nfit.arm`, fitted with the latents
+by the same loss and stored with them): each latent costs ``-log2`` of the mass its predicted
+Laplace puts on [q - 1/2, q + 1/2], the prediction made from its rounded, decoded neighbours, as
+the coder makes it. Fields without one (``arm`` 0: 1-D grids, and files of format 5) use a Laplace per
+level and signal (mean 0, a learned scale), and their coder a table of scales by the context of a
+latent's decoded neighbours. Steering measures the rate the file will have (:func:`_measure`).
 
 ``lam`` trades quality for size. It is given, or steered during the fit toward a goal: a rate
 in bits (a file size) or a PSNR. Every ``LATENT_FIT["every"]`` steps the rounded field is
@@ -127,6 +127,7 @@ def fit_latents(
     budget = None if deadline is None else deadline - began
     hard, step, stopped, aimed = False, 0, "steps", False
     psnr_r = bits_r = torch.zeros(batch, device=device)
+    predicted: list[tuple[Tensor, Tensor]] | None = None  # the autoregressive model's last predictions, detached
     while step < config.steps:
         now = time.perf_counter()
         if deadline is not None and now >= deadline:
@@ -142,7 +143,14 @@ def fit_latents(
         shown, counted = _stand_ins({k: params[k] for k in names}, done, hard, generator)
         net = {k: v for k, v in params.items() if k not in names}
         mse = (field.on_grid({**net, **shown}, shape) - targets).pow(2).flatten(1).mean(1)  # [B]
-        bits = _rate(field, {**net, **counted}, log_scale, {k: params[k].round() for k in names})  # [B]
+        if not field.config.arm:
+            bits = sum(laplace_bits(counted[k], log_scale[:, i]) for i, k in enumerate(names))  # [B]
+        elif predicted is None or step % LATENT_FIT["arm_every"] == 0:  # the model, and its gradient, this step
+            fresh = _predict(field, net, {k: params[k].round() for k in names})
+            bits = _arm_bits(field, counted, fresh)
+            predicted = [(mean.detach(), log_s.detach()) for mean, log_s in fresh]
+        else:  # the last predictions: their inputs, the rounded latents and the model, move slowly
+            bits = _arm_bits(field, counted, predicted)
         # log_scale is unused where the field's autoregressive model gives the scales: no gradient, Adam skips it
         grads = torch.autograd.grad((mse + lam * bits / samples).sum(), list(params.values()) + [log_scale],
                                     allow_unused=True)
@@ -199,22 +207,20 @@ def _stand_ins(latents: Params, done: float, hard: bool, generator: torch.Genera
     return {k: soft_round(v, alpha) for k, v in counted.items()}, counted
 
 
-def _rate(field: LatentGrid, params: Params, log_scale: Tensor, rounded: Params | None = None) -> Tensor:
-    """Estimated bits [B] of the latents in ``params`` (or their stand-ins): under the field's autoregressive
-    model (:mod:`nfit.arm`, its weights in ``params``) where it has one, predicting from the neighbours in
-    ``rounded`` (the latents rounded, as the coder has them; default ``params``'), else a Laplace(0,
-    exp(log_scale [B, levels])) per level. Predicting from the stand-ins' neighbours instead, the model
-    learned noise the coder never sees: measured on rounded latents its rate fell ~14% when the fit's
-    rounded stretch began, and steering, misled, ended 7-11% under budgets on a held-out photo."""
-    if not field.config.arm:
-        return sum(laplace_bits(params[k], log_scale[:, i]) for i, k in enumerate(field.latent_names))
-    rounded = rounded or params
-    total = torch.zeros(log_scale.shape[0], device=log_scale.device)
-    for level, k in enumerate(field.latent_names):
-        as_rows = (-1, *rows(tuple(params[k].shape[1:])))  # [B, R, C], the coder's rows
-        mean, log_s = arm.predict(params, rounded[k].reshape(as_rows), level)
-        total = total + arm.bits(params[k].reshape(as_rows).flatten(1), mean, log_s)
-    return total
+def _predict(field: LatentGrid, net: Params, rounded: Params) -> list[tuple[Tensor, Tensor]]:
+    """The field's autoregressive model (:mod:`nfit.arm`, its weights in ``net``): each level's means and log
+    scales [B, N] from the neighbours in ``rounded``, the latents rounded as the coder has them.
+    Predicting from the stand-ins' neighbours instead, the model learned noise the coder never sees:
+    measured on rounded latents its rate fell ~14% when the fit's rounded stretch began, and steering,
+    misled, ended 7-11% under budgets on a held-out photo."""
+    return [arm.predict(net, rounded[k].reshape(-1, *rows(tuple(rounded[k].shape[1:]))), level)
+            for level, k in enumerate(field.latent_names)]
+
+
+def _arm_bits(field: LatentGrid, latents: Params, predicted: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Bits [B] of ``latents`` (or their stand-ins) under each level's predicted means and log scales."""
+    return sum(arm.bits(latents[k].flatten(1), mean, log_s)
+               for k, (mean, log_s) in zip(field.latent_names, predicted))
 
 
 @torch.no_grad()
@@ -225,7 +231,7 @@ def _measure(field: LatentGrid, params: Params, shape: tuple[int, ...], targets:
     rounded = {k: (v.round() if k in names else v) for k, v in params.items()}
     mse = (field.on_grid(rounded, shape).clamp(0, 1) - targets).pow(2).flatten(1).mean(1)
     if field.config.arm:
-        return psnr_from_mse(mse), _rate(field, rounded, torch.zeros(mse.shape[0], 0, device=mse.device))
+        return psnr_from_mse(mse), _arm_bits(field, rounded, _predict(field, rounded, rounded))
     return psnr_from_mse(mse), sum(coder_bits(rounded[k]) for k in names)
 
 

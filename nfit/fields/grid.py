@@ -14,7 +14,8 @@ edge context alone. Written as a field, the convolution is a sum over coordinate
 stays continuous; on the signal's own grid it is an ordinary convolution with replicated borders,
 which is how it is fitted (:meth:`LatentGrid.on_grid`). Fitted with a rate
 term (:mod:`nfit.latent`), most latents end near zero and the rest near integers, which an
-entropy coder stores in far fewer bits than a SIREN's weights: measured on held-out photos,
+entropy coder stores, each under the Laplace its neighbours predict (:mod:`nfit.arm`, whose small
+MLP is part of the field's parameters), in far fewer bits than a SIREN's weights: measured on held-out photos,
 4-10x fewer than coded SIREN tiles at 29-30 dB; against JPEG, 0.8-1.6 dB above it at 0.3-0.5 bpp
 and level near 1 bpp on photos where JPEG is weak, about level at 0.3 bpp and 0.75-3.6 dB under at
 1 bpp on photos of Kodak's difficulty (BENCHMARKS.md, "Latent grids").
