@@ -83,13 +83,23 @@ def predict(params: dict[str, Tensor], context: Tensor, level: int) -> tuple[Ten
     """Mean and log scale [B, R * C] of each latent of level ``level`` (batched ``params`` [B, ...]) from its
     neighbours in ``context [B, R, C]``: the float model the fit trains. The fit gives it the latents
     rounded, as the coder will, with no gradient through them (each latent's own rate moves it)."""
-    h = neighbours(context.detach())  # [B, 12, N], channels first: one matrix product per layer
-    for i in range(LAYERS):
-        bias = params[f"{PREFIX}{i}.bias"]
-        bias = bias[:, level] if i == 0 else bias  # [B, out]
-        h = torch.baddbmm(bias.unsqueeze(2), params[f"{PREFIX}{i}.weight"], h)
-        h = torch.relu(h) if i < LAYERS - 1 else h
-    return h[:, 0], h[:, 1]
+    x = neighbours(context.detach())  # [B, 12, N]
+    out = []
+    for b in range(x.shape[0]):
+        # Most latents are zero, and so are all the neighbours of most: the model runs once for those and
+        # once for each of the rest (at 0.3 bpp 14% of a held-out photo's latents, at 1 bpp 53%)
+        live = x[b].abs().amax(0) > 0  # [N]
+        weights = [params[f"{PREFIX}{i}.weight"][b] for i in range(LAYERS)]
+        biases = [params[f"{PREFIX}0.bias"][b, level], *(params[f"{PREFIX}{i}.bias"][b] for i in range(1, LAYERS))]
+        h = torch.cat([x.new_zeros(x.shape[1], 1), x[b][:, live]], 1)  # [12, 1 + live]: an all-zero context first
+        for i, (w, bias) in enumerate(zip(weights, biases)):
+            h = torch.addmm(bias.unsqueeze(1), w, h)  # channels first: one matrix product along the latents
+            h = torch.relu(h) if i < LAYERS - 1 else h
+        full = h[:, :1].expand(2, x.shape[2]).clone()
+        full[:, live] = h[:, 1:]
+        out.append(full)
+    mean_log_scale = torch.stack(out)  # [B, 2, N]
+    return mean_log_scale[:, 0], mean_log_scale[:, 1]
 
 
 def bits(q: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:

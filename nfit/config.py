@@ -208,14 +208,15 @@ class AdaptConfig:
 # within 0.3% of goals 3x-10x away from their first lambda, at the PSNR of a fixed lambda's fit at that rate
 # (BENCHMARKS.md, "Latent grids"). Under a budget the latents aim at budget_share of what the rest of the
 # file leaves, and a file still over it drops latents (nfit.rate.store_latents).
-# "arm_every": the latents' autoregressive model (nfit.arm) predicts, and learns, every 4th step; the steps
-# between count the rate under its last predictions (its inputs, rounded latents, change slowly): the
-# model's forward and backward took ~40 ms of a ~140 ms step at 768x512 (BENCHMARKS.md, "Latent grids").
+# "arm_every": the latents' autoregressive model (nfit.arm) predicts, and learns, every 2nd step; the step
+# between counts the rate under its last predictions (its inputs, rounded latents, change slowly). At
+# 768x512 the model added 20-32 ms to a ~100 ms step every step, about half that every 2nd and none every
+# 4th; every 4th cost ~0.3 dB on a held-out photo, every 2nd nothing measurable (BENCHMARKS.md, "Latent grids").
 LATENT_FIT = {"steps": 800, "lr": 2e-2, "decay": 0.05, "lambda": 1e-3, "lambda_range": (1e-5, 0.1),
               "alpha": (1.0, 16.0), "hard": 0.2, "hard_lr": 0.2, "every": 10, "aim_at": 0.1, "early_rate": 0.7,
               "steer_from": 0.3, "steer_ahead": 8, "steer_rate": 1.0, "steer_psnr": 0.25, "steer_most": 1.3,
               "lambda_rates": ((1.4e-3, 0.89), (5e-3, 0.24), (1.4e-2, 0.12)), "budget_share": 0.97,
-              "arm_every": 4}
+              "arm_every": 2}
 # Peak memory of a latent fit per sample and channel, for choosing how many files to fit at once and
 # refusing one that cannot fit: measured 12 steps over the process's resident set before, on a CPU, 438
 # at 768x512 and 238 at 1536x1024 (171 between the two: a fixed ~0.2 GB besides); MEMORY_FRACTION

@@ -136,3 +136,23 @@ def test_coding_by_the_model_needs_its_weights_first_and_refuses_a_broken_payloa
         decode(payload, 12, {**shapes, "z1": (2, 2)}, {**scales, "z1": ARM}, steps)
     with pytest.raises(CodingError, match="whole 32-bit words"):  # a truncated file is refused by its CRC-32 first
         decode(payload[:-1], 12, shapes, scales, steps)
+
+
+def test_predict_is_the_plain_forward_with_its_gradients():
+    """The model run once for all-zero contexts and once for each other latent is the plain forward over
+    every latent, in values and in the weights' gradients; batched signals are each alone."""
+    g = torch.Generator().manual_seed(3)
+    params = {k: torch.stack([v + 0.3 * torch.randn(v.shape, generator=g) for _ in range(2)]).requires_grad_(True)
+              for k, v in arm.init_params(8, 2, g).items()}
+    z = _latents((2, 9, 11), seed=4).float() * (torch.rand(2, 9, 11, generator=g) < 0.1)  # sparse, as fitted
+    mean, log_scale = arm.predict(params, z, 1)
+    h = arm.neighbours(z)
+    for i in range(arm.LAYERS):
+        bias = params[f"arm.{i}.bias"][:, 1] if i == 0 else params[f"arm.{i}.bias"]
+        h = torch.baddbmm(bias.unsqueeze(2), params[f"arm.{i}.weight"], h)
+        h = torch.relu(h) if i < arm.LAYERS - 1 else h
+    assert torch.allclose(mean, h[:, 0], atol=1e-6) and torch.allclose(log_scale, h[:, 1], atol=1e-6)
+    got = torch.autograd.grad((mean * 1.3 + log_scale.sin()).sum(), list(params.values()))
+    want = torch.autograd.grad((h[:, 0] * 1.3 + h[:, 1].sin()).sum(), list(params.values()))
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-5)
