@@ -156,3 +156,41 @@ def test_predict_is_the_plain_forward_with_its_gradients():
     want = torch.autograd.grad((h[:, 0] * 1.3 + h[:, 1].sin()).sum(), list(params.values()))
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def grid_file(tmp_path_factory):
+    import nfit
+
+    photo = __import__("pathlib").Path(__file__).parent / "data" / "coffee_128x96.png"
+    return nfit.fit(photo, field="grid", steps=20).save(tmp_path_factory.mktemp("arm") / "g.nf")
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda t, at: t[at["arm.0.weight"]].__setitem__(1, 1e29), "corrupt"),  # a model that predicts nonsense
+    (lambda t, at: t[at["arm.2.bias"]].__setitem__(1, 1e-30), "corrupt"),
+    (lambda t, at: t.insert(0, t.pop(at["z0"])), "before its weights"),
+    (lambda t, at: t[at["l0.weight"]].__setitem__(2, "arm"), "before its weights"),
+    (lambda t, at: t[at["arm.1.bias"]].__setitem__(3, [9]), "other tensors"),
+])
+def test_a_crafted_model_in_a_file_is_refused_in_one_line(grid_file, tmp_path, change, reason):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from nfit.errors import FieldFileError
+    from nfit.fieldfile import load_field
+
+    with safe_open(str(grid_file), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["nfit"])
+    table = meta["storage"]["coding"]["tensors"]
+    change(table, {entry[0]: i for i, entry in enumerate(table)})
+    save_file(tensors, str(tmp_path / "bad.nf"), metadata={"nfit": json.dumps(meta)})
+    try:
+        nf = load_field(tmp_path / "bad.nf")
+    except FieldFileError as err:
+        assert reason in str(err), str(err)
+        return
+    # a model that predicts nonsense may still decode (into other integers): never a crash, never a non-finite value
+    assert reason == "corrupt" and all(torch.isfinite(v).all() for v in nf.params.values())
