@@ -27,6 +27,7 @@ from nfit import metrics
 from nfit.atomic import guard_output, make_dirs
 from nfit.coding import ARM
 from nfit.config import (
+    CLIP_FIELD,
     INIT_SIZE_TOLERANCE,
     CODING_MARGIN_DB,
     LATENT_FIT,
@@ -172,7 +173,8 @@ class _Start:
         if init is None:
             tiling = _tiling(tiles, field, modality, shape)
             grid = shape if tiling is None else tiling.tile
-            defaults = tile_field(modality) if _tiled(tiles, field) else None  # NeRV's clips: a whole field's
+            # tiles: the small field of TILE_FIELD; clips of a whole field (NeRV, latent grids) CLIP_FIELD's
+            defaults = tile_field(modality) if _tiled(tiles, field) else None if tiling is None else CLIP_FIELD
             config_dict = field_config(field, modality, grid, channels, defaults)
             net = build_field(field.name, config_dict)
             return cls(field.name, config_dict, net, random_init(net, config.seed), config.batch_size, None,

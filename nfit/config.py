@@ -98,6 +98,12 @@ FRAME_CHUNK = 16
 
 
 
+# A field that covers a whole signal but is cut along time into clips (video: NeRV, latent grids) fits each clip
+# by plain Adam (nfit.tiled), not for its rate: a latent grid's autoregressive model of its latents
+# (nfit.arm), which only a rate fit trains, is left out (its latents are coded as format 5 did).
+CLIP_FIELD = {"arm": 0}
+
+
 def tile_field(modality: str) -> dict:
     """The defaults of the small field each tile of ``modality`` gets."""
     return {**TILE_FIELD, **TILE_FIELD_BY_MODALITY.get(modality, {})}

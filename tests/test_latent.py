@@ -409,6 +409,16 @@ def test_video_latent_grid_is_three_dimensional():
     assert nfit.render(nf).shape == (*nf.shape, 3)
 
 
+def test_a_video_longer_than_a_clip_fits_its_clips_without_the_latents_model(monkeypatch):
+    """Clips of a latent grid are fitted by plain Adam, not for their rate: no autoregressive model (which only
+    a rate fit trains) is in their fields, and the file round trips."""
+    monkeypatch.setattr("nfit.config.FRAME_CHUNK", 4)  # the test video's 8 frames: clips of 4
+    video = DATA / "video" / "carphone_88x72.mp4"
+    nf = nfit.fit(video, field="grid", steps=3)
+    assert nf.tiling is not None and nf.field.config.arm == 0 and not any(k.startswith("arm.") for k in nf.params)
+    assert nfit.render(nf).shape == (*nf.shape, 3)
+
+
 def test_latent_grids_are_not_initialisations(tmp_path):
     crops = make_crops(tmp_path / "crops")
     result = CliRunner().invoke(app, ["meta-train", str(crops), "-o", str(tmp_path / "run"), "--field", "grid",
