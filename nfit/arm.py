@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ from torch import Tensor
 
 PREFIX = "arm."
 NEIGHBOURS = tuple((dr, dc) for dr in (-2, -1) for dc in range(-2, 3)) + ((0, -2), (0, -1))  # (row, column) offsets
+PAD = ((2, 0), (2, 2))  # zeros around a level [R, C] that hold every neighbour: two rows above, two columns either side
+_DR, _DC = (np.array(d) for d in zip(*NEIGHBOURS))
 LAYERS = 3
 FIXED_POINT = 2.0**10  # hidden activations' steps in the exact forward
 MEAN_STEPS = 16  # the coder's mean: a multiple of 1/16
@@ -140,7 +143,7 @@ class Exact:
 
     def predict(self, context: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
         """Means and scales [n] of latents whose NEIGHBOURS are ``context [n, 12]`` (integers), the coder's."""
-        h = context.astype(np.float64)
+        h = context.astype(np.float64, copy=False)
         for i, (w, step, bias) in enumerate(zip(self.weights, self.steps, self.biases)):
             pre = (h @ w.T) * (step if i == 0 else step / FIXED_POINT) + (bias[level] if i == 0 else bias)
             if i < LAYERS - 1:  # a fixed point: the next product stays one of integers
@@ -152,10 +155,20 @@ class Exact:
 
 
 def context_of(q: np.ndarray) -> np.ndarray:
-    """NEIGHBOURS of every integer of ``q [R, C]`` (zero beyond the edges): -> [R * C, 12], row by row."""
+    """NEIGHBOURS of every integer of ``q [R, C]`` (zero beyond the edges): -> [R * C, 12] float64, row by row.
+    Written a neighbour at a time into one array: 2-5x faster than stacking the shifted levels."""
     rows, columns = q.shape
-    padded = np.pad(q.astype(np.int64), ((2, 0), (2, 2)))
-    return np.stack([padded[2 + dr:2 + dr + rows, 2 + dc:2 + dc + columns].reshape(-1) for dr, dc in NEIGHBOURS], 1)
+    padded = np.pad(q.astype(np.float64), PAD)
+    out = np.empty((rows, columns, len(NEIGHBOURS)))
+    for k, (dr, dc) in enumerate(NEIGHBOURS):
+        out[:, :, k] = padded[2 + dr:2 + dr + rows, 2 + dc:2 + dc + columns]
+    return out.reshape(-1, len(NEIGHBOURS))
+
+
+def context_at(padded: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """NEIGHBOURS [n, 12] of the latents at rows ``r`` and columns ``c`` [n] of a level padded by PAD
+    (as decoded so far): what :func:`context_of` gives them."""
+    return padded[r[:, None] + PAD[0][0] + _DR, c[:, None] + PAD[1][0] + _DC]
 
 
 def wavefronts(rows: int, columns: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -168,12 +181,15 @@ def wavefronts(rows: int, columns: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+@lru_cache(maxsize=32)
 def order(rows: int, columns: int) -> np.ndarray:
-    """Flat indices [R * C] of a level's integers in the order :func:`wavefronts` decodes them."""
-    if not rows or not columns:
-        return np.zeros(0, dtype=np.int64)
-    return np.concatenate([r * columns + c for r, c in wavefronts(rows, columns)])
+    """Flat indices [R * C] of a level's integers in the order :func:`wavefronts` decodes them (read-only,
+    cached: a budgeted file is encoded some 10-25 times while its size is chosen, ~24 ms each at 768x512)."""
+    out = (np.concatenate([r * columns + c for r, c in wavefronts(rows, columns)]) if rows and columns
+           else np.zeros(0, dtype=np.int64))
+    out.setflags(write=False)
+    return out
 
 
-__all__ = ["Exact", "NEIGHBOURS", "PREFIX", "SCALES", "bits", "context_of", "init_params", "neighbours", "order",
-           "param_shapes", "predict", "wavefronts"]
+__all__ = ["Exact", "NEIGHBOURS", "PAD", "PREFIX", "SCALES", "bits", "context_at", "context_of", "init_params",
+           "neighbours", "order", "param_shapes", "predict", "wavefronts"]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nfit.arm import LEAK_BITS, MIN_SCALE, NEIGHBOURS, Exact, context_of, order, wavefronts
+from nfit.arm import LEAK_BITS, MIN_SCALE, PAD, Exact, context_at, context_of, order, wavefronts
 from nfit.arm import PREFIX as ARM_PREFIX
 from nfit.arm import param_shapes as arm_shapes
 
@@ -280,10 +280,11 @@ def _decode_by_context(decoder, family, shape: tuple[int, int], table: list[floa
 
 def _model(decoded: dict[str, Tensor], steps: dict[str, float]) -> Exact:
     """The autoregressive model from its tensors decoded so far, checked: shapes that agree, steps that are numbers."""
-    names = [f"{ARM_PREFIX}{i}.{kind}" for i in range(3) for kind in ("weight", "bias")]
+    names = list(arm_shapes(1, 1))
     if not all(n in decoded and isinstance(steps.get(n), (int, float)) and 0 < steps[n] < 1e30 for n in names):
         raise CodingError("tensors coded by the autoregressive model come before its weights")
-    levels_, hidden = decoded[f"{ARM_PREFIX}0.bias"].shape if decoded[f"{ARM_PREFIX}0.bias"].dim() == 2 else (0, 0)
+    first_bias = decoded[f"{ARM_PREFIX}0.bias"]  # [levels, hidden]
+    levels_, hidden = first_bias.shape if first_bias.dim() == 2 else (0, 0)
     if levels_ < 1 or {n: tuple(decoded[n].shape) for n in names} != arm_shapes(hidden, levels_):
         raise CodingError("the autoregressive model's tensors have other shapes than it needs")
     return Exact.from_ints({n: decoded[n].numpy() for n in names}, {n: float(steps[n]) for n in names})
@@ -291,15 +292,12 @@ def _model(decoded: dict[str, Tensor], steps: dict[str, float]) -> Exact:
 
 def _decode_by_arm(decoder, family, shape: tuple[int, int], model: Exact, level: int) -> np.ndarray:
     """Integers [R * C] coded by the autoregressive model, a wavefront at a time (nfit.arm.wavefronts)."""
-    n_rows, columns = shape
-    out = np.zeros((n_rows + 2, columns + 4), dtype=np.int64)  # the padding of nfit.arm.context_of
-    dr = np.array([d for d, _ in NEIGHBOURS])
-    dc = np.array([d for _, d in NEIGHBOURS])
-    for r, c in wavefronts(n_rows, columns):
-        context = out[r[:, None] + 2 + dr, c[:, None] + 2 + dc]  # [n, 12]
-        mean, scale = model.predict(context, level)
-        out[r + 2, c + 2] = decoder.decode(family, mean, scale)
-    return out[2:, 2:-2].reshape(-1)
+    (above, _), (left, right) = PAD
+    out = np.pad(np.zeros(shape), PAD)  # the integers decoded so far, as floats (exact), zero around them
+    for r, c in wavefronts(*shape):
+        mean, scale = model.predict(context_at(out, r, c), level)
+        out[r + above, c + left] = decoder.decode(family, mean, scale)
+    return out[above:, left:out.shape[1] - right].reshape(-1)
 
 
 def checksum(payload: bytes) -> int:
