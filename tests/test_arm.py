@@ -167,11 +167,11 @@ def grid_file(tmp_path_factory):
 
 
 @pytest.mark.parametrize("change, reason", [
-    (lambda t, at: t[at["arm.0.weight"]].__setitem__(1, 1e29), "corrupt"),  # a model that predicts nonsense
-    (lambda t, at: t[at["arm.2.bias"]].__setitem__(1, 1e-30), "corrupt"),
-    (lambda t, at: t.insert(0, t.pop(at["z0"])), "before its weights"),
-    (lambda t, at: t[at["l0.weight"]].__setitem__(2, "arm"), "before its weights"),
-    (lambda t, at: t[at["arm.1.bias"]].__setitem__(3, [9]), "other tensors"),
+    (lambda c, at: c["steps"].__setitem__(at["arm.0.weight"], 1e29), "corrupt"),  # a model that predicts nonsense
+    (lambda c, at: c["steps"].__setitem__(at["arm.2.bias"], 1e-30), "corrupt"),
+    (lambda c, at: c["scales"].__setitem__(at["l0.weight"], "arm"), "before its weights"),
+    (lambda c, at: c["shapes"].__setitem__("arm.1.bias", [9]), "other tensors"),
+    (lambda c, at: c["shapes"].__setitem__("arm.0.bias", [8, 7]), "other shapes"),
 ])
 def test_a_crafted_model_in_a_file_is_refused_in_one_line(grid_file, tmp_path, change, reason):
     import json
@@ -180,12 +180,12 @@ def test_a_crafted_model_in_a_file_is_refused_in_one_line(grid_file, tmp_path, c
     from safetensors.torch import save_file
 
     from nfit.errors import FieldFileError
-    from nfit.fieldfile import load_field
+    from nfit.fieldfile import coded_order, load_field
 
     with safe_open(str(grid_file), framework="pt") as f:
         tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["nfit"])
-    table = meta["storage"]["coding"]["tensors"]
-    change(table, {entry[0]: i for i, entry in enumerate(table)})
+    coding = meta["storage"]["coding"]  # format 7: steps and scales in payload order, the field's names
+    change(coding, {name: i for i, name in enumerate(coded_order(load_field(grid_file).field))})
     save_file(tensors, str(tmp_path / "bad.nf"), metadata={"nfit": json.dumps(meta)})
     try:
         nf = load_field(tmp_path / "bad.nf")

@@ -107,10 +107,13 @@ def test_quantisation_error_is_half_a_step_and_relative_to_the_reference():
         for k in params:
             assert q.q[k].abs().max() <= levels(bits)
             assert (back[k] - params[k]).abs().max() <= q.steps[k] / 2 * (1 + 1e-5)
-            # the step is set by the difference from the reference, not the weights' own range
-            assert q.steps[k] == pytest.approx(float((params[k] - ref[k]).abs().max()) / levels(bits), rel=1e-6)
-    # re-quantising what a file decodes to gives back the same integers
-    again = quantise(back, ref, 10)
+            # the step is set by the difference from the reference, not the weights' own range, and
+            # rounded up to 3 significant digits: at most 1% coarser, a short number in the metadata
+            exact = float((params[k] - ref[k]).abs().max()) / levels(bits)
+            assert exact * (1 - 1e-6) <= q.steps[k] <= exact * 1.01 and len(repr(float(f"{q.steps[k]:.3g}"))) <= 8
+            assert q.steps[k] == pytest.approx(float(f"{q.steps[k]:.3g}"), rel=1e-7)
+    # re-quantising what a file decodes to at its steps gives back the same integers
+    again = quantise(back, ref, 10, q.steps)
     assert all(torch.equal(again.q[k], q.q[k]) for k in q.q)
 
 
@@ -331,6 +334,9 @@ def test_cli_fit_reports_the_coding_and_info_shows_it(tmp_path):
     assert row["bits"] == 6 and row["bytes"] == out.stat().st_size
     result = CliRunner().invoke(app, ["info", str(out)])
     assert result.exit_code == 0 and "coded: 6-bit" in result.output
+    payload = nfit.info(out)["coding"]["bytes"]
+    text = " ".join(result.output.split())  # rich wraps long rows
+    assert f"{payload:,}-byte payload and {out.stat().st_size - payload:,} bytes of header" in text
     rendered = CliRunner().invoke(app, ["render", str(out), "-o", str(tmp_path / "r.png")])
     assert rendered.exit_code == 0 and (tmp_path / "r.png").exists()
 
@@ -362,19 +368,22 @@ def _rewrite(path: Path, out: Path, change) -> Path:
 
 
 @pytest.mark.parametrize("change, reason", [
-    (lambda c: c["tensors"][0].__setitem__(2, 1e-300), "corrupt|scale|decodes"),
-    (lambda c: c["tensors"][0].__setitem__(2, 1e29), "corrupt|scale|decodes"),
-    (lambda c: c["tensors"][0].__setitem__(1, 1e29), "NaN or infinite"),
-    (lambda c: c["tensors"][0].__setitem__(3, [10 ** 9]), "declares other tensors"),
-    (lambda c: c["tensors"][0].__setitem__(0, "nope"), "do not match|unexpected|missing"),
+    (lambda c: c["scales"].__setitem__(0, 1e-300), "corrupt|scale|decodes"),
+    (lambda c: c["scales"].__setitem__(0, 1e29), "corrupt|scale|decodes"),
+    (lambda c: c["steps"].__setitem__(0, 1e29), "NaN or infinite"),
+    (lambda c: c["shapes"].__setitem__("l0.weight", [10 ** 9]), "declares other tensors"),
+    (lambda c: c["shapes"].__setitem__("nope", [3]), "declares other tensors"),  # a tensor the field has not
     (lambda c: c.__setitem__("bits", 3), "corrupt|decodes|out of"),
     (lambda c: c.__setitem__("bits", 40), "malformed"),
     (lambda c: c.__setitem__("coder", "zip"), "another coder"),
     (lambda c: c.__setitem__("relative_to", "elsewhere"), "malformed"),
-    (lambda c: c["tensors"].pop(), "declares other tensors|do not match|missing"),
-    (lambda c: c["tensors"][0].__setitem__(2, [0.5] * 3), "malformed"),  # a context table of the wrong length
-    (lambda c: c["tensors"][0].__setitem__(2, [0.5] * 7 + [-1.0]), "malformed"),
-    (lambda c: c["tensors"][0].__setitem__(2, [0.5] * 8), "corrupt|decodes"),  # a table for plainly coded integers
+    (lambda c: (c["steps"].pop(), c["scales"].pop()), "declares other tensors"),
+    (lambda c: c["steps"].pop(), "malformed"),  # fewer steps than scales
+    (lambda c: c.__setitem__("shapes", [[3]]), "malformed"),
+    (lambda c: c.pop("steps"), "malformed"),
+    (lambda c: c["scales"].__setitem__(0, [0.5] * 3), "malformed"),  # a context table of the wrong length
+    (lambda c: c["scales"].__setitem__(0, [0.5] * 7 + [-1.0]), "malformed"),
+    (lambda c: c["scales"].__setitem__(0, [0.5] * 8), "corrupt|decodes"),  # a table for plainly coded integers
 ])
 def test_crafted_coding_metadata_is_refused_in_one_line(tmp_path, change, reason):
     path = nfit.fit(PHOTO, steps=2, bits=6, init="random").save(tmp_path / "c.nf")

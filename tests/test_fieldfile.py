@@ -89,6 +89,32 @@ def test_version_1_files_still_read(tmp_path):
     assert all(torch.equal(back.params[k], v) for k, v in load_field(tmp_path / "good.nf").params.items())
 
 
+FORMAT6 = __import__("pathlib").Path(__file__).parent / "data" / "format6"
+
+
+@pytest.mark.parametrize("name, latents", [("chelsea_grid", "arm"), ("chelsea_tiles", None)])
+def test_format_6_coded_files_still_decode(tmp_path, name, latents):
+    """Coded files written before format 7 (the coding's table spelling every tensor's name and shape; see
+    tests/data/README.md) decode to what nfit rendered from them then, and re-save as format 7 with the same
+    integers and steps in fewer bytes."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    import nfit
+
+    old = FORMAT6 / f"{name}.nf"
+    info = nfit.info(old)
+    assert info["format_version"] == 6 and info["coding"]["latents"] == latents
+    nf = load_field(old)
+    rendered = np.round(nf.render().numpy() * 255).clip(0, 255).astype(np.uint8)
+    assert np.array_equal(rendered, iio.imread(FORMAT6 / f"{name}.png"))
+    again = load_field(nf.save(tmp_path / "again.nf"))
+    assert nfit.info(tmp_path / "again.nf")["format_version"] == 7
+    assert all(torch.equal(again.quantised.q[k], nf.quantised.q[k]) for k in nf.quantised.q)
+    assert again.quantised.steps == nf.quantised.steps
+    assert (tmp_path / "again.nf").stat().st_size < old.stat().st_size
+
+
 def test_not_safetensors_or_truncated(tmp_path):
     good = tmp_path / "good.nf"
     save_field(_nf(), good)

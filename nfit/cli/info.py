@@ -110,6 +110,8 @@ def _coding_row(data: dict[str, Any]) -> str:
         return data["dtype"]
     diff = "differences from the initialisation" if coding["relative_to"] == "init" else "values"
     payload = "" if coding.get("bytes") is None else f", {coding['bytes']:,}-byte payload"
+    if payload and data["bytes"] is not None:  # the rest of the file: safetensors' header and nfit's metadata
+        payload += f" and {data['bytes'] - coding['bytes']:,} bytes of header"
     latents = {"arm": "; latents by an autoregressive model of their decoded neighbours",
                "contexts": "; latents by the magnitudes of their decoded neighbours"}.get(coding.get("latents"), "")
     return f"coded: {coding['bits']}-bit {diff}, {coding['coder']}{payload}{latents}"
