@@ -204,13 +204,12 @@ class AdaptConfig:
 # minutes issue 18 allows) scored about 2 dB more than 400 at a constant lr, at equal rate, on a held-out
 # photo (1.5 dB of it the steps, 0.6 the decay; BENCHMARKS.md, "Latent grids").
 # "alpha": soft rounding's sharpness, rising over the fit; "hard": the last fifth rounds the latents (at
-# lr * hard_lr). A rate goal starts from a lambda read off "lambda_rates" (lambda, latents' bpp)
-# (nfit.latent.lambda_for): about where steering ended on four held-out photos of Kodak's difficulty with
-# the latents' autoregressive model (800 steps, --bpp 0.3 and 1; the last point wayne's at a fixed lambda
-# before the model). The table read before it, (1.4e-3, 0.89), (5e-3, 0.24), started 1 bpp goals 4-77x
-# too high and 0.3 bpp ones ~2x: steering spent the fit coming down, and the latents formed at the high
-# lambda. From the new table: +0.40 dB over JPEG at 0.3 bpp and +0.38 at 1 bpp, means of the four photos
-# at equal budgets (BENCHMARKS.md, "Latent grids"). At "aim_at" of the
+# lr * hard_lr). A rate goal starts from a lambda read off "lambda_rates" (lambda, latents' bpp), where
+# steering ended on two held-out photos of Kodak's difficulty (wayne, snow; 800 steps, --bpp 0.3 and 1,
+# geometric means; the last point wayne's at a fixed lambda) (nfit.latent.lambda_for). Re-measured after
+# the latents' autoregressive model, (3.5e-4, 0.92), (2.5e-3, 0.25) gained 0.4 dB on the four photos it was
+# read off and lost up to 0.8 dB, and 10-18 s, on two others whose lambdas run 10-100x higher: a start too
+# low costs more than one too high (BENCHMARKS.md, "Latent grids"), so this stays. At "aim_at" of the
 # fit lambda is re-aimed once from the rate then, which settles at about early_rate of it (nfit.latent._aim).
 # Every "every" steps from "steer_from", lambda is steered toward the goal by (heading / goal) ** steer_rate,
 # the heading the rate carried steer_ahead measurements on at its last rate of change, or by
@@ -225,7 +224,7 @@ class AdaptConfig:
 LATENT_FIT = {"steps": 800, "lr": 2e-2, "decay": 0.05, "lambda": 1e-3, "lambda_range": (1e-5, 0.1),
               "alpha": (1.0, 16.0), "hard": 0.2, "hard_lr": 0.2, "every": 10, "aim_at": 0.1, "early_rate": 0.7,
               "steer_from": 0.3, "steer_ahead": 8, "steer_rate": 1.0, "steer_psnr": 0.25, "steer_most": 1.3,
-              "lambda_rates": ((3.5e-4, 0.92), (2.5e-3, 0.25), (1.4e-2, 0.12)), "budget_share": 0.97,
+              "lambda_rates": ((1.4e-3, 0.89), (5e-3, 0.24), (1.4e-2, 0.12)), "budget_share": 0.97,
               "arm_every": 2}
 # Peak memory of a latent fit per sample and channel, for choosing how many files to fit at once and
 # refusing one that cannot fit: measured 12 steps over the process's resident set before, on a CPU, 438

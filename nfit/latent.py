@@ -71,7 +71,7 @@ class LatentFit:
 
 
 def lambda_for(bits_per_sample: float) -> float:
-    """A first lambda for a rate goal, log-log between lambdas measured on held-out 768x512 photos
+    """A first lambda for a rate goal, log-log between lambdas measured on two held-out 768x512 photos
     (LATENT_FIT["lambda_rates"]), beyond them along the nearest segment: steering starts
     near the goal instead of climbing to it (from 1e-3, a 0.3 bpp goal overshot to lambda 0.06,
     where every latent rounds to zero)."""
