@@ -21,7 +21,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from nfit.fieldfile import META_KEY, MetaInit, NeuralField, save_field, save_init
+from nfit.fieldfile import FORMAT_VERSION, META_KEY, MetaInit, NeuralField, save_field, save_init
 from nfit.fields import build_field
 from nfit.signals import CONVENTION
 
@@ -195,8 +195,9 @@ BAD_FIELD_FILES: dict[str, tuple] = {
     "metadata nested too deep": (lambda g, d: rewrite(g, d, raw_meta="[" * 100_000 + "]" * 100_000), "not valid JSON"),
     "metadata too large": (lambda g, d: rewrite(g, d, edit_meta=lambda m: m.update(pad="x" * (1 << 20))),
                            "over nfit's limit"),
-    "unknown format version": (lambda g, d: rewrite(g, d, edit_meta=lambda m: m.update(format_version=7)),
-                               "format version 7"),
+    "unknown format version": (  # the next one, not yet written
+        lambda g, d: rewrite(g, d, edit_meta=lambda m: m.update(format_version=FORMAT_VERSION + 1)),
+        f"format version {FORMAT_VERSION + 1}"),
     "absurd signal size": (lambda g, d: rewrite(g, d, edit_meta=lambda m: m["signal"].update(shape=[10**9, 10**9])),
                            "not a valid image grid"),
     "absurd field depth": (lambda g, d: rewrite(g, d, edit_meta=lambda m: m["field"]["config"].update(depth=10**9)),
