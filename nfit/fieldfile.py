@@ -376,7 +376,7 @@ def check_params(
     a leading dimension of that many tiles.
     """
     lead = () if tiles is None else (tiles,)
-    expected = {k: lead + tuple(v) for k, v in field_.param_shapes().items()}
+    expected = _own_shapes(field_, tiles)
     for k, m in (mask or {}).items():
         expected[k] = lead + (int(m.sum()),)
     missing, extra = set(expected) - set(tensors), set(tensors) - set(expected)
