@@ -17,8 +17,9 @@ log bpp). Encode seconds: the fit plus the coding; decode: loading the .nf and r
         --grid-json benchmarks/results/rd_grid.json benchmarks/results/rd_grid_kodaklike.json
 
 ``grid``: latent-grid fields (``nfit fit --field grid``, :mod:`nfit.latent`) on the same crops, one
-fit per ``--bpps`` budget (and one at the default lambda), each as written by ``nfit fit``; JPEG
-at the same bpp read off the curves of an earlier run (``--codecs``).
+fit per ``--bpps`` budget (and one at the default lambda) and ``--seeds`` seed, each as written by
+``nfit fit``; JPEG at the same bpp read off the curves of an earlier run (``--codecs``). One photo's
+result moves by up to ~1 dB with the seed: compare variants on the mean over photos, or over seeds.
 
 ``audio``: a speech and a music clip of ``dev/audio_*`` (at their own rate and channels): nfit's
 tiles (from random: nfit ships no audio initialisation) fitted to each ``--targets`` and coded
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import math
 import platform
@@ -319,16 +321,17 @@ def grid(args) -> dict:
             entry = {"name": name, "png_bytes": png.stat().st_size, "grid": []}
             # JPEG's curve from the earlier run where it has the photo, else swept here (a second)
             jpeg = codecs[name]["JPEG"] if name in codecs else codec_curve(Image.open(png), "JPEG")
-            for bpp in ([] if args.no_default else [None]) + args.bpps:
+            for bpp, seed in itertools.product(([] if args.no_default else [None]) + args.bpps, args.seeds):
                 began = time.perf_counter()
-                nf = nfit.fit(png, field="grid", bpp=bpp)
+                nf = nfit.fit(png, field="grid", bpp=bpp, seed=seed)
                 encode = time.perf_counter() - began
                 path = nf.save(Path(tmp) / "x.nf")
                 began = time.perf_counter()
                 rendered = np.round(nfit.render(path).numpy() * 255).clip(0, 255).astype(np.uint8)
                 decode = time.perf_counter() - began
                 size = path.stat().st_size
-                point = {"budget_bpp": bpp, "bytes": size, "bpp": size * 8 / (ref.shape[0] * ref.shape[1]),
+                point = {"budget_bpp": bpp, "seed": seed, "bytes": size,
+                         "bpp": size * 8 / (ref.shape[0] * ref.shape[1]),
                          "psnr": psnr8(rendered, ref), "ssim": nf.summary["ssim"], "lambda": nf.summary["lambda"],
                          "steps": nf.summary["steps"], "encode_s": encode, "decode_s": decode}
                 point["jpeg_psnr_same_bpp"] = at_bpp(jpeg, point["bpp"])
@@ -339,15 +342,39 @@ def grid(args) -> dict:
 
 
 def grid_table(results: dict) -> None:
-    print("\n| photo | budget | .nf bpp | PSNR dB | JPEG at that bpp | difference | encode s | decode s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| photo | budget | seed | .nf bpp | PSNR dB | JPEG at that bpp | difference | encode s | decode s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for photo in results["photos"]:
         for p in photo["grid"]:
             j = p["jpeg_psnr_same_bpp"]
             budget = "default" if p["budget_bpp"] is None else f"--bpp {p['budget_bpp']:g}"
             jpeg, diff = ("-", "-") if j is None else (f"{j:.2f}", f"{p['psnr'] - j:+.2f}")
-            print(f"| {photo['name']} | {budget} | {p['bpp']:.2f} | {p['psnr']:.2f} | {jpeg} | {diff} "
-                  f"| {p['encode_s']:.0f} | {p['decode_s']:.1f} |")
+            print(f"| {photo['name']} | {budget} | {p.get('seed', 0)} | {p['bpp']:.2f} | {p['psnr']:.2f} | {jpeg} "
+                  f"| {diff} | {p['encode_s']:.0f} | {p['decode_s']:.1f} |")
+    for line in seed_summary(results):
+        print(line)
+
+
+def seed_summary(results: dict) -> list[str]:
+    """Per budget: the mean difference from JPEG over the photos for each seed, and each photo's spread
+    across seeds (largest minus smallest difference): how far one run of a photo is to be trusted."""
+    by_budget: dict = {}
+    for photo in results["photos"]:
+        for p in photo["grid"]:
+            if p["jpeg_psnr_same_bpp"] is not None:
+                by_budget.setdefault(p["budget_bpp"], {}).setdefault(photo["name"], {})[p.get("seed", 0)] = (
+                    p["psnr"] - p["jpeg_psnr_same_bpp"])
+    lines = []
+    for budget, photos in by_budget.items():
+        seeds = sorted({seed for runs in photos.values() for seed in runs})
+        if len(seeds) < 2:
+            continue
+        means = [statistics.mean(runs[seed] for runs in photos.values() if seed in runs) for seed in seeds]
+        spreads = {name: max(runs.values()) - min(runs.values()) for name, runs in photos.items()}
+        lines.append(f"{'default' if budget is None else f'--bpp {budget:g}'}: mean difference per seed "
+                     + ", ".join(f"{s} {m:+.2f}" for s, m in zip(seeds, means)) + "; spread per photo "
+                     + ", ".join(f"{n} {v:.2f}" for n, v in spreads.items()))
+    return lines
 
 
 def main() -> None:
@@ -358,6 +385,9 @@ def main() -> None:
         ap.add_argument("--photos", nargs="+", default=["donna", "bar55_2", "anne_helene"])
         ap.add_argument("--bpps", type=float, nargs="+", default=[0.3, 1.0])
         ap.add_argument("--no-default", action="store_true", help="no fit at the default lambda, budgets only")
+        ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="fit each budget once per seed (the networks' draw, the rounding noise): one photo's "
+                             "result moves by up to ~1 dB with it, the mean over photos far less")
         ap.add_argument("--codecs", default=str(ROOT / "benchmarks/results/rd.json"))
         ap.add_argument("--json")
         ap.add_argument("--json-in")

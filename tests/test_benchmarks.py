@@ -1,6 +1,7 @@
-"""The benchmark suite's own logic (benchmarks/run.py): the memory-headroom search.
+"""The benchmark suite's own logic: the memory-headroom search (benchmarks/run.py), the seed summary of
+bench_rd.py grid.
 
-The measurements need a GPU; what is tested here is that the search finds the right size.
+run.py's measurements need a GPU; what is tested here is the logic around them.
 """
 
 import pytest
@@ -34,3 +35,22 @@ def test_largest_fitting_finds_the_threshold(start, cap, step):
 def test_largest_fitting_stops_at_the_first_failure_of_doubling():
     good, bad, probes = largest_fitting(lambda n: n <= 100, 64, 4096, 32)
     assert (good, bad) == (96, 128) and probes == [(64, True), (128, False), (96, True)]
+
+
+def test_seed_summary_gives_each_seeds_mean_and_each_photos_spread():
+    from benchmarks.bench_rd import seed_summary
+
+    def point(budget, seed, psnr, jpeg=26.0):
+        return {"budget_bpp": budget, "seed": seed, "psnr": psnr, "jpeg_psnr_same_bpp": jpeg}
+
+    results = {"photos": [
+        {"name": "a", "grid": [point(0.3, 0, 27.0), point(0.3, 1, 28.0), point(1.0, 0, 30.0),
+                               point(None, 0, 20.0, None)]},
+        {"name": "b", "grid": [point(0.3, 0, 28.0), point(0.3, 1, 27.5), point(1.0, 0, 31.0)]},
+    ]}
+    # one seed at 1 bpp: nothing to compare; no JPEG at the default lambda: left out
+    assert seed_summary(results) == [
+        "--bpp 0.3: mean difference per seed 0 +1.50, 1 +1.75; spread per photo a 1.00, b 0.50"]
+    # runs written before the seed was recorded count as seed 0
+    del results["photos"][0]["grid"][0]["seed"]
+    assert seed_summary(results)[0].startswith("--bpp 0.3: mean difference per seed 0 +1.50, 1 +1.75")
