@@ -70,7 +70,8 @@ def test_rows_of_any_grid_are_the_field_at_its_coordinates(in_dim, size, renders
     """The render path (levels interpolated axis by axis, the MLP once per distinct point) against the field's
     definition, in float64 so that any difference is a mistake, at native, integer and fractional scales,
     chunked into rows."""
-    field = build_field("grid", {"in_dim": in_dim, "out_dim": 3, "size": list(size), "levels": 3, "gain_floor": 0.25})
+    field = build_field("grid", {"in_dim": in_dim, "out_dim": 3, "size": list(size), "levels": 3, "gain_floor": 0.25,
+                                 "slope": 0.01})
     params = {k: v.double() for k, v in _random_params(field, batch=2, seed=in_dim).items()}
     g = torch.Generator().manual_seed(7)
     params["mix.weight"] = torch.randn(params["mix.weight"].shape, generator=g, dtype=torch.float64) * 0.3
@@ -94,6 +95,33 @@ def test_level_gains_scale_each_level_and_files_without_them_keep_gain_one():
     torch.testing.assert_close(field(params, coords), plain(scaled, coords))
     with pytest.raises(ConfigError, match="gain_floor"):
         nfit.fit(PHOTO, field="grid", steps=1, field_config={"gain_floor": 0})
+
+
+def test_hidden_slope_makes_a_leaky_relu_and_files_without_it_keep_relu():
+    """``slope`` s: the MLP's hidden units are max(x, s x), on the fitting, definition and render paths alike
+    (the tests above check those agree); a config without it (files before it) has plain ReLU units."""
+    size = (6, 11)
+    leaky = build_field("grid", {"in_dim": 2, "out_dim": 3, "size": list(size), "levels": 3, "slope": 0.1})
+    plain = build_field("grid", {"in_dim": 2, "out_dim": 3, "size": list(size), "levels": 3})
+    assert plain.config.slope == 0.0
+    params = _random_params(leaky, batch=2)
+    coords = torch.rand(40, 2) * 2 - 1
+
+    def mlp(slope: float) -> torch.Tensor:
+        h = leaky.sample(params, coords)
+        for i in range(len(leaky.dims) - 1):
+            h = h @ params[f"l{i}.weight"].transpose(1, 2) + params[f"l{i}.bias"].unsqueeze(1)
+            if i < len(leaky.dims) - 2:
+                assert (h < 0).any()  # the slope is exercised
+                h = torch.maximum(h, slope * h)
+        return h + 0.5
+
+    torch.testing.assert_close(leaky.synthesis(params, coords)[0], mlp(0.1))
+    torch.testing.assert_close(plain.synthesis(params, coords)[0], mlp(0.0))
+    torch.testing.assert_close(leaky.on_grid(params, size), leaky(params, grid_coords(size)), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(leaky.on_grid(params, size), plain.on_grid(params, size))
+    with pytest.raises(ConfigError, match="slope"):
+        nfit.fit(PHOTO, field="grid", steps=1, field_config={"slope": 1.0})
 
 
 def test_each_level_steps_lr_over_its_gain():

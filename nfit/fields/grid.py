@@ -6,7 +6,7 @@ with ``ceil(n / 2**l)`` cells per axis (so about 1.33 latents per sample for an 
 them on the finest level). At a coordinate, each level is interpolated (linearly, as
 ``grid_sample`` with the pixel-centre convention) and scaled by its gain (finer integer steps for
 the coarse levels a smooth signal rests on: see GridConfig), and the ``levels`` values are mapped to the
-signal's channels by an MLP of ``depth`` layers of ``hidden`` ReLU units. Then, as Cool-chic's
+signal's channels by an MLP of ``depth`` layers of ``hidden`` (leaky) ReLU units. Then, as Cool-chic's
 synthesis ends, a 3x3 (3^d) convolution mixes each output with its neighbours one sample of the
 signal's own grid away, added to it: worth 1.1-1.7 dB at equal rate on a held-out photo
 (BENCHMARKS.md, "Latent grids"), because one latent per level and sample carries no colour or
@@ -54,6 +54,8 @@ class GridConfig:
     # Hidden units of the autoregressive model that codes the latents (nfit.arm), fitted with them and
     # stored with the field; 0: none, the coder's table of scales by neighbours' magnitudes (format 5)
     arm: int = 0
+    # The hidden layers' activation: a leaky ReLU of this negative slope; 0, a ReLU, as the first files were written
+    slope: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "size", tuple(int(n) for n in self.size))  # a JSON list from a file
@@ -65,6 +67,8 @@ class GridConfig:
             raise ValueError("depth must be at least 1 (the output layer)")
         if not 0 < self.gain_floor <= 1:
             raise ValueError(f"gain_floor must be in (0, 1], not {self.gain_floor}")
+        if not 0 <= self.slope < 1:
+            raise ValueError(f"slope must be in [0, 1), not {self.slope}")
         if not 0 <= self.arm <= 64:  # the exact forward's products stay below 2^53 up to 64 (nfit.arm)
             raise ValueError(f"arm must be in 0..64 hidden units, not {self.arm}")
         if self.arm and self.in_dim == 1:  # one row: decoded a latent at a time
@@ -147,7 +151,7 @@ class LatentGrid(Pointwise):
         h = self.sample(params, coords)  # [B, N, levels]
         last = len(self.dims) - 2
         for i in range(last):
-            h = torch.relu(linear(h, params[f"l{i}.weight"], params[f"l{i}.bias"]))  # [B, N, hidden]
+            h = self._activation(linear(h, params[f"l{i}.weight"], params[f"l{i}.bias"]))  # [B, N, hidden]
         return linear(h, params[f"l{last}.weight"], params[f"l{last}.bias"]) + self.config.out_offset, h
 
     def __call__(self, params: Params, coords: Tensor, *, features: bool = False):
@@ -184,8 +188,12 @@ class LatentGrid(Pointwise):
         last = len(self.dims) - 2
         for i in range(last + 1):
             h = torch.baddbmm(params[f"l{i}.bias"].unsqueeze(2), params[f"l{i}.weight"], h)  # [B, hidden, N]
-            h = torch.relu(h) if i < last else h + self.config.out_offset
+            h = self._activation(h) if i < last else h + self.config.out_offset
         return h
+
+    def _activation(self, h: Tensor) -> Tensor:
+        slope = self.config.slope
+        return F.leaky_relu(h, slope) if slope else torch.relu(h)
 
     def grid_rows(self, params: Params, shape: tuple[int, ...], lo: int, hi: int) -> Tensor:
         """Rows ``lo .. hi - 1`` (along the first axis) of the field on the sample centres of a grid of
