@@ -204,18 +204,25 @@ def write_safetensors(path: str | Path, tensors: dict[str, Tensor], metadata: di
 
 
 def save_tensors(path: Path, tmp: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    """safetensors' save_file into ``tmp`` (an atomic write of ``path``), its I/O failures as OutputError.
+    """``tensors`` as safetensors bytes written into ``tmp`` (an atomic write of ``path``), I/O failures as
+    OutputError: the write failed and the previous ``path`` must stay.
 
-    safetensors reports a full disk as its own SafetensorError, not OSError; either
-    way the write failed and the previous ``path`` must stay.
+    The bytes are made in memory and written here rather than by safetensors' save_file, which
+    (0.8) writes through a temporary file of its own, ``.tmpXXXXXX`` beside ``tmp``: a process
+    killed during it left that behind, where nfit's clean-up of its own temporaries (by name,
+    nfit.atomic.stale_temporaries) cannot know it.
     """
     from safetensors import SafetensorError
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
+        data = save(tensors, metadata=metadata)
     except SafetensorError as err:
         raise OutputError(path, f"cannot write ({_short(err)})") from None
+    try:
+        tmp.write_bytes(data)
+    except OSError as err:
+        raise OutputError(path, f"cannot write ({err.strerror or err})") from None
 
 
 def _stored(nf: NeuralField, values: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -36,7 +36,7 @@ def test_failed_write_leaves_previous_file(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("safetensors.torch.save_file", boom)
+    monkeypatch.setattr("safetensors.torch.save", boom)  # the bytes nfit writes
     with pytest.raises(RuntimeError):
         save_field(_nf(width=4), path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["a.nf"]
@@ -136,3 +136,21 @@ def test_safetensors_without_nfit_metadata(tmp_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "plain.nf"))
     with pytest.raises(FieldFileError, match="not written by nfit"):
         load_field(tmp_path / "plain.nf")
+
+
+def test_save_tensors_leaves_no_temporary_of_safetensors(tmp_path, monkeypatch):
+    """nfit writes the bytes into its own temporary: safetensors' save_file (0.8) made a `.tmpXXXXXX` of its
+    own beside it, which a kill left behind where nfit's clean-up, by its own names, never looks."""
+    import safetensors.torch
+    from safetensors.torch import load_file
+
+    from nfit.fieldfile import save_tensors
+
+    def no_save_file(*args, **kwargs):
+        raise AssertionError("safetensors' save_file writes a temporary of its own")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", no_save_file)
+    tmp = tmp_path / ".x.safetensors.abc.tmp.safetensors"
+    save_tensors(tmp_path / "x.safetensors", tmp, {"w": torch.arange(6.0).reshape(2, 3)}, {"k": "v"})
+    assert [p.name for p in tmp_path.iterdir()] == [tmp.name]
+    assert torch.equal(load_file(tmp)["w"], torch.arange(6.0).reshape(2, 3))
