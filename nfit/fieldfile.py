@@ -204,8 +204,9 @@ def write_safetensors(path: str | Path, tensors: dict[str, Tensor], metadata: di
 
 
 def save_tensors(path: Path, tmp: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    """``tensors`` as safetensors bytes written into ``tmp`` (an atomic write of ``path``), I/O failures as
-    OutputError: the write failed and the previous ``path`` must stay.
+    """``tensors`` as safetensors bytes written into ``tmp`` (an atomic write of ``path``), failures as
+    OutputError: the write failed and the previous ``path`` must stay. safetensors reports its own
+    as SafetensorError; an OSError writing ``tmp``, atomic_output turns into OutputError.
 
     The bytes are made in memory and written here rather than by safetensors' save_file, which
     (0.8) writes through a temporary file of its own, ``.tmpXXXXXX`` beside ``tmp``: a process
@@ -219,10 +220,7 @@ def save_tensors(path: Path, tmp: Path, tensors: dict[str, Tensor], metadata: di
         data = save(tensors, metadata=metadata)
     except SafetensorError as err:
         raise OutputError(path, f"cannot write ({_short(err)})") from None
-    try:
-        tmp.write_bytes(data)
-    except OSError as err:
-        raise OutputError(path, f"cannot write ({err.strerror or err})") from None
+    tmp.write_bytes(data)
 
 
 def _stored(nf: NeuralField, values: dict[str, Tensor]) -> dict[str, Tensor]:
