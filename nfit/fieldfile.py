@@ -33,6 +33,11 @@ field's ``arm.*`` tensors, listed and coded before the latents) predicts from de
 ``scales``, and ``shapes`` only for the tensors whose stored shape is not the field's own (a sparse
 weight's surviving values): the field names them and gives the rest. Spelling out names and shapes
 took ~450 of a 0.3 bpp latent grid's 14,000 bytes.
+(Format 8) A coded field's metadata is the same JSON, packed (:func:`pack_metadata`): deflated
+against a preset dictionary of the keys and common values of nfit's metadata (``PRESET``), in base85
+(no character that JSON escapes), under the key ``"nfit.deflate85"`` instead of ``"nfit"``. The escaped
+JSON took ~1,300 of a 0.3 bpp latent grid's ~14,500 bytes; packed it takes ~250 (``nfit info``
+shows all of it). Files that store floats keep the plain ``"nfit"`` key, and both read.
 
 A field fitted from a sparse initialisation (Meta-SparseINR) stores each weight
 matrix as the 1-D vector of its surviving values, in row-major order of the mask.
@@ -54,10 +59,12 @@ Nothing here unpickles; names in the metadata are informative and never used as 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -82,14 +89,37 @@ from nfit.signals import CONVENTION, MODALITIES
 from nfit.tiling import BLEND, LAYOUT, Tiling
 
 FORMAT = "nfit-field"
-# 7: the coding's table holds steps and scales, not the names and shapes the field gives; 6: a coded
-# tensor's scale may be "arm" (nfit.arm); 5: a coded tensor's scale may be a list, one per context;
-# 4: "storage.coding"; 3: "tiling"; 2: the "storage" entry (float16, sparse); all still read
-FORMAT_VERSION = 7
-READ_VERSIONS = {1, 2, 3, 4, 5, 6, 7}
+# 8: a coded field's metadata is packed (PACKED_KEY); 7: the coding's table holds steps and scales, not
+# the names and shapes the field gives; 6: a coded tensor's scale may be "arm" (nfit.arm); 5: a coded
+# tensor's scale may be a list, one per context; 4: "storage.coding"; 3: "tiling"; 2: the "storage"
+# entry (float16, sparse); all still read
+FORMAT_VERSION = 8
+READ_VERSIONS = {1, 2, 3, 4, 5, 6, 7, 8}
 INIT_FORMAT = "nfit-init"
 INIT_FORMAT_VERSION = 1
 META_KEY = "nfit"
+PACKED_KEY = "nfit.deflate85"  # (format 8) the same JSON, packed: see pack_metadata
+# Deflate's preset dictionary for packed metadata: strings a deflated text may refer back to as if they
+# came before it. The keys and common values of a field's metadata, the commonest last (nearer, so
+# cheaper to refer to); at 0.3 bpp a 768x512 latent grid's metadata packs into ~250 bytes, ~720
+# with no dictionary. Every format 8 file was packed against exactly these bytes: never change them.
+PRESET = (
+    '"sparse":{"mask":"embedded","density":,"values":}"mask":"init",'
+    '"init":{"name":"default:audio","algo":"gradncp","sha256":"'
+    '"method":"sgd-rescaled+adam","lr":0.01,"gamma":0.25,"adam_lr":0.001,"fit_target_psnr":'
+    '"in_dim":1,"out_dim":1,"coord_scale":10.0,"width":32,"depth":4}"w0":30.0,"w0_first":null,"out_offset":0.5,'
+    '"coord_scale":1.0"modality":"audio","bit_depth":16,"rate":8000.0,"ssim":null,"tiles":,"tile_batches":1,'
+    '"tiling":{"tile":[32,32],"overlap":[4,4],"layout":"even","blend":"smoothstep"}}'
+    '{"format":"nfit-field","format_version":8,"nfit_version":"0.1.0","modality":"image","signal":{"shape":[512,768],'
+    '"channels":3,"value_range":[0.0,1.0],"bit_depth":8,"source":".png","source_bytes":,"rate":null},'
+    '"coords":{"name":"pixel_center","range":[-1.0,1.0],"order":"array"},"field":{"name":"siren","config":'
+    '{"name":"grid","config":{"in_dim":2,"out_dim":3,"size":[512,768],"gain_floor":0.25,"arm":8,"slope":0.01}},'
+    '"fit":{"method":"adam-rd","steps":800,"lr":0.02,"seed":0,"target_psnr":null,"seconds":,"batch":1,'
+    '"device":"cpu","stopped":"steps","lambda":0.00,"psnr":,"ssim":0.,"bits":12},'
+    '"init":{"name":"random","seed":0,"sha256":null},"storage":{"dtype":"float32","sparse":null,"coding":'
+    '{"coder":"laplace-range","bits":,"relative_to":"zero","bytes":,"crc32":,"steps":[0.00,1.0,1.0,1.0,1.0,1.0,1.0,'
+    '1.0],"scales":[,"arm","arm","arm","arm","arm","arm","arm"],"shapes":{}}},"tiling":null}'
+).encode("ascii")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 MASK_PREFIX = "mask/"
@@ -197,9 +227,9 @@ def write_safetensors(path: str | Path, tensors: dict[str, Tensor], metadata: di
     """Tensors (as they are, moved to the CPU) plus the nfit JSON metadata, written atomically."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = _meta_json(metadata)
+    entry = _meta_entry(metadata)
     with atomic_output(path) as tmp:
-        save_tensors(path, tmp, tensors, {META_KEY: meta})
+        save_tensors(path, tmp, tensors, entry)
     return path
 
 
@@ -288,7 +318,7 @@ def field_bytes(nf: NeuralField) -> int:
 
     tensors, coding = field_tensors(nf)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    return len(save(tensors, metadata={META_KEY: _meta_json(nf.metadata(coding))}))
+    return len(save(tensors, metadata=_meta_entry(nf.metadata(coding))))
 
 
 def _short_float32(step: float) -> float:
@@ -301,6 +331,51 @@ def _short_float32(step: float) -> float:
 
 def _meta_json(metadata: dict[str, Any]) -> str:
     return json.dumps(metadata, separators=(",", ":"), allow_nan=False)
+
+
+def _meta_entry(metadata: dict[str, Any]) -> dict[str, str]:
+    """The safetensors metadata that holds ``metadata``: packed for a coded field (format 8), whose size
+    is what it is for, else plain JSON that any safetensors reader shows as it is."""
+    text = _meta_json(metadata)
+    coded = isinstance(metadata.get("storage"), dict) and metadata["storage"].get("coding") is not None
+    return {PACKED_KEY: pack_metadata(text)} if coded else {META_KEY: text}
+
+
+def pack_metadata(text: str) -> str:
+    """JSON ``text`` deflated against PRESET (raw deflate, level 9), in base85: the value of PACKED_KEY."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, PRESET)
+    return base64.b85encode(packer.compress(text.encode("utf-8")) + packer.flush()).decode("ascii")
+
+
+def unpack_metadata(packed: str) -> str:
+    """The JSON text of a PACKED_KEY value, at most MAX_METADATA_BYTES; ValueError (with the reason) when it
+    is not base85, not a whole deflate stream against PRESET, or unpacks to more than that."""
+    if len(packed) > MAX_METADATA_BYTES:
+        raise ValueError(f"packed metadata is {len(packed):,} characters, over nfit's limit of {MAX_METADATA_BYTES:,}")
+    try:
+        data = base64.b85decode(packed)
+        unpacker = zlib.decompressobj(-15, zdict=PRESET)
+        text = unpacker.decompress(data, MAX_METADATA_BYTES + 1)  # bounded: a small stream may inflate hugely
+    except (ValueError, zlib.error) as err:
+        raise ValueError(f"packed metadata is corrupt ({_short(err)})") from None
+    if len(text) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata unpacks to over nfit's limit of {MAX_METADATA_BYTES:,} bytes")
+    if not unpacker.eof or unpacker.unused_data:
+        raise ValueError("packed metadata is corrupt (truncated, or bytes after its end)")
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("packed metadata is corrupt (not UTF-8 text)") from None
+
+
+def _meta_text(entries: dict[str, str], path: Path, error: type) -> str | None:
+    """The nfit JSON text in a safetensors file's metadata ``entries``, plain or packed; None when neither."""
+    if META_KEY in entries or PACKED_KEY not in entries:
+        return entries.get(META_KEY)
+    try:
+        return unpack_metadata(entries[PACKED_KEY])
+    except ValueError as err:
+        raise error(path, str(err)) from None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -329,10 +404,11 @@ def read_safetensors(path: Path, error: type = FieldFileError) -> tuple[dict[str
         raise error(path, "not a safetensors file (bad or truncated header)")
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw_meta = (f.metadata() or {}).get(META_KEY)
+            entries = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise error(path, f"corrupt safetensors data ({_short(err)})") from None
+    raw_meta = _meta_text(entries, path, error)
     if raw_meta is None:
         raise error(path, f"no {META_KEY!r} metadata: not written by nfit")
     if len(raw_meta) > MAX_METADATA_BYTES:
@@ -856,10 +932,13 @@ def read_init(path: str | Path) -> MetaInit:
 
 
 def read_metadata(path: Path) -> str:
+    """The nfit JSON text of a file (plain or packed), unchecked; "{}" when it has none."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get(META_KEY, "{}")
+            entries = f.metadata() or {}
     except (SafetensorError, OSError) as err:
         raise FieldFileError(path, f"corrupt safetensors data ({_short(err)})") from None
+    text = _meta_text(entries, Path(path), FieldFileError)
+    return "{}" if text is None else text

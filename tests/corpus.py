@@ -18,10 +18,10 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from nfit.fieldfile import FORMAT_VERSION, META_KEY, MetaInit, NeuralField, save_field, save_init
+from nfit.fieldfile import (FORMAT_VERSION, META_KEY, PACKED_KEY, MetaInit, NeuralField, pack_metadata, read_metadata,
+                            save_field, save_init)
 from nfit.fields import build_field
 from nfit.signals import CONVENTION
 
@@ -164,14 +164,19 @@ def init_file(path: Path) -> Path:
 
 def rewrite(src: Path, dst: Path, edit_meta=None, edit_tensors=None, raw_meta: str | None = None) -> Path:
     """A copy of ``src`` with its metadata or tensors edited (a well-formed safetensors file)."""
-    with safe_open(str(src), framework="pt") as f:
-        meta = json.loads(f.metadata()[META_KEY])
+    meta = json.loads(read_metadata(src))  # plain or packed (format 8)
     tensors = load_file(str(src))
     if edit_meta:
         edit_meta(meta)
     if edit_tensors:
         edit_tensors(tensors)
     save_file(tensors, str(dst), metadata={META_KEY: raw_meta if raw_meta is not None else json.dumps(meta)})
+    return dst
+
+
+def repack(src: Path, dst: Path, packed: str) -> Path:
+    """A copy of ``src`` whose metadata is the packed (format 8) entry ``packed``."""
+    save_file(load_file(str(src)), str(dst), metadata={PACKED_KEY: packed})
     return dst
 
 
@@ -195,6 +200,10 @@ BAD_FIELD_FILES: dict[str, tuple] = {
     "metadata nested too deep": (lambda g, d: rewrite(g, d, raw_meta="[" * 100_000 + "]" * 100_000), "not valid JSON"),
     "metadata too large": (lambda g, d: rewrite(g, d, edit_meta=lambda m: m.update(pad="x" * (1 << 20))),
                            "over nfit's limit"),
+    "packed metadata not base85": (lambda g, d: repack(g, d, ",,,,"), "packed metadata is corrupt"),
+    "packed metadata truncated": (lambda g, d: repack(g, d, pack_metadata(read_metadata(g))[:-5]),
+                                  "packed metadata is corrupt"),
+    "packed metadata inflates hugely": (lambda g, d: repack(g, d, pack_metadata(" " * (4 << 20))), "over nfit's limit"),
     "unknown format version": (  # the next one, not yet written
         lambda g, d: rewrite(g, d, edit_meta=lambda m: m.update(format_version=FORMAT_VERSION + 1)),
         f"format version {FORMAT_VERSION + 1}"),

@@ -180,10 +180,10 @@ def test_a_crafted_model_in_a_file_is_refused_in_one_line(grid_file, tmp_path, c
     from safetensors.torch import save_file
 
     from nfit.errors import FieldFileError
-    from nfit.fieldfile import coded_order, load_field
+    from nfit.fieldfile import coded_order, load_field, read_metadata
 
     with safe_open(str(grid_file), framework="pt") as f:
-        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["nfit"])
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, json.loads(read_metadata(grid_file))
     coding = meta["storage"]["coding"]  # format 7: steps and scales in payload order, the field's names
     change(coding, {name: i for i, name in enumerate(coded_order(load_field(grid_file).field))})
     save_file(tensors, str(tmp_path / "bad.nf"), metadata={"nfit": json.dumps(meta)})

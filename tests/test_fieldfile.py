@@ -6,7 +6,7 @@ from corpus import rewrite
 from safetensors.torch import save_file
 
 from nfit.errors import FieldFileError
-from nfit.fieldfile import NeuralField, load_field, save_field
+from nfit.fieldfile import FORMAT_VERSION, META_KEY, PACKED_KEY, PRESET, NeuralField, load_field, save_field
 from nfit.fields import build_field
 
 
@@ -90,13 +90,14 @@ def test_version_1_files_still_read(tmp_path):
 
 
 FORMAT6 = __import__("pathlib").Path(__file__).parent / "data" / "format6"
+PRESET_SHA256 = "702714cb2177918df0b4469b36eb138271795d9abb3bee20b1ec408b2c8d5b6b"
 
 
 @pytest.mark.parametrize("name, latents", [("chelsea_grid", "arm"), ("chelsea_tiles", None)])
 def test_format_6_coded_files_still_decode(tmp_path, name, latents):
     """Coded files written before format 7 (the coding's table spelling every tensor's name and shape; see
-    tests/data/README.md) decode to what nfit rendered from them then, and re-save as format 7 with the same
-    integers and steps in fewer bytes."""
+    tests/data/README.md) decode to what nfit rendered from them then, and re-save in the current format with
+    the same integers and steps in fewer bytes."""
     import imageio.v3 as iio
     import numpy as np
 
@@ -109,10 +110,48 @@ def test_format_6_coded_files_still_decode(tmp_path, name, latents):
     rendered = np.round(nf.render().numpy() * 255).clip(0, 255).astype(np.uint8)
     assert np.array_equal(rendered, iio.imread(FORMAT6 / f"{name}.png"))
     again = load_field(nf.save(tmp_path / "again.nf"))
-    assert nfit.info(tmp_path / "again.nf")["format_version"] == 7
+    assert nfit.info(tmp_path / "again.nf")["format_version"] == FORMAT_VERSION
     assert all(torch.equal(again.quantised.q[k], nf.quantised.q[k]) for k in nf.quantised.q)
     assert again.quantised.steps == nf.quantised.steps
     assert (tmp_path / "again.nf").stat().st_size < old.stat().st_size
+
+
+def test_coded_files_pack_their_metadata_and_float_files_keep_it_plain(tmp_path):
+    """Format 8: a coded field's metadata is deflated against the preset dictionary, in base85; it reads
+    back as the same JSON, in a header ~1,000 bytes shorter than the plain one. A file of floats keeps
+    the plain "nfit" key that any safetensors reader shows."""
+    import hashlib
+    import json
+
+    from safetensors import safe_open
+
+    from nfit.fieldfile import _meta_json, read_metadata, unpack_metadata
+
+    import nfit
+
+    # the dictionary every format 8 file was packed against: changing it would make them unreadable
+    assert hashlib.sha256(PRESET).hexdigest() == PRESET_SHA256
+    nf = load_field(FORMAT6 / "chelsea_grid.nf")
+    packed = nf.save(tmp_path / "packed.nf")
+    with safe_open(str(packed), framework="pt") as f:
+        entries = f.metadata()
+    assert set(entries) == {PACKED_KEY}
+    meta = json.loads(read_metadata(packed))
+    assert meta == json.loads(unpack_metadata(entries[PACKED_KEY])) and meta["format_version"] == FORMAT_VERSION
+    assert meta["storage"]["coding"]["coder"] and meta == nf.metadata(meta["storage"]["coding"])
+    plain_header = len(json.dumps({"__metadata__": {META_KEY: _meta_json(meta)}}))
+    header = int.from_bytes(packed.read_bytes()[:8], "little")
+    assert header < plain_header - 800, (header, plain_header)
+    assert nfit.info(packed)["coding"]["bits"] == nf.quantised.bits
+    back = load_field(packed)
+    assert all(torch.equal(back.quantised.q[k], nf.quantised.q[k]) for k in nf.quantised.q)
+
+    floats = save_field(NeuralField("siren", {"width": 8, "depth": 2}, build_field("siren", {"width": 8, "depth": 2})
+                                    .init_params(torch.Generator().manual_seed(0)), "image", (4, 4), 3),
+                        tmp_path / "floats.nf")
+    with safe_open(str(floats), framework="pt") as f:
+        assert set(f.metadata()) == {META_KEY}
+        assert json.loads(f.metadata()[META_KEY])["format_version"] == FORMAT_VERSION
 
 
 def test_not_safetensors_or_truncated(tmp_path):
