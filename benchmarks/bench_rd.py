@@ -184,14 +184,19 @@ def plot(results: dict, path: Path, grid_runs: list[dict] | None = None) -> None
 
 
 def _plot_against_jpeg(ax, grid_runs: list[dict]) -> None:
-    """Each photo's latent-grid PSNR less JPEG's at the same bpp, against bpp, one colour per run, and
-    issue 18's two targets."""
+    """Each photo's latent-grid PSNR less JPEG's at the same bpp, against bpp, one colour per run, one
+    line per seed, and issue 18's two targets."""
     colours = ["tab:red", "tab:blue", "tab:green", "tab:purple"]
     for run, colour in zip(grid_runs, colours):
         for k, photo in enumerate(photo for photo in run["photos"] if photo["grid"]):
-            pts = sorted((p["bpp"], p["psnr"] - p["jpeg_psnr_same_bpp"]) for p in photo["grid"]
-                         if p["jpeg_psnr_same_bpp"] is not None)
-            ax.plot(*zip(*pts), "-", color=colour, alpha=0.85, marker="osD^v<>"[k % 7], label=photo["name"])
+            by_seed: dict[int, list[tuple[float, float]]] = {}
+            for p in photo["grid"]:
+                if p["jpeg_psnr_same_bpp"] is not None:
+                    by_seed.setdefault(p.get("seed", 0), []).append((p["bpp"], p["psnr"] - p["jpeg_psnr_same_bpp"]))
+            for i, (seed, pts) in enumerate(sorted(by_seed.items())):
+                ax.plot(*zip(*sorted(pts)), "-", color=colour, alpha=0.85, marker="osD^v<>"[k % 7],
+                        label=photo["name"] + (f" (seeds {', '.join(map(str, sorted(by_seed)))})"
+                                               if len(by_seed) > 1 else "") if i == 0 else None)
     ax.axhline(0, color="black", lw=1)
     ax.plot([0.3], [2.0], "*", color="black", markersize=12, label="issue 18: JPEG + 2 dB at 0.3 bpp")
     ax.plot([1.0], [0.0], "*", color="grey", markersize=12, label="issue 18: JPEG at 1 bpp")

@@ -68,7 +68,7 @@ from nfit.fields.base import Pointwise
 from nfit.fields.grid import LatentGrid
 from nfit.fields.masked import narrow_width
 from nfit.fit import StepInfo, fit_batch, random_init, split_batches
-from nfit.latent import RateGoal, fit_latents, lambda_for
+from nfit.latent import RateGoal, fit_latents, lambda_for, lr_share
 from nfit.memory import available_bytes
 from nfit.inits import DEFAULT, default_init, default_init_path, shipped_init, trained_channels
 from nfit.rate import measure
@@ -292,6 +292,7 @@ def _fit_latent_batch(signals: list[Signal], start: _Start, config: FitConfig, a
         rest = field_bytes(store_field(empty, None, grid[0].cpu(), store, None, device))
         bits = max(1.0, 8 * (budget - rest) * LATENT_FIT["budget_share"])
         goal = RateGoal(lam=lambda_for(bits / math.prod(shape)), bits=bits)
+        config = dataclasses.replace(config, lr=config.lr * lr_share(bits / math.prod(shape)))
     else:
         goal = RateGoal(psnr=config.target_psnr)
     deadline = None if config.seconds is None else time.perf_counter() + config.seconds

@@ -203,7 +203,10 @@ class AdaptConfig:
 # on four Kodak-like photos, two seeds: +0.70 dB over JPEG on the mean at 1 bpp, where at 2e-2 the latents did
 # not grow fast enough to spend the budget (one photo ended at lambda's floor), and -0.08 (noise) at 0.3 bpp
 # (BENCHMARKS.md, "Latent grids"; wayne alone, one draw, 0.26 / 0.93 latent bpp: 2e-2 27.72 / 32.37 dB,
-# 3e-2 28.32 / 33.32, 4.5e-2 28.12 / 34.15, 6e-2 - / 34.13). The step size falls from lr to
+# 3e-2 28.32 / 33.32, 4.5e-2 28.12 / 34.15, 6e-2 - / 34.13). At 0.3 bpp 3e-2 scored more (+2.09 / +2.03
+# over JPEG, seeds 0 / 1, against +1.78 / +1.88 at 4e-2), so a rate goal takes a share of lr that rises with
+# it, log-linear in the latents' bpp between "lr_rates" (share, bpp; the goals of --bpp 0.3 and 1 at 768x512)
+# (nfit.latent.lr_share); a PSNR goal or none takes lr itself. The step size falls from lr to
 # lr * decay along a cosine over the fit: with it, 800 steps (~95 s at 768x512 on 2 CPU cores, inside the 2
 # minutes issue 18 allows) scored about 2 dB more than 400 at a constant lr, at equal rate, on a held-out
 # photo (1.5 dB of it the steps, 0.6 the decay; BENCHMARKS.md, "Latent grids").
@@ -229,7 +232,7 @@ LATENT_FIT = {"steps": 800, "lr": 4e-2, "decay": 0.05, "lambda": 1e-3, "lambda_r
               "alpha": (1.0, 16.0), "hard": 0.2, "hard_lr": 0.2, "every": 10, "aim_at": 0.1, "early_rate": 0.7,
               "steer_from": 0.3, "steer_ahead": 8, "steer_rate": 1.0, "steer_psnr": 0.25, "steer_most": 1.3,
               "lambda_rates": ((1.4e-3, 0.89), (5e-3, 0.24), (1.4e-2, 0.12)), "budget_share": 0.97,
-              "arm_every": 2}
+              "arm_every": 2, "lr_rates": ((0.75, 0.26), (1.0, 0.94))}
 # Peak memory of a latent fit per sample and channel, for choosing how many files to fit at once and
 # refusing one that cannot fit: measured 12 steps over the process's resident set before, on a CPU, 438
 # at 768x512 and 238 at 1536x1024 (171 between the two: a fixed ~0.2 GB besides); MEMORY_FRACTION

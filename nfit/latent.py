@@ -28,7 +28,9 @@ below it, and the file is then held to it exactly (:func:`nfit.rate.store_latent
 
 The step size falls along a cosine over the fit (to ``LATENT_FIT["decay"]`` of its peak), so the
 latents and the MLP settle: at a constant step size more steps bought nothing, with the decay
-800 steps scored about 2 dB more than 400 at equal rate (BENCHMARKS.md, "Latent grids").
+800 steps scored about 2 dB more than 400 at equal rate (BENCHMARKS.md, "Latent grids"). Its peak
+follows a rate goal (:func:`lr_share`): a high rate needs latents that grow fast enough to spend
+it, a low one scored more at a smaller step.
 """
 
 from __future__ import annotations
@@ -82,6 +84,15 @@ def lambda_for(bits_per_sample: float) -> float:
     slope = math.log(l1 / l0) / math.log(r1 / r0)
     lam = l0 * (bits_per_sample / r0) ** slope
     return min(max(lam, LATENT_FIT["lambda_range"][0]), LATENT_FIT["lambda_range"][1])
+
+
+def lr_share(bits_per_sample: float) -> float:
+    """The share of the peak step size a fit toward this rate goal takes, log-linear in the rate between
+    the points LATENT_FIT["lr_rates"] (share, latents' bpp) measured on four held-out 768x512 photos, held
+    at the nearer one beyond them (no measurement says how it goes on)."""
+    (s0, r0), (s1, r1) = sorted(LATENT_FIT["lr_rates"], key=lambda p: p[1])
+    t = math.log(max(bits_per_sample, 1e-12) / r0) / math.log(r1 / r0)
+    return s0 + (s1 - s0) * min(max(t, 0.0), 1.0)
 
 
 def laplace_bits(q: Tensor, log_scale: Tensor) -> Tensor:
@@ -274,4 +285,4 @@ def _steer(lam: Tensor, goal: RateGoal, psnr: Tensor, bits: Tensor) -> Tensor:
     return (lam * log_factor.clamp(-most, most).exp()).clamp(*LATENT_FIT["lambda_range"])
 
 
-__all__ = ["LatentFit", "RateGoal", "fit_latents", "lambda_for", "laplace_bits"]
+__all__ = ["LatentFit", "RateGoal", "fit_latents", "lambda_for", "laplace_bits", "lr_share"]

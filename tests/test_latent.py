@@ -21,7 +21,7 @@ from nfit.config import LATENT_FIT, FitConfig, SignalOptions
 from nfit.errors import ConfigError
 from nfit.fieldfile import field_bytes, load_field
 from nfit.fields import LatentGrid, build_field, unbatch_params
-from nfit.latent import RateGoal, fit_latents, laplace_bits
+from nfit.latent import RateGoal, fit_latents, laplace_bits, lr_share
 from nfit.signals import read_signal
 from nfit.signals.grid import grid_coords
 from conftest import make_crops
@@ -353,6 +353,19 @@ def _store_at(nf, net_bits: int):
     steps = {k: 1.0 if k in names else step_for(v, net_bits) for k, v in nf.params.items()}
     q = quantise(nf.params, None, 12, steps)
     return dataclasses.replace(nf, params=dequantise(q, None), quantised=q)
+
+
+def test_a_rate_goals_step_size_rises_with_it_and_scales_a_given_one():
+    (s0, r0), (s1, r1) = sorted(LATENT_FIT["lr_rates"], key=lambda p: p[1])
+    assert s0 < s1
+    assert lr_share(r0 / 10) == lr_share(r0) == pytest.approx(s0)  # held beyond the measured points
+    assert lr_share(r1 * 10) == lr_share(r1) == pytest.approx(s1)
+    assert lr_share(math.sqrt(r0 * r1)) == pytest.approx((s0 + s1) / 2)  # log-linear in the rate
+    # 128x96: ~1,360 bytes besides the latents, which get ~0.2 bits per pixel of 1,700 and ~1.7 of 4,000
+    assert nfit.fit(PHOTO, field="grid", steps=2, max_bytes=1700).summary["lr"] == pytest.approx(s0 * LATENT_FIT["lr"])
+    assert nfit.fit(PHOTO, field="grid", steps=2, max_bytes=1700, lr=0.02).summary["lr"] == pytest.approx(s0 * 0.02)
+    assert nfit.fit(PHOTO, field="grid", steps=2, max_bytes=4000).summary["lr"] == pytest.approx(s1 * LATENT_FIT["lr"])
+    assert nfit.fit(PHOTO, field="grid", steps=2, target_psnr=30).summary["lr"] == LATENT_FIT["lr"]
 
 
 def test_budget_is_never_exceeded_and_an_impossible_one_is_refused(tmp_path, monkeypatch):

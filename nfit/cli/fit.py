@@ -30,6 +30,7 @@ from nfit.cli.progress import FitProgress
 from nfit.config import (
     CODING_BITS,
     CODING_LOSS_DB,
+    LATENT_FIT,
     TILE_FIT,
     AdaptConfig,
     FieldOptions,
@@ -50,8 +51,10 @@ def fit(
         None, help=f"Steps [default: at most {TILE_FIT['steps']} Adam steps per tile, {FitConfig.steps} with --tile 0; "
         f"from --init: {AdaptConfig.steps} SGD steps, or {AdaptConfig.adam_steps} with --optimizer adam]."),
     lr: Optional[float] = typer.Option(
-        None, help=f"Learning rate [default: Adam {TILE_FIT['lr']:g} for tiles, {FitConfig.lr:g} with --tile 0; "
-        f"from --init: SGD {AdaptConfig.lr:g}, Adam {AdaptConfig.adam_lr:g}]."),
+        None, help=f"Learning rate [default: Adam {TILE_FIT['lr']:g} for tiles, {FitConfig.lr:g} with --tile 0, "
+        f"{LATENT_FIT['lr']:g} at its peak with --field grid (a low --bpp or --max-bytes takes "
+        f"{min(s for s, _ in LATENT_FIT['lr_rates']):g} of it); from --init: SGD {AdaptConfig.lr:g}, "
+        f"Adam {AdaptConfig.adam_lr:g}]."),
     tile: Tile = None,
     tile_frames: TileFrames = None,
     overlap: Overlap = None,
