@@ -52,6 +52,18 @@ def test_target_psnr_stops_early(tmp_path, photo):
                             "--target-psnr", "18", "--json"])
     summary = json.loads(r.stdout)
     assert summary["steps"] < 500 and summary["psnr"] >= 18
+    assert "short of" not in r.stderr
+
+
+@pytest.mark.parametrize("field, hint", [(["--width", "32", "--depth", "3"], "raise --steps"),
+                                         (["--field", "grid"], "raise --steps, or fit it in tiles")])
+def test_a_file_short_of_its_target_psnr_is_said_in_one_line(tmp_path, photo, field, hint):
+    r = runner.invoke(app, ["fit", str(photo), "-o", str(tmp_path / "a.nf"), *field, "--steps", "3",
+                            "--target-psnr", "60", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.stderr.splitlines() if "short of" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"nfit: {tmp_path / 'a.nf'}: ") and hint in lines[0], r.stderr
+    assert "short of --target-psnr 60 (stopped by steps)" in lines[0]
 
 
 def _nfit(*args, cwd):

@@ -139,8 +139,15 @@ def fit(
         print(json.dumps(rows if many else rows[0], indent=2))
     else:
         out.print(_table(rows))
+    if target_psnr:  # the user's own goal: a file that fell short is said in words, not left to the table
+        for r in rows:
+            if r["status"] == "fitted" and r["psnr"] < target_psnr:
+                say(_short_of(r, target_psnr))
     if many:
         _say_counts(rows)
+
+
+_STOPPED = {"target_psnr": "target PSNR", "seconds": "time", "steps": "steps"}  # what ended a fit, in words
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
@@ -154,11 +161,22 @@ def _table(rows: list[dict[str, Any]]) -> Table:
             table.add_row(r["output"], r["status"], *[""] * 7)
             continue
         ssim = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
-        stopped = {"target_psnr": "target PSNR", "seconds": "time", "steps": "steps"}.get(r["stopped"], "-")
+        stopped = _STOPPED.get(r["stopped"], "-")
         coding = "float" if r["bits"] is None else "latents" if r.get("method") == "adam-rd" else f"{r['bits']} bits"
         table.add_row(r["output"], f"{r['psnr']:.2f}", ssim, str(r["steps"]), stopped, f"{r['seconds']:.1f}",
                       coding, f"{r['bytes']:,}", f"{r['bits_per_pixel']:.2f}")
     return table
+
+
+def _short_of(row: dict[str, Any], target: float) -> str:
+    """A file stored below --target-psnr: by how much, what stopped it, and what would go further."""
+    more = "--seconds" if row["stopped"] == "seconds" else "--steps"
+    if row.get("method") == "adam-rd":  # a latent grid: fixed steps, and a ceiling of its own
+        how = f"raise {more}, or fit it in tiles (leave out --field grid)"
+    else:
+        how = f"raise {more}"
+    return (f"nfit: {row['output']}: {row['psnr']:.2f} dB, short of --target-psnr {target:g} "
+            f"(stopped by {_STOPPED.get(row['stopped'], '-')}): {how}")
 
 
 def _say_counts(rows: list[dict[str, Any]]) -> None:
