@@ -30,6 +30,7 @@ from nfit.config import (
     CLIP_FIELD,
     INIT_SIZE_TOLERANCE,
     CODING_MARGIN_DB,
+    LATENT_BUDGET_BPP,
     LATENT_FIT,
     LATENT_FIT_BYTES,
     MEMORY_FRACTION,
@@ -76,6 +77,7 @@ from nfit.rate import store as store_field
 from nfit.render import default_output, render_to_file, render_values
 from nfit.runs import RUN_FILE, find_init, level_files, load_init, summarize_run
 from nfit.signals import EXTENSIONS, MODALITIES, Signal, modality_for, read_signal
+from nfit.signals.image import header_size
 from nfit.tiled import fit_tiles
 from nfit.tiling import Tiling
 from nfit.train import TrainResult
@@ -423,11 +425,15 @@ def fit(
     fields = FieldOptions(field, width, depth, w0, field_config)
     tiles = TileConfig(tile, tile_frames, overlap)
     paths = [Path(x) for x in items if not isinstance(x, Signal)]
+    store = StoreConfig(bits, dtype, standalone, max_bytes, bpp)
+    if len(paths) == len(items) and latents_for_budget(paths, fields, store, options or SignalOptions(),
+                                                       {**fit_options, "init": init, "tiles": tiles}):
+        fields = FieldOptions(name=LatentGrid.name)
     plan = fit_plan(paths, init=init, density=density, field=fields, tiles=tiles, **fit_options)
     opts = reading_options(options, plan.init)
     signals = [x if isinstance(x, Signal) else read_signal(x, opts) for x in items]
-    result = fit_signals(signals, plan.config, fields, progress, init=plan.init, adapt=plan.adapt,
-                         store=StoreConfig(bits, dtype, standalone, max_bytes, bpp), tiles=plan.tiles)
+    result = fit_signals(signals, plan.config, fields, progress, init=plan.init, adapt=plan.adapt, store=store,
+                         tiles=plan.tiles)
     return result[0] if single else result
 
 
@@ -757,7 +763,10 @@ def fit_paths(
     (re-scaled SGD from an initialisation only) into that folder first.
     """
     options = options or SignalOptions()
+    store = store or StoreConfig()
     files, outputs = plan_fit(inputs, output, out_dir, options.modality)
+    if latents_for_budget(files, field, store, options, settings):
+        field = FieldOptions(name=LatentGrid.name)
     plan = fit_plan(files, field=field, **settings)
     if context_maps is not None:
         if plan.init is None or plan.adapt.optimizer != "sgd" or not plan.adapt.rescale:
@@ -768,6 +777,33 @@ def fit_paths(
     many = len(inputs) > 1 or any(Path(p).is_dir() for p in inputs)
     return fit_files(files, outputs, plan.config, field, progress, init=plan.init, adapt=plan.adapt, store=store,
                      tiles=plan.tiles, keep_going=many, skip_existing=skip_existing, on_outcome=on_outcome, options=options, force=force)
+
+
+def latents_for_budget(files: Sequence[Path], field: FieldOptions | None, store: StoreConfig,
+                       options: SignalOptions, settings: dict[str, Any]) -> bool:
+    """Whether ``nfit fit`` given a size budget, and no field, initialisation or tiling, fits latent grids
+    rather than its default tiles: when every file is an image whose budget is under LATENT_BUDGET_BPP
+    bits per pixel (there a latent grid makes the better file, by far at low rates) and whose grid fits
+    in memory (:func:`_latent_batch_fits`; larger ones stay tiles)."""
+    tiles = settings.get("tiles") or TileConfig()
+    budget = store.max_bytes is not None or store.bpp is not None
+    chosen = (settings.get("init") is not None or (field is not None and field != FieldOptions())
+              or (tiles.tile, tiles.frames, tiles.overlap) != (None, None, None) or options.res is not None)
+    if not budget or chosen or not files:
+        return False
+    free = available_bytes(resolve_device(settings.get("device", FitConfig.device)))
+    for f in files:
+        try:
+            size = header_size(f) if modality_for(f, options.modality).name == "image" else None
+        except NfitError:
+            return False  # not a media file: the fit itself reports it
+        if size is None:
+            return False
+        pixels = math.prod(size)
+        if (8 * store.budget(pixels) >= LATENT_BUDGET_BPP * pixels
+                or free is not None and LATENT_FIT_BYTES * pixels * 3 > MEMORY_FRACTION * free):
+            return False
+    return True
 
 
 def save_context_maps(

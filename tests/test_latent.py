@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -366,6 +367,37 @@ def test_a_rate_goals_step_size_rises_with_it_and_scales_a_given_one():
     assert nfit.fit(PHOTO, field="grid", steps=2, max_bytes=1700, lr=0.02).summary["lr"] == pytest.approx(s0 * 0.02)
     assert nfit.fit(PHOTO, field="grid", steps=2, max_bytes=4000).summary["lr"] == pytest.approx(s1 * LATENT_FIT["lr"])
     assert nfit.fit(PHOTO, field="grid", steps=2, target_psnr=30).summary["lr"] == LATENT_FIT["lr"]
+
+
+def test_a_budget_on_images_fits_a_latent_grid_unless_told_otherwise(tmp_path, monkeypatch):
+    import nfit.api as api
+    from nfit.config import LATENT_BUDGET_BPP, FieldOptions, SignalOptions, StoreConfig, TileConfig
+
+    def latents(files=(PHOTO,), field=None, opts=None, **store):
+        return api.latents_for_budget(list(files), field, StoreConfig(**store), opts or SignalOptions(), settings)
+
+    settings = {}
+    pixels = 128 * 96
+    assert latents(max_bytes=3000) and latents(bpp=0.3) and latents(field=FieldOptions(), bpp=1)
+    assert latents(files=(PHOTO, DATA / "camera_32.png"), bpp=1)
+    assert not latents()  # no budget: the default tiles
+    assert not latents(bpp=LATENT_BUDGET_BPP) and not latents(max_bytes=int(LATENT_BUDGET_BPP * pixels / 8))
+    assert not latents(files=(PHOTO, SPEECH), bpp=1)  # images only
+    assert not latents(field=FieldOptions(width=32), bpp=1) and not latents(opts=SignalOptions(res=64), bpp=1)
+    for given in ({"init": "default"}, {"init": "random"}, {"tiles": TileConfig(tile=16)}, {"tiles": TileConfig(tile=0)}):
+        settings = given
+        assert not latents(bpp=1), given
+    settings = {}
+    monkeypatch.setattr(api, "available_bytes", lambda device: 1 << 20)  # a grid that would not fit in memory
+    assert not latents(bpp=1)
+    monkeypatch.undo()
+    # through the command line and the library alike
+    r = CliRunner().invoke(app, ["fit", str(PHOTO), "-o", str(tmp_path / "a.nf"), "--max-bytes", "3000", "--steps", "2",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["method"] == "adam-rd" and (tmp_path / "a.nf").stat().st_size <= 3000
+    assert nfit.fit(PHOTO, bpp=1.5, steps=2).summary["method"] == "adam-rd"
+    assert nfit.fit(PHOTO, bpp=1.5, steps=2, tile=32).summary["method"] != "adam-rd"
 
 
 def test_budget_is_never_exceeded_and_an_impossible_one_is_refused(tmp_path, monkeypatch):
