@@ -384,7 +384,8 @@ def test_a_budget_on_images_fits_a_latent_grid_unless_told_otherwise(tmp_path, m
     assert not latents(bpp=LATENT_BUDGET_BPP) and not latents(max_bytes=int(LATENT_BUDGET_BPP * pixels / 8))
     assert not latents(files=(PHOTO, SPEECH), bpp=1)  # images only
     assert not latents(field=FieldOptions(width=32), bpp=1) and not latents(opts=SignalOptions(res=64), bpp=1)
-    for given in ({"init": "default"}, {"init": "random"}, {"tiles": TileConfig(tile=16)}, {"tiles": TileConfig(tile=0)}):
+    for given in ({"init": "default"}, {"init": "random"}, {"tiles": TileConfig(tile=16)},
+                  {"tiles": TileConfig(tile=0)}):
         settings = given
         assert not latents(bpp=1), given
     settings = {}
