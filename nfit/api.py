@@ -799,9 +799,14 @@ def latents_for_budget(files: Sequence[Path], field: FieldOptions | None, store:
             return False  # not a media file: the fit itself reports it
         if size is None:
             return False
-        pixels = math.prod(size)
-        if (8 * store.budget(pixels) >= LATENT_BUDGET_BPP * pixels
-                or free is not None and LATENT_FIT_BYTES * pixels * 3 > MEMORY_FRACTION * free):
+        pixels, need = math.prod(size), LATENT_FIT_BYTES * math.prod(size) * 3
+        if 8 * store.budget(pixels) >= LATENT_BUDGET_BPP * pixels:
+            return False
+        if free is not None and need > MEMORY_FRACTION * free:  # tiles, then: said, as they code low rates poorly
+            warnings.warn(NfitWarning(
+                f"{f}: a latent grid, the better file under {LATENT_BUDGET_BPP:g} bits per pixel, would need about "
+                f"{need / 2**30:.1f} GiB to fit ({free / 2**30:.1f} GiB free): fitting tiles, whose files are poor at "
+                "low rates (a smaller copy of the image would fit a latent grid)"), stacklevel=3)
             return False
     return True
 
