@@ -77,6 +77,7 @@ from nfit.rate import store as store_field
 from nfit.render import default_output, render_to_file, render_values
 from nfit.runs import RUN_FILE, find_init, level_files, load_init, summarize_run
 from nfit.signals import EXTENSIONS, MODALITIES, Signal, modality_for, read_signal
+from nfit.signals.audio import header_length
 from nfit.signals.image import header_size
 from nfit.tiled import fit_tiles
 from nfit.tiling import Tiling
@@ -782,9 +783,10 @@ def fit_paths(
 def latents_for_budget(files: Sequence[Path], field: FieldOptions | None, store: StoreConfig,
                        options: SignalOptions, settings: dict[str, Any]) -> bool:
     """Whether ``nfit fit`` given a size budget, and no field, initialisation or tiling, fits latent grids
-    rather than its default tiles: when every file is an image whose budget is under LATENT_BUDGET_BPP
-    bits per pixel (there a latent grid makes the better file, by far at low rates) and whose grid fits
-    in memory (:func:`_latent_batch_fits`; larger ones stay tiles)."""
+    rather than its default tiles: when every file is an image or a recording whose budget is under
+    LATENT_BUDGET_BPP bits per pixel or sample (there a latent grid makes the better file, by far at low
+    rates) and whose grid fits in memory (as :func:`_latent_batch_fits` counts; larger ones stay tiles,
+    with a warning)."""
     tiles = settings.get("tiles") or TileConfig()
     budget = store.max_bytes is not None or store.bpp is not None
     chosen = (settings.get("init") is not None or (field is not None and field != FieldOptions())
@@ -794,21 +796,36 @@ def latents_for_budget(files: Sequence[Path], field: FieldOptions | None, store:
     free = available_bytes(resolve_device(settings.get("device", FitConfig.device)))
     for f in files:
         try:
-            size = header_size(f) if modality_for(f, options.modality).name == "image" else None
+            modality = modality_for(f, options.modality).name
         except NfitError:
             return False  # not a media file: the fit itself reports it
+        size = _header_samples(f, modality, options)
         if size is None:
             return False
-        pixels, need = math.prod(size), LATENT_FIT_BYTES * math.prod(size) * 3
-        if 8 * store.budget(pixels) >= LATENT_BUDGET_BPP * pixels:
+        (samples, channels), per = size, "pixel" if modality == "image" else "sample"
+        need = LATENT_FIT_BYTES * samples * channels
+        if 8 * store.budget(samples) >= LATENT_BUDGET_BPP * samples:
             return False
         if free is not None and need > MEMORY_FRACTION * free:  # tiles, then: said, as they code low rates poorly
             warnings.warn(NfitWarning(
-                f"{f}: a latent grid, the better file under {LATENT_BUDGET_BPP:g} bits per pixel, would need about "
+                f"{f}: a latent grid, the better file under {LATENT_BUDGET_BPP:g} bits per {per}, would need about "
                 f"{need / 2**30:.1f} GiB to fit ({free / 2**30:.1f} GiB free): fitting tiles, whose files are poor at "
-                "low rates (a smaller copy of the image would fit a latent grid)"), stacklevel=3)
+                "low rates (a shorter or smaller copy would fit a latent grid)"), stacklevel=3)
             return False
     return True
+
+
+def _header_samples(path: Path, modality: str, options: SignalOptions) -> tuple[int, int] | None:
+    """(samples, channels) of an image (pixels, 3 at most) or audio file as it will be read, from its header
+    alone; None for other modalities or when the header does not tell."""
+    if modality == "image":
+        size = header_size(path)
+        return None if size is None else (math.prod(size), 3)
+    if modality == "audio" and (info := header_length(path)) is not None:
+        frames, rate, channels = info
+        out = options.sample_rate or rate  # resampled (and cropped or padded) as the reader will
+        return (round(options.duration * out) if options.duration else round(frames * out / rate)), channels
+    return None
 
 
 def save_context_maps(

@@ -233,12 +233,13 @@ LATENT_FIT = {"steps": 800, "lr": 4e-2, "decay": 0.05, "lambda": 1e-3, "lambda_r
               "steer_from": 0.3, "steer_ahead": 8, "steer_rate": 1.0, "steer_psnr": 0.25, "steer_most": 1.3,
               "lambda_rates": ((1.4e-3, 0.89), (5e-3, 0.24), (1.4e-2, 0.12)), "budget_share": 0.97,
               "arm_every": 2, "lr_rates": ((0.75, 0.26), (1.0, 0.94))}
-# A size budget (--bpp, --max-bytes) under this many bits per pixel, on images, with no field, initialisation
-# or tiling given, fits a latent grid instead of tiles (nfit.api.latents_for_budget). Coded tiles hold about
-# one parameter per pixel: on three held-out 768x512 photos they scored 14-30 dB at 3-7 bpp, and reached
-# what a latent grid reaches in its 800 steps (32.0-36.1 dB at 0.5-2 bpp, where it tops out at lambda's floor)
-# only at 9.5-11 bpp; at 0.3 bpp tiles made 12 dB of a photo a latent grid made 28.4 dB of (BENCHMARKS.md,
-# "Compact files").
+# A size budget (--bpp, --max-bytes) under this many bits per pixel (per sample for audio), on images and
+# audio, with no field, initialisation or tiling given, fits a latent grid instead of tiles
+# (nfit.api.latents_for_budget). Coded tiles hold about one parameter per sample: on three held-out 768x512
+# photos they scored 14-30 dB at 3-7 bpp, and reached what a latent grid reaches in its 800 steps (32.0-36.1
+# dB at 0.5-2 bpp, where it tops out at lambda's floor) only at 9.5-11 bpp; at 0.3 bpp tiles made 12 dB of
+# a photo a latent grid made 28.4 dB of. On a speech and a music clip, at 3 bits per sample, tiles scored
+# 22-24 dB, latent grids 43-46 (tiles need 13-28 bits per sample for 38-45 dB) (BENCHMARKS.md, "Compact files").
 LATENT_BUDGET_BPP = 8.0
 # Peak memory of a latent fit per sample and channel, for choosing how many files to fit at once and
 # refusing one that cannot fit: measured 12 steps over the process's resident set before, on a CPU, 438

@@ -369,7 +369,7 @@ def test_a_rate_goals_step_size_rises_with_it_and_scales_a_given_one():
     assert nfit.fit(PHOTO, field="grid", steps=2, target_psnr=30).summary["lr"] == LATENT_FIT["lr"]
 
 
-def test_a_budget_on_images_fits_a_latent_grid_unless_told_otherwise(tmp_path, monkeypatch):
+def test_a_budget_on_images_and_audio_fits_a_latent_grid_unless_told_otherwise(tmp_path, monkeypatch):
     import nfit.api as api
     from nfit.config import LATENT_BUDGET_BPP, FieldOptions, SignalOptions, StoreConfig, TileConfig
 
@@ -382,7 +382,13 @@ def test_a_budget_on_images_fits_a_latent_grid_unless_told_otherwise(tmp_path, m
     assert latents(files=(PHOTO, DATA / "camera_32.png"), bpp=1)
     assert not latents()  # no budget: the default tiles
     assert not latents(bpp=LATENT_BUDGET_BPP) and not latents(max_bytes=int(LATENT_BUDGET_BPP * pixels / 8))
-    assert not latents(files=(PHOTO, SPEECH), bpp=1)  # images only
+    assert latents(files=(PHOTO, SPEECH), bpp=1) and latents(files=(SPEECH,), max_bytes=7290 * 7 // 8)
+    assert not latents(files=(SPEECH,), max_bytes=7290)  # 8 bits per sample: tiles
+    # samples as the reader will give them: 7,290 at 8 kHz, resampled or cropped
+    assert api._header_samples(SPEECH, "audio", SignalOptions()) == (7290, 1)
+    assert api._header_samples(SPEECH, "audio", SignalOptions(sample_rate=16000)) == (14580, 1)
+    assert api._header_samples(SPEECH, "audio", SignalOptions(duration=0.5)) == (4000, 1)
+    assert not latents(files=(PHOTO, DATA / "video" / "carphone_88x72.mp4"), bpp=1)  # images and audio only
     assert not latents(field=FieldOptions(width=32), bpp=1) and not latents(opts=SignalOptions(res=64), bpp=1)
     for given in ({"init": "default"}, {"init": "random"}, {"tiles": TileConfig(tile=16)},
                   {"tiles": TileConfig(tile=0)}):
@@ -399,6 +405,7 @@ def test_a_budget_on_images_fits_a_latent_grid_unless_told_otherwise(tmp_path, m
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["method"] == "adam-rd" and (tmp_path / "a.nf").stat().st_size <= 3000
     assert nfit.fit(PHOTO, bpp=1.5, steps=2).summary["method"] == "adam-rd"
+    assert nfit.fit(SPEECH, bpp=2, steps=2).summary["method"] == "adam-rd"
     assert nfit.fit(PHOTO, bpp=1.5, steps=2, tile=32).summary["method"] != "adam-rd"
 
 

@@ -73,9 +73,9 @@ def fit(
         None, help=f"Store values coded at this many bits ({CODING_BITS[0]}-{CODING_BITS[1]}), or 0 for floats "
         f"[default: the fewest that keep --target-psnr, else within {CODING_LOSS_DB:g} dB of the fit]."),
     max_bytes: Optional[int] = typer.Option(
-        None, help="Largest file in bytes, never written bigger. Images under "
-        f"{LATENT_BUDGET_BPP:g} bits per pixel with no --field, --init or --tile fit a latent grid (--field grid: "
-        "the better file there); else tiles at the most bits that fit (fails if even "
+        None, help="Largest file in bytes, never written bigger. Images and audio under "
+        f"{LATENT_BUDGET_BPP:g} bits per pixel (sample) with no --field, --init or --tile fit a latent grid "
+        "(--field grid: the better file there); else tiles at the most bits that fit (fails if even "
         f"{CODING_BITS[0]} bits do not)."),
     bpp: Optional[float] = typer.Option(None, help="Largest file in bits per pixel (per sample for audio), as --max-bytes."),
     dtype: str = typer.Option(StoreConfig.dtype, help="With --bits 0: float32, or float16 (half the bytes)."),

@@ -280,3 +280,14 @@ def header_rate(path: Path) -> int | None:
         return int(sf.info(str(path)).samplerate)
     except Exception:  # noqa: BLE001
         return None
+
+
+def header_length(path: Path) -> tuple[int, int, int] | None:
+    """(frames, sample rate, channels) as a file declares them, or None when libsndfile cannot tell."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        return int(info.frames), int(info.samplerate), int(info.channels)
+    except Exception:  # noqa: BLE001  the decoder reports unreadable files properly later
+        return None
