@@ -113,7 +113,9 @@ def fit(
     Images, audio (WAV, FLAC, OGG, MP3) and video (MP4, WebM, AVI, MOV) alike, of any
     size: each file is cut into tiles fitted by small fields, batch by batch, in bounded
     memory (--tile 0: one field for the whole file). A fit stops at --target-psnr, --steps
-    or --seconds, whichever comes first; the summary says which.
+    or --seconds, whichever comes first; the summary says which. A size budget (--bpp,
+    --max-bytes) on images and audio fits one latent grid instead (--field grid), the
+    smaller file.
 
     With `--init RUN/init.safetensors` the fit starts from a learned initialisation and
     takes a few re-scaled SGD steps (GradNCP's Algorithm 2). From a sparse run
