@@ -176,11 +176,11 @@ def plot(results: dict, path: Path, grid_runs: list[dict] | None = None) -> None
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(f"Rate-distortion, {len(results['photos'])} held-out 768x512 photos (mean)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.13))  # below: hides no point
     if grid_runs:
         _plot_against_jpeg(axes[0, 1], grid_runs)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def _plot_against_jpeg(ax, grid_runs: list[dict]) -> None:
@@ -205,7 +205,7 @@ def _plot_against_jpeg(ax, grid_runs: list[dict]) -> None:
     ax.set_ylabel("latent grid PSNR - JPEG PSNR at that bpp (dB)")
     ax.set_title("Latent grid against JPEG, per photo\n(red: the photos at left; blue: four of Kodak's difficulty)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.13))  # below: hides no point
 
 
 def mean_curve(results: dict, init: str) -> tuple[list[float], list[float]]:
