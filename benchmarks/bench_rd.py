@@ -193,10 +193,11 @@ def _plot_against_jpeg(ax, grid_runs: list[dict]) -> None:
             for p in photo["grid"]:
                 if p["jpeg_psnr_same_bpp"] is not None:
                     by_seed.setdefault(p.get("seed", 0), []).append((p["bpp"], p["psnr"] - p["jpeg_psnr_same_bpp"]))
-            for i, (seed, pts) in enumerate(sorted(by_seed.items())):
-                ax.plot(*zip(*sorted(pts)), "-", color=colour, alpha=0.85, marker="osD^v<>"[k % 7],
-                        label=photo["name"] + (f" (seeds {', '.join(map(str, sorted(by_seed)))})"
-                                               if len(by_seed) > 1 else "") if i == 0 else None)
+            seeds = sorted(by_seed)
+            label = photo["name"] + (f" (seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else "")
+            for i, seed in enumerate(seeds):
+                ax.plot(*zip(*sorted(by_seed[seed])), "-", color=colour, alpha=0.85, marker="osD^v<>"[k % 7],
+                        label=label if i == 0 else None)  # one legend entry per photo
     ax.axhline(0, color="black", lw=1)
     ax.plot([0.3], [2.0], "*", color="black", markersize=12, label="issue 18: JPEG + 2 dB at 0.3 bpp")
     ax.plot([1.0], [0.0], "*", color="grey", markersize=12, label="issue 18: JPEG at 1 bpp")

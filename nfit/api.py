@@ -294,8 +294,9 @@ def _fit_latent_batch(signals: list[Signal], start: _Start, config: FitConfig, a
         # stored under the budget itself: a budget that not even zero latents fit fails here, before the fit
         rest = field_bytes(store_field(empty, None, grid[0].cpu(), store, None, device))
         bits = max(1.0, 8 * (budget - rest) * LATENT_FIT["budget_share"])
-        goal = RateGoal(lam=lambda_for(bits / math.prod(shape)), bits=bits)
-        config = dataclasses.replace(config, lr=config.lr * lr_share(bits / math.prod(shape)))
+        rate = bits / math.prod(shape)  # the latents' bits per sample
+        goal = RateGoal(lam=lambda_for(rate), bits=bits)
+        config = dataclasses.replace(config, lr=config.lr * lr_share(rate))
     else:
         goal = RateGoal(psnr=config.target_psnr)
     deadline = None if config.seconds is None else time.perf_counter() + config.seconds
@@ -316,16 +317,24 @@ def _latent_batch_fits(signal: Signal, device: torch.device) -> int:
     """How many signals like this one a latent fit may hold at once in MEMORY_FRACTION of the memory
     available (at LATENT_FIT_BYTES per sample and channel); raises ConfigError where not even one fits,
     rather than let the system kill the process part way."""
-    need = LATENT_FIT_BYTES * math.prod(signal.shape) * signal.channels
-    free = available_bytes(device)
-    if free is None:  # unknown: no bound, as before
-        return 1 << 30
-    fits = int(MEMORY_FRACTION * free // need)
+    need, free = _latent_need(math.prod(signal.shape), signal.channels), available_bytes(device)
+    fits = _latent_capacity(need, free)
     if fits < 1:
         raise ConfigError(signal.source, f"a latent grid of {'x'.join(map(str, signal.shape))} samples needs about "
                           f"{need / 2**30:.1f} GiB to fit, {free / 2**30:.1f} GiB is free: fit it in tiles "
                           "(leave out --field grid)")
     return fits
+
+
+def _latent_need(samples: int, channels: int) -> int:
+    """Bytes a latent fit of one signal peaks at (LATENT_FIT_BYTES per sample and channel)."""
+    return LATENT_FIT_BYTES * samples * channels
+
+
+def _latent_capacity(need: int, free: int | None) -> int:
+    """How many latent fits of ``need`` bytes each fit in MEMORY_FRACTION of ``free`` bytes (None: unknown,
+    no bound)."""
+    return 1 << 30 if free is None else int(MEMORY_FRACTION * free // need)
 
 
 def _check_shared_field(field: FieldOptions) -> None:
@@ -785,7 +794,7 @@ def latents_for_budget(files: Sequence[Path], field: FieldOptions | None, store:
     """Whether ``nfit fit`` given a size budget, and no field, initialisation or tiling, fits latent grids
     rather than its default tiles: when every file is an image or a recording whose budget is under
     LATENT_BUDGET_BPP bits per pixel or sample (there a latent grid makes the better file, by far at low
-    rates) and whose grid fits in memory (as :func:`_latent_batch_fits` counts; larger ones stay tiles,
+    rates) and whose grid fits in memory (:func:`_latent_capacity`; larger ones stay tiles,
     with a warning)."""
     tiles = settings.get("tiles") or TileConfig()
     budget = store.max_bytes is not None or store.bpp is not None
@@ -803,10 +812,10 @@ def latents_for_budget(files: Sequence[Path], field: FieldOptions | None, store:
         if size is None:
             return False
         (samples, channels), per = size, "pixel" if modality == "image" else "sample"
-        need = LATENT_FIT_BYTES * samples * channels
+        need = _latent_need(samples, channels)
         if 8 * store.budget(samples) >= LATENT_BUDGET_BPP * samples:
             return False
-        if free is not None and need > MEMORY_FRACTION * free:  # tiles, then: said, as they code low rates poorly
+        if _latent_capacity(need, free) < 1:  # tiles, then: said, as they code low rates poorly
             warnings.warn(NfitWarning(
                 f"{f}: a latent grid, the better file under {LATENT_BUDGET_BPP:g} bits per {per}, would need about "
                 f"{need / 2**30:.1f} GiB to fit ({free / 2**30:.1f} GiB free): fitting tiles, whose files are poor at "

@@ -373,10 +373,10 @@ def test_a_budget_on_images_and_audio_fits_a_latent_grid_unless_told_otherwise(t
     import nfit.api as api
     from nfit.config import LATENT_BUDGET_BPP, FieldOptions, SignalOptions, StoreConfig, TileConfig
 
-    def latents(files=(PHOTO,), field=None, opts=None, **store):
-        return api.latents_for_budget(list(files), field, StoreConfig(**store), opts or SignalOptions(), settings)
+    def latents(files=(PHOTO,), field=None, opts=None, settings=None, **store):
+        return api.latents_for_budget(list(files), field, StoreConfig(**store), opts or SignalOptions(),
+                                      settings or {})
 
-    settings = {}
     pixels = 128 * 96
     assert latents(max_bytes=3000) and latents(bpp=0.3) and latents(field=FieldOptions(), bpp=1)
     assert latents(files=(PHOTO, DATA / "camera_32.png"), bpp=1)
@@ -392,9 +392,7 @@ def test_a_budget_on_images_and_audio_fits_a_latent_grid_unless_told_otherwise(t
     assert not latents(field=FieldOptions(width=32), bpp=1) and not latents(opts=SignalOptions(res=64), bpp=1)
     for given in ({"init": "default"}, {"init": "random"}, {"tiles": TileConfig(tile=16)},
                   {"tiles": TileConfig(tile=0)}):
-        settings = given
-        assert not latents(bpp=1), given
-    settings = {}
+        assert not latents(bpp=1, settings=given), given
     monkeypatch.setattr(api, "available_bytes", lambda device: 1 << 20)  # a grid that would not fit in memory
     with pytest.warns(NfitWarning, match="coffee_128x96.png: a latent grid.* would need about .* fitting tiles"):
         assert not latents(bpp=1)
