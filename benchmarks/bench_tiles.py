@@ -45,7 +45,7 @@ import torch  # noqa: E402
 
 import nfit  # noqa: E402
 from nfit.api import fit_signals  # noqa: E402
-from nfit.config import TILE_WARMUP, AdaptConfig, FitConfig, TileConfig  # noqa: E402
+from nfit.config import TILE_WARMUP, AdaptConfig, FieldOptions, FitConfig, TileConfig  # noqa: E402
 from nfit.runs import load_init  # noqa: E402
 from nfit.signals import read_signal  # noqa: E402
 from nfit.tiling import seam_ratio  # noqa: E402
@@ -77,14 +77,15 @@ class Curve:
         return [[n, round(t, 3), round(p, 3)] for n, (t, p) in sorted(self.points.items())]
 
 
-def fit_curve(signal, *, tiles: TileConfig, config: FitConfig, init=None, adapt: AdaptConfig | None = None):
-    """One fit of ``signal`` and its PSNR after each step (0 = the start)."""
+def fit_curve(signal, *, tiles: TileConfig, config: FitConfig, init=None, adapt: AdaptConfig | None = None,
+              field: FieldOptions | None = None):
+    """One fit of ``signal`` (random tiles: of ``field``) and its PSNR after each step (0 = the start)."""
     curve = Curve()
     sgd = init is not None and (adapt or AdaptConfig()).optimizer == "sgd"
     k = (adapt or AdaptConfig()).steps
     # fit_sgd reports the PSNR after step s; fit_adam (and Adam after SGD, counted on from k) before step s
     after = (lambda s: s if s <= k else s - 1) if sgd else (lambda s: s - 1)
-    nf = fit_signals([signal], config, progress=curve.progress(after), init=init, adapt=adapt, tiles=tiles)[0]
+    nf = fit_signals([signal], config, field, progress=curve.progress(after), init=init, adapt=adapt, tiles=tiles)[0]
     return nf, curve
 
 
