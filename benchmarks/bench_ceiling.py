@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
-from bench_tiles import _machine, first_reaching, fit_curve  # noqa: E402
+from bench_tiles import _machine, first_reaching, fit_curve, write_result  # noqa: E402
 from build_tile_init import held_out_and_training  # noqa: E402
 
 import nfit  # noqa: E402
@@ -136,12 +136,7 @@ def main() -> None:
         best = max(evals, key=lambda e: sum(e["psnr_at_16"].values()))
         ratios = {n: first_reaching(result["random"][n]["curve"], p) for n, p in best["psnr_at_16"].items()}
         print(json.dumps({"variant": variant, "best_step": best["step"], "random_steps_to_match": ratios}), flush=True)
-    text = json.dumps(result, indent=1)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
-    else:
-        print(text)
+    write_result(result, args.json)
 
 
 if __name__ == "__main__":

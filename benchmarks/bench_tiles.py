@@ -353,10 +353,15 @@ def main() -> None:
     args = ap.parse_args()
     result = {"curves": curves, "cli": cli, "big": big, "audio": audio, "audio-curves": audio_curves,
               "plot": plot}[args.part](args)
+    write_result(result, args.json)
+
+
+def write_result(result: dict, path: Path | None) -> None:
+    """The result as JSON: to ``path``, or printed."""
     text = json.dumps(result, indent=1)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     else:
         print(text)
 
