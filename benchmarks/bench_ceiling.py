@@ -38,9 +38,9 @@ from build_tile_init import held_out_and_training  # noqa: E402
 import nfit  # noqa: E402
 from nfit.config import AdaptConfig, FieldOptions, TileConfig  # noqa: E402
 from nfit.fields import build_field  # noqa: E402
-from nfit.fit import fit_sgd, random_init  # noqa: E402
+from nfit.data import random_tile  # noqa: E402
+from nfit.fit import _pooled_psnr, fit_sgd, random_init  # noqa: E402
 from nfit.meta import build_strategy  # noqa: E402
-from nfit.metrics import psnr_from_mse  # noqa: E402
 from nfit.runs import load_init  # noqa: E402
 from nfit.signals import read_signal  # noqa: E402
 from nfit.tiling import extract  # noqa: E402
@@ -55,8 +55,7 @@ VARIANTS = ["gradncp:100:3e-4", "gradncp:100:1e-3", "mse:0:1e-3"]
 def tiles_psnr(field, theta, photo: torch.Tensor, tiling, adapt: AdaptConfig) -> float:
     """PSNR of the mean MSE of every tile of ``photo [H, W, C]`` after ``adapt``'s re-scaled SGD steps."""
     tiles = field.to_units(extract(photo, tiling, range(tiling.count(tuple(photo.shape[:-1])))))  # [n, N, C]
-    last = fit_sgd(field, theta, tiles, tiling.tile, adapt).psnr[-1]  # [n]
-    return float(psnr_from_mse(torch.pow(10.0, -last / 10).mean()))
+    return _pooled_psnr(fit_sgd(field, theta, tiles, tiling.tile, adapt).psnr[-1])
 
 
 def random_tiles(photos: list[Path], k: int, width: int | None, steps: int) -> dict[str, dict]:
@@ -91,8 +90,8 @@ def train_on_test(variant: str, init, photos: dict[str, torch.Tensor], args) -> 
         cut = []
         for _ in range(args.batch_size):
             photo = values[int(torch.randint(len(values), (1,), generator=draw))]
-            y, x = (int(torch.randint(n - t + 1, (1,), generator=draw)) for n, t in zip(photo.shape[:2], tile))
-            cut.append(photo[y:y + tile[0], x:x + tile[1]])
+            origin = [int(torch.randint(n - t + 1, (1,), generator=draw)) for n, t in zip(photo.shape[:2], tile)]
+            cut.append(random_tile(photo, tile, origin))
         return field.to_units(torch.stack(cut))
 
     evals, began = [], time.perf_counter()

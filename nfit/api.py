@@ -812,9 +812,9 @@ def latents_for_budget(files: Sequence[Path], field: FieldOptions | None, store:
         if size is None:
             return False
         (samples, channels), per = size, "pixel" if modality == "image" else "sample"
-        need = _latent_need(samples, channels)
         if 8 * store.budget(samples) >= LATENT_BUDGET_BPP * samples:
             return False
+        need = _latent_need(samples, channels)
         if _latent_capacity(need, free) < 1:  # tiles, then: said, as they code low rates poorly
             warnings.warn(NfitWarning(
                 f"{f}: a latent grid, the better file under {LATENT_BUDGET_BPP:g} bits per {per}, would need about "

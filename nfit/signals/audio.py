@@ -274,12 +274,8 @@ def written_by_nfit(path: Path) -> bool:
 
 def header_rate(path: Path) -> int | None:
     """The sample rate a file declares, or None when libsndfile cannot tell (the decoder reports it later)."""
-    import soundfile as sf
-
-    try:
-        return int(sf.info(str(path)).samplerate)
-    except Exception:  # noqa: BLE001
-        return None
+    info = header_length(path)
+    return None if info is None else info[1]
 
 
 def header_length(path: Path) -> tuple[int, int, int] | None:
